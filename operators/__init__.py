@@ -6,9 +6,17 @@ Pure physics on torch tensors; this package never imports :mod:`ctbird`.
 from .base import Adjoint, Composed, ComposedLinear, Identity, LinearOperator, Operator
 from .errors import BackendUnavailableError, GeometryError, OperatorError, ShapeError
 from .geometry import FanBeam, ParallelBeam, geometry_from_dict
+from .blur import Blur, GaussianBlur
+from .mask import Mask
+from .noise import GaussianNoise, LogPoissonNoise, PoissonNoise, SpeckleGaussianNoise
+from .radon import Radon
+from .resample import Downsample
 
 __all__ = [
     "Operator", "LinearOperator", "Adjoint", "Composed", "ComposedLinear", "Identity",
     "OperatorError", "ShapeError", "GeometryError", "BackendUnavailableError",
     "ParallelBeam", "FanBeam", "geometry_from_dict",
+    "Radon",
+    "Blur", "GaussianBlur", "Downsample", "Mask",
+    "GaussianNoise", "PoissonNoise", "LogPoissonNoise", "SpeckleGaussianNoise",
 ]

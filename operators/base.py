@@ -43,7 +43,7 @@ def _fmt(shape: Shape) -> str:
 class Operator(nn.Module):
     """A differentiable forward model ``x -> A(x)`` with fixed per-sample shapes.
 
-    Subclasses implement :meth:`_apply`; :meth:`forward` validates the input first.
+    Subclasses implement :meth:`_forward`; :meth:`forward` validates the input first.
 
     Parameters
     ----------
@@ -70,9 +70,10 @@ class Operator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, self.in_shape, "input", type(self).__name__)
-        return self._apply(x)
+        return self._forward(x)
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The operator on a validated ``[B, *in_shape]`` tensor (named so as not to clash with ``nn.Module._apply``)."""
         raise NotImplementedError
 
     def __matmul__(self, other: Operator) -> Operator:
@@ -89,7 +90,7 @@ class Operator(nn.Module):
 class LinearOperator(Operator):
     """A linear operator with an exact adjoint.
 
-    Subclasses implement :meth:`_apply` and :meth:`_adjoint`.
+    Subclasses implement :meth:`_forward` and :meth:`_adjoint`.
     """
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -164,11 +165,11 @@ class Adjoint(LinearOperator):
         super().__init__(op.out_shape, op.in_shape)
         self.op = op
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op._adjoint(x)
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.op._apply(y)
+        return self.op._forward(y)
 
     @property
     def T(self) -> LinearOperator:
@@ -193,8 +194,8 @@ class Composed(Operator):
         self.outer = outer
         self.inner = inner
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer._apply(self.inner._apply(x))
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer._forward(self.inner._forward(x))
 
 
 class ComposedLinear(LinearOperator):
@@ -206,8 +207,8 @@ class ComposedLinear(LinearOperator):
         self.outer = outer
         self.inner = inner
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer._apply(self.inner._apply(x))
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer._forward(self.inner._forward(x))
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.inner._adjoint(self.outer._adjoint(y))
@@ -219,7 +220,7 @@ class Identity(LinearOperator):
     def __init__(self, shape: Shape) -> None:
         super().__init__(shape, shape)
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
