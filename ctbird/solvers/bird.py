@@ -1,0 +1,313 @@
+"""BIRD (Chihaoui, Lemkhenter & Favaro, NeurIPS 2024): blind inversion by optimizing the initial noise.
+
+``min_{x_T on the sphere, phi} loss(H_phi(T(decode(x_T))), y)`` with Adam on ``x_T`` (renormalized to
+``||x_T|| = sqrt(D)`` after every step) and on the operator's learnable parameters ``phi``. ``decode`` is the
+prior's 10-step DDIM chain, ``T`` the measurement model's ``input_transform`` from the prior's ``[-1, 1]`` to the
+operator's input scale. See ``docs/method.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from operators.base import Operator
+
+from ..errors import ConfigError, InputError
+from ..priors.diffusion import GRAD_MODES, DiffusionPrior, randn
+
+#: Reference-derived defaults per task (BIRD ``configs/*.yml``); CT values are our own (docs/method.md).
+TASK_DEFAULTS: dict[str, dict] = {
+    "gaussian-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 2e-4, "delta_t": 100},
+    "motion-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 5e-3, "delta_t": 100},
+    "denoise": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100},
+    "inpaint": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100},
+    "sr": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, "delta_t": 100},
+    "ct": {"iters": 150, "lr_latent": 3e-2, "lr_operator": 1e-3, "delta_t": 100},
+}
+
+LossName = Literal["mse", "l1"]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when the mean data loss has not dropped by ``rel_tol`` (relative) for ``patience`` iterations."""
+
+    patience: int = 20
+    rel_tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.patience < 1 or not (0.0 <= self.rel_tol < 1.0):
+            raise ConfigError(f"EarlyStopping needs patience >= 1 and 0 <= rel_tol < 1, got {self}.")
+
+
+@dataclass
+class BirdResult:
+    """Outcome of :meth:`BIRD.run` (tensors detached; ``B`` is the batch of ``y``).
+
+    Attributes
+    ----------
+    image : Tensor ``[B, C, H, W]``
+        Best-fitting ``x0`` on the prior's scale ``[-1, 1]`` (lowest final data loss among the ``n_samples`` restarts).
+    transformed : Tensor
+        ``input_transform(image)``: the reconstruction on the operator's input scale.
+    latent : Tensor ``[B, C, H, W]``
+        Optimized ``x_T`` of the best restart.
+    final_loss : Tensor ``[B]``
+        Data loss of the best restart, evaluated after the last step.
+    loss_history : list of float
+        Mean data loss (over batch and restarts) at every iteration.
+    operator_state : list of dict
+        ``state_dict`` of the (best) operator per batch item (empty dicts for operators without state).
+    kernel : Tensor ``[B, k, k]`` or None
+        Estimated blur kernel per item when the operator exposes ``.kernel``.
+    uncertainty : Tensor ``[B, C, H, W]`` or None
+        Per-pixel standard deviation of ``x0`` across the restarts (``n_samples > 1``), prior scale.
+    samples : Tensor ``[B, n_samples, C, H, W]``
+        ``x0`` of every restart.
+    nfe : int
+        UNet evaluations (batched calls, each over all ``B * n_samples`` latents).
+    seconds : float
+        Wall-clock time of the run.
+    grad_mode, delta_t, iters_run, stopped_early, method
+        How the result was obtained.
+    """
+
+    image: torch.Tensor
+    transformed: torch.Tensor
+    latent: torch.Tensor
+    final_loss: torch.Tensor
+    loss_history: list[float]
+    operator_state: list[dict]
+    kernel: torch.Tensor | None
+    uncertainty: torch.Tensor | None
+    samples: torch.Tensor
+    nfe: int
+    seconds: float
+    grad_mode: str
+    delta_t: int
+    iters_run: int
+    stopped_early: bool = False
+    method: str = "bird"
+    info: dict = field(default_factory=dict)
+
+
+def project_to_sphere(latent: torch.Tensor) -> torch.Tensor:
+    """Rescale each sample ``[B, ...]`` to Euclidean norm ``sqrt(D)``, ``D`` = numel per sample."""
+    d = latent[0].numel()
+    norms = latent.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return latent * (math.sqrt(d) / norms).view(-1, *([1] * (latent.dim() - 1)))
+
+
+def data_loss(pred: torch.Tensor, y: torch.Tensor, loss: LossName, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample data loss ``[B]``: mean squared (``"mse"``) or absolute (``"l1"``) residual, mask-weighted."""
+    r = pred - y
+    r = r * r if loss == "mse" else r.abs()
+    if mask is None:
+        return r.flatten(1).mean(dim=1)
+    m = mask.expand_as(r).to(r.dtype)
+    return (r * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp_min(1.0)
+
+
+class BIRD:
+    """Blind image restoration/reconstruction by optimizing a diffusion prior's initial noise.
+
+    Parameters
+    ----------
+    prior : DiffusionPrior
+        Frozen prior (its device is used for the whole run).
+    operator : operators.Operator
+        Forward model on the ``input_transform`` scale; its ``parameters()`` (blur kernel, calibration...) are
+        estimated jointly. With ``B * n_samples > 1`` and learnable parameters every latent gets its own copy
+        (for ``B == 1`` the best copy's state is loaded back into ``operator``); otherwise ``operator`` itself is
+        updated in place.
+    iters : int
+        Adam iterations (each costs ``1000 // delta_t`` UNet evaluations).
+    lr_latent, lr_operator : float
+        Adam learning rates of ``x_T`` and of the operator's parameters (``lr_operator=0`` keeps them fixed).
+    delta_t : int
+        DDIM step (100: 10 steps at t = 900..0).
+    grad_mode : {"detached", "exact"}
+        See :meth:`DiffusionPrior.decode`.
+    loss : {"mse", "l1"}
+        Data term.
+    loss_mask : Tensor or None
+        Weights broadcastable to ``y`` (1 = use, 0 = ignore) for the data term.
+    n_samples : int
+        Independent restarts per measurement, optimized in one batch; the best final fit is returned and the
+        per-pixel std across restarts is the uncertainty map.
+    input_transform : callable or None
+        Maps ``x0`` in ``[-1, 1]`` to the operator's input (e.g. photos: ``(x + 1) / 2``; CT: attenuation times
+        pixel spacing). ``None`` = identity.
+    early_stopping : EarlyStopping, int or None
+        Plateau criterion (an int is the patience with ``rel_tol=1e-3``).
+    callback : callable or None
+        Called after every iteration with ``dict(iteration, iters, loss, losses, nfe, seconds)``.
+    compile : bool
+        ``torch.compile`` the UNet first (GPU; first iterations are slower).
+    checkpointing : bool
+        Gradient checkpointing per DDIM step in ``"exact"`` mode.
+    """
+
+    def __init__(self, prior: DiffusionPrior, operator: Operator, *, iters: int = 100, lr_latent: float = 3e-3,
+                 lr_operator: float = 2e-4, delta_t: int = 100, grad_mode: str = "detached", loss: LossName = "mse",
+                 loss_mask: torch.Tensor | None = None, n_samples: int = 1,
+                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 early_stopping: EarlyStopping | int | None = None,
+                 callback: Callable[[dict], None] | None = None, compile: bool = False,
+                 checkpointing: bool = True) -> None:
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise ConfigError(f"iters must be a positive integer, got {iters!r}.")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        for name, value in (("lr_latent", lr_latent), ("lr_operator", lr_operator)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if lr_latent <= 0:
+            raise ConfigError(f"lr_latent must be > 0, got {lr_latent!r}.")
+        if grad_mode not in GRAD_MODES:
+            raise ConfigError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}.")
+        if loss not in ("mse", "l1"):
+            raise ConfigError(f"loss must be 'mse' or 'l1', got {loss!r}.")
+        prior.timestep_pairs(delta_t)  # validates delta_t
+        if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
+            early_stopping = EarlyStopping(patience=early_stopping)
+        self.prior = prior
+        self.operator = operator
+        self.iters = iters
+        self.lr_latent = float(lr_latent)
+        self.lr_operator = float(lr_operator)
+        self.delta_t = delta_t
+        self.grad_mode = grad_mode
+        self.loss = loss
+        self.loss_mask = loss_mask
+        self.n_samples = n_samples
+        self.input_transform = input_transform
+        self.early_stopping = early_stopping
+        self.callback = callback
+        self.checkpointing = checkpointing
+        if compile:
+            prior.compile()
+
+    # ------------------------------------------------------------------
+    def _forward(self, ops: list[Operator], x0: torch.Tensor) -> torch.Tensor:
+        x = self.input_transform(x0) if self.input_transform is not None else x0
+        if len(ops) == 1:
+            return ops[0](x)
+        return torch.cat([op(x[i:i + 1]) for i, op in enumerate(ops)], dim=0)
+
+    def run(self, y: torch.Tensor, generator: torch.Generator | None = None,
+            init_latent: torch.Tensor | None = None) -> BirdResult:
+        """Fit the measurement ``y`` ``[B, *operator.out_shape]`` (on the prior's device).
+
+        ``generator`` seeds the initial latents (``torch.Generator``; on CPU runs are bitwise reproducible).
+        ``init_latent`` ``[B * n_samples, C, H, W]`` replaces the random start (warm start; projected to the sphere).
+        """
+        if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+            raise InputError(f"y must be a floating-point torch.Tensor, got {type(y).__name__}.")
+        expected = tuple(self.operator.out_shape)
+        if y.dim() != len(expected) + 1 or tuple(y.shape[1:]) != expected:
+            raise InputError(f"y must have shape [B, {', '.join(map(str, expected))}] (the operator's output), "
+                             f"got {list(y.shape)}.")
+        if not torch.isfinite(y).all():
+            raise InputError("y contains NaN or infinite values; clean the measurement first.")
+        device = self.prior.device
+        y = y.to(device=device, dtype=torch.float32)
+        batch, n = y.shape[0], self.n_samples
+        total = batch * n
+        y_rep = y.repeat_interleave(n, dim=0)
+        mask = self.loss_mask.to(device) if self.loss_mask is not None else None
+        if mask is not None and mask.dim() == y.dim() and mask.shape[0] == batch and batch > 1:
+            mask = mask.repeat_interleave(n, dim=0)
+
+        self.operator.to(device)
+        learnable = [p for p in self.operator.parameters() if p.requires_grad]
+        if learnable and total > 1:
+            ops = [copy.deepcopy(self.operator) for _ in range(total)]
+        else:
+            ops = [self.operator]
+        op_params = [p for op in ops for p in op.parameters() if p.requires_grad] if self.lr_operator > 0 else []
+
+        if init_latent is None:
+            latent = randn((total, *self.prior.shape), generator=generator, device=device)
+        elif tuple(init_latent.shape) != (total, *self.prior.shape):
+            raise InputError(f"init_latent must have shape {[total, *self.prior.shape]} (B * n_samples latents), "
+                             f"got {list(init_latent.shape)}.")
+        else:
+            latent = init_latent.detach().to(device=device, dtype=torch.float32).clone()
+        latent = nn.Parameter(project_to_sphere(latent))
+        groups = [{"params": [latent], "lr": self.lr_latent}]
+        if op_params:
+            groups.append({"params": op_params, "lr": self.lr_operator})
+        optimizer = torch.optim.Adam(groups)
+
+        nfe0, start = self.prior.nfe, time.perf_counter()
+        history: list[float] = []
+        best, stale, stopped = math.inf, 0, False
+        it = 0
+        for it in range(1, self.iters + 1):
+            optimizer.zero_grad(set_to_none=True)
+            x0 = self.prior.decode(latent, delta_t=self.delta_t, grad_mode=self.grad_mode,
+                                   checkpointing=self.checkpointing)
+            losses = data_loss(self._forward(ops, x0), y_rep, self.loss, mask)
+            losses.sum().backward()
+            optimizer.step()
+            with torch.no_grad():
+                latent.copy_(project_to_sphere(latent))
+            per_sample = losses.detach().cpu()
+            mean_loss = float(per_sample.mean())
+            history.append(mean_loss)
+            if self.callback is not None:
+                self.callback({"iteration": it, "iters": self.iters, "loss": mean_loss,
+                               "losses": per_sample.tolist(), "nfe": self.prior.nfe - nfe0,
+                               "seconds": time.perf_counter() - start})
+            if not math.isfinite(mean_loss):
+                raise InputError(f"BIRD diverged (loss {mean_loss}) at iteration {it}; lower the learning rates.")
+            if self.early_stopping is not None:
+                if mean_loss < best * (1.0 - self.early_stopping.rel_tol):
+                    best, stale = mean_loss, 0
+                else:
+                    stale += 1
+                    if stale >= self.early_stopping.patience:
+                        stopped = True
+                        break
+
+        with torch.no_grad():
+            x0 = self.prior.decode(latent.detach(), delta_t=self.delta_t)
+            final = data_loss(self._forward(ops, x0), y_rep, self.loss, mask)
+        return self._result(x0, latent.detach(), final, ops, history, batch, n, nfe0, start, it, stopped)
+
+    def _result(self, x0, latent, final, ops, history, batch, n, nfe0, start, iters_run, stopped) -> BirdResult:
+        shape = self.prior.shape
+        samples = x0.view(batch, n, *shape)
+        final_bn = final.view(batch, n)
+        best = final_bn.argmin(dim=1)
+        rows = torch.arange(batch, device=x0.device)
+        image = samples[rows, best]
+        best_latent = latent.view(batch, n, *shape)[rows, best]
+        best_ops = [ops[(b * n + int(best[b])) if len(ops) > 1 else 0] for b in range(batch)]
+        if len(ops) > 1 and batch == 1:
+            self.operator.load_state_dict(best_ops[0].state_dict())
+        states = [{k: v.detach().clone().cpu() for k, v in op.state_dict().items()} for op in best_ops]
+        kernel = None
+        if hasattr(self.operator, "kernel"):
+            with torch.no_grad():
+                kernel = torch.stack([op.kernel.detach().reshape(op.kernel.shape[-2:]) for op in best_ops])
+        with torch.no_grad():
+            transformed = self.input_transform(image) if self.input_transform is not None else image
+        return BirdResult(
+            image=image.detach(), transformed=transformed.detach(), latent=best_latent, final_loss=final_bn[rows, best],
+            loss_history=history, operator_state=states, kernel=kernel,
+            uncertainty=samples.std(dim=1) if n > 1 else None, samples=samples.detach(),
+            nfe=self.prior.nfe - nfe0, seconds=time.perf_counter() - start, grad_mode=self.grad_mode,
+            delta_t=self.delta_t, iters_run=iters_run, stopped_early=stopped,
+            info={"lr_latent": self.lr_latent, "lr_operator": self.lr_operator, "loss": self.loss,
+                  "n_samples": n, "iters": self.iters},
+        )
