@@ -1,0 +1,13 @@
+"""Inputs and outputs: DICOM CT, sinograms, images, atomic writes."""
+
+from .atomic import atomic_file, atomic_output_dir, check_output_dir, write_bytes_atomic, write_text_atomic
+from .dicom import CTVolume, read_dicom, write_derived_dicom
+from .images import from_working_size, read_image, resolve_window, to_working_size, working_pixel_spacing, write_png
+from .sinogram import read_geometry_file, read_sinogram
+
+__all__ = [
+    "CTVolume", "read_dicom", "write_derived_dicom",
+    "read_sinogram", "read_geometry_file",
+    "read_image", "write_png", "resolve_window", "to_working_size", "from_working_size", "working_pixel_spacing",
+    "atomic_file", "atomic_output_dir", "check_output_dir", "write_bytes_atomic", "write_text_atomic",
+]

@@ -1,0 +1,538 @@
+"""DICOM CT input and derived-image output.
+
+Reading
+-------
+:func:`read_dicom` accepts a single file, a folder holding one series, or a multi-frame file.
+
+* Slices of a folder are ordered by ``ImagePositionPatient`` projected on the slice normal
+  (``row x column`` of ``ImageOrientationPatient``), falling back to ``InstanceNumber``, then to
+  the file name. Files in the folder that are not DICOM (README, DICOMDIR without pixels...) are
+  skipped.
+* A folder holding several series is an error listing each ``SeriesInstanceUID`` with its slice
+  count; pass ``series_uid=`` (CLI: ``--series``) to pick one. Guessing would silently reconstruct
+  the wrong images.
+* ``RescaleSlope``/``RescaleIntercept`` are applied (per-frame functional groups first, then shared
+  groups, then the top level). Missing tags mean slope 1, intercept 0 and emit a ``UserWarning``
+  (some scanners, e.g. GE HiSpeed, store HU directly with slope 1 / intercept 0).
+* Missing ``PixelSpacing`` means 1.0 mm with a ``UserWarning``.
+* Values outside the field of view (-2048, -3024 HU...) are kept; clip downstream with
+  :func:`ctbird.units.clip_hu`.
+* Compressed transfer syntaxes are decoded through pydicom's pixel decoders; JPEG / JPEG-LS /
+  JPEG 2000 need the ``jpeg`` extra (``pip install "ctbird[jpeg]"``).
+
+Every failure (missing file, non-DICOM, corrupt or truncated file, no pixel data, non-CT
+modality, colour data, inconsistent series) raises :class:`ctbird.errors.InputError` with a
+one-line message.
+
+Writing
+-------
+:func:`write_derived_dicom` writes one reconstructed slice as a CT ``DERIVED\\SECONDARY`` image with
+new SOP Instance / Series UIDs, a ``SourceImageSequence`` pointing at the source slice, int16 storage
+with ``RescaleSlope``/``RescaleIntercept`` in HU, explicit VR little endian and a valid file meta.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from ..errors import InputError, OutputError
+from .atomic import write_bytes_atomic
+
+#: Largest accepted image side and frame count (guards against absurd headers).
+MAX_SIDE = 16384
+MAX_FRAMES = 20000
+JPEG_EXTRA_HINT = 'pip install "ctbird[jpeg]"'
+
+_PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+                 "PatientWeight", "PatientSize", "OtherPatientIDs", "OtherPatientNames", "EthnicGroup",
+                 "PatientComments", "PatientAddress", "PatientTelephoneNumbers")
+_STUDY_TAGS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+               "ReferringPhysicianName", "StudyDescription", "PhysiciansOfRecord")
+_IDENTIFYING_TAGS = _PATIENT_TAGS + ("AccessionNumber", "ReferringPhysicianName", "PhysiciansOfRecord",
+                                     "InstitutionName", "InstitutionAddress", "StationName", "OperatorsName",
+                                     "PerformingPhysicianName", "StudyID", "DeviceSerialNumber")
+_CARRIED_TAGS = _PATIENT_TAGS + _STUDY_TAGS + (
+    "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer", "InstitutionName",
+    "StationName", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions", "BodyPartExamined",
+    "PatientPosition", "SliceThickness", "KVP", "ImagePositionPatient", "ImageOrientationPatient",
+    "SliceLocation", "AcquisitionNumber", "InstanceNumber", "SpecificCharacterSet",
+)
+
+
+@dataclass
+class CTVolume:
+    """A CT volume read from DICOM.
+
+    Attributes
+    ----------
+    hu : np.ndarray
+        float32 ``[S, H, W]`` in Hounsfield units (outside-FOV padding kept).
+    pixel_spacing_mm : (float, float)
+        (row, column) spacing in mm.
+    datasets : list of pydicom.Dataset
+        Headers (pixel data removed): one per slice for a series, one for a multi-frame file.
+    source_paths : list of Path
+        The file of each entry of ``datasets``.
+    """
+
+    hu: np.ndarray
+    pixel_spacing_mm: tuple[float, float]
+    datasets: list[Dataset] = field(repr=False)
+    source_paths: list[Path]
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.hu.shape[0])
+
+    def header(self, index: int) -> Dataset:
+        """The header of slice ``index`` (for multi-frame files the frame's position is filled in)."""
+        if len(self.datasets) == self.n_slices:
+            return self.datasets[index]
+        ds = self.datasets[0]
+        flat = Dataset()
+        for keyword in _CARRIED_TAGS + ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality",
+                                        "WindowCenter", "WindowWidth"):
+            if keyword in ds:
+                setattr(flat, keyword, ds.data_element(keyword).value)
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
+            value = _functional_group_value(ds, index, keyword)
+            if value is not None:
+                setattr(flat, keyword, value)
+        flat.InstanceNumber = index + 1
+        flat.ReferencedFrameNumber = index + 1
+        return flat
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+_GROUP_SEQUENCES = {
+    "RescaleSlope": "PixelValueTransformationSequence",
+    "RescaleIntercept": "PixelValueTransformationSequence",
+    "PixelSpacing": "PixelMeasuresSequence",
+    "SliceThickness": "PixelMeasuresSequence",
+    "ImagePositionPatient": "PlanePositionSequence",
+    "ImageOrientationPatient": "PlaneOrientationSequence",
+}
+
+
+def _functional_group_value(ds: Dataset, frame: int, keyword: str):
+    """``keyword`` for ``frame`` from per-frame groups, shared groups, then the top level (or None)."""
+    sequence = _GROUP_SEQUENCES[keyword]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    candidates = []
+    if per_frame is not None and frame < len(per_frame):
+        candidates.append(per_frame[frame])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        candidates.append(shared[0])
+    for group in candidates:
+        inner = group.get(sequence)
+        if inner and keyword in inner[0]:
+            return inner[0].data_element(keyword).value
+    return ds.get(keyword)
+
+
+def _read_dataset(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError as exc:
+        raise InputError(f"{path} is not a DICOM file ({_one_line(exc)}).") from exc
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or _one_line(exc)}.") from exc
+    except Exception as exc:  # pydicom raises many types on corrupt data
+        raise InputError(f"{path} is a corrupt or truncated DICOM file ({_one_line(exc)}).") from exc
+
+
+def _check_ct_image(ds: Dataset, path: Path) -> None:
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality and modality != "CT":
+        raise InputError(f"{path} is an {modality} image; ctbird reconstructs CT (Modality must be CT).")
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputError(f"{path} holds no pixel data (SOP class {ds.get('SOPClassUID', 'unknown')}); pass a CT image file.")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception as exc:
+        raise InputError(f"{path} has missing or invalid image size tags (Rows/Columns): {_one_line(exc)}.") from exc
+    if not (1 <= rows <= MAX_SIDE and 1 <= cols <= MAX_SIDE):
+        raise InputError(f"{path} has an invalid image size {rows}x{cols} (expected 1..{MAX_SIDE} per side).")
+    if not 1 <= frames <= MAX_FRAMES:
+        raise InputError(f"{path} has an invalid NumberOfFrames {frames} (expected 1..{MAX_FRAMES}).")
+    if samples != 1:
+        raise InputError(f"{path} has {samples} samples per pixel (colour); CT images are greyscale.")
+
+
+def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
+    """Stored values as ``[frames, rows, cols]`` (before rescale)."""
+    try:
+        transfer_syntax = ds.file_meta.TransferSyntaxUID
+    except AttributeError:
+        transfer_syntax = None
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        try:
+            decoder = pydicom.pixels.get_decoder(transfer_syntax)
+        except NotImplementedError as exc:
+            raise InputError(f"{path} uses the unsupported transfer syntax {transfer_syntax.name}.") from exc
+        if not decoder.is_available:
+            raise InputError(
+                f"{path} is compressed ({transfer_syntax.name}) and no decoder is installed; "
+                f"run: {JPEG_EXTRA_HINT}"
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = np.asarray(ds.pixel_array)
+    except MemoryError as exc:
+        raise InputError(f"{path}: pixel data too large to decode ({ds.Rows}x{ds.Columns}).") from exc
+    except Exception as exc:
+        raise InputError(f"{path}: cannot decode the pixel data ({_one_line(exc)}); the file may be corrupt or truncated.") from exc
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if pixels.shape == (rows, cols) and frames == 1:
+        pixels = pixels[None]
+    if pixels.shape != (frames, rows, cols):
+        raise InputError(f"{path}: decoded pixel array has shape {pixels.shape}, header says {frames}x{rows}x{cols}.")
+    return pixels
+
+
+def _float_tag(value, default: float, what: str, path: Path) -> float:
+    try:
+        number = float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+    except Exception as exc:
+        raise InputError(f"{path}: invalid {what} {value!r}.") from exc
+    if not np.isfinite(number):
+        raise InputError(f"{path}: {what} is not finite ({value!r}).")
+    return number if number != 0 or what != "RescaleSlope" else default
+
+
+def _to_hu(pixels: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
+    out = np.empty(pixels.shape, dtype=np.float32)
+    warned = False
+    for frame in range(pixels.shape[0]):
+        slope = _functional_group_value(ds, frame, "RescaleSlope")
+        intercept = _functional_group_value(ds, frame, "RescaleIntercept")
+        if (slope is None or intercept is None) and not warned:
+            warnings.warn(f"{path} has no RescaleSlope/RescaleIntercept; assuming slope 1, intercept 0 "
+                          "(stored values are HU).", UserWarning, stacklevel=4)
+            warned = True
+        slope_f = 1.0 if slope is None else _float_tag(slope, 1.0, "RescaleSlope", path)
+        intercept_f = 0.0 if intercept is None else _float_tag(intercept, 0.0, "RescaleIntercept", path)
+        out[frame] = pixels[frame].astype(np.float32) * np.float32(slope_f) + np.float32(intercept_f)
+    return out
+
+
+def _pixel_spacing(ds: Dataset, path: Path) -> tuple[float, float]:
+    spacing = _functional_group_value(ds, 0, "PixelSpacing")
+    if spacing is None:
+        spacing = ds.get("ImagerPixelSpacing")
+    if spacing is None:
+        warnings.warn(f"{path} has no PixelSpacing; assuming 1.0 mm.", UserWarning, stacklevel=4)
+        return (1.0, 1.0)
+    try:
+        row, col = (float(v) for v in spacing)
+    except Exception as exc:
+        raise InputError(f"{path}: invalid PixelSpacing {spacing!r} (expected two numbers in mm).") from exc
+    if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
+        raise InputError(f"{path}: invalid PixelSpacing {spacing!r} (expected two positive numbers in mm).")
+    return (row, col)
+
+
+def _slice_position(ds: Dataset) -> float | None:
+    try:
+        orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        position = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+    except Exception:
+        return None
+    if orientation.shape != (6,) or position.shape != (3,):
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    value = float(position @ normal)
+    return value if np.isfinite(value) else None
+
+
+def _sort_key_builder(datasets: list[Dataset], paths: list[Path]):
+    positions = [_slice_position(ds) for ds in datasets]
+    if all(p is not None for p in positions) and len(set(positions)) == len(positions):
+        return positions
+    numbers = []
+    for ds in datasets:
+        try:
+            numbers.append(int(ds.InstanceNumber))
+        except Exception:
+            numbers = None
+            break
+    if numbers is not None and len(set(numbers)) == len(numbers):
+        return numbers
+    return [str(p.name) for p in paths]
+
+
+def _load_file(path: Path) -> tuple[np.ndarray, Dataset]:
+    ds = _read_dataset(path)
+    _check_ct_image(ds, path)
+    hu = _to_hu(_decode_pixels(ds, path), ds, path)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return hu, ds
+
+
+def _list_series(series: Counter, shown: int = 5) -> str:
+    """``uid (n files), ...`` for the largest series, with a count of the rest."""
+    listed = ", ".join(f"{uid or '<no SeriesInstanceUID>'} ({n} files)" for uid, n in series.most_common(shown))
+    return listed + (f" and {len(series) - shown} more" if len(series) > shown else "")
+
+
+def read_dicom(path: str | os.PathLike, *, series_uid: str | None = None) -> CTVolume:
+    """Read a CT DICOM file, series folder or multi-frame file.
+
+    Parameters
+    ----------
+    path : path
+        A DICOM file (single- or multi-frame) or a folder holding one series.
+    series_uid : str, optional
+        For folders holding several series: the ``SeriesInstanceUID`` to read.
+
+    Returns
+    -------
+    CTVolume
+        ``hu`` float32 ``[S, H, W]``, spacing in mm, headers and source paths.
+
+    Raises
+    ------
+    InputError
+        On any unusable input (see the module docstring).
+    """
+    try:
+        return _read_dicom(Path(path).expanduser(), series_uid)
+    except InputError:
+        raise
+    except Exception as exc:  # corrupt headers make pydicom raise almost anything
+        raise InputError(f"{path}: corrupt or unsupported DICOM data ({_one_line(exc)}).") from exc
+
+
+def _read_dicom(root: Path, series_uid: str | None) -> CTVolume:
+    if not root.exists():
+        raise InputError(f"{root} does not exist; pass a DICOM file or a folder holding one series.")
+    if root.is_file():
+        hu, ds = _load_file(root)
+        return CTVolume(hu=hu, pixel_spacing_mm=_pixel_spacing(ds, root), datasets=[ds], source_paths=[root])
+    if not root.is_dir():
+        raise InputError(f"{root} is neither a file nor a folder.")
+    candidates = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    headers: list[tuple[Path, Dataset]] = []
+    for candidate in candidates:
+        try:
+            header = pydicom.dcmread(candidate, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError:
+            continue
+        except Exception as exc:
+            raise InputError(f"{candidate} is a corrupt or truncated DICOM file ({_one_line(exc)}).") from exc
+        if "Rows" not in header and "SeriesInstanceUID" not in header:
+            continue  # DICOMDIR and other non-image objects
+        headers.append((candidate, header))
+    if not headers:
+        raise InputError(f"{root} holds no DICOM image files.")
+    series = Counter(str(h.get("SeriesInstanceUID", "")) for _, h in headers)
+    if series_uid is not None:
+        if series_uid not in series:
+            raise InputError(f"{root} has no series {series_uid}; it holds: {_list_series(series)}.")
+        headers = [(p, h) for p, h in headers if str(h.get("SeriesInstanceUID", "")) == series_uid]
+    elif len(series) > 1:
+        raise InputError(f"{root} holds {len(series)} series: {_list_series(series)}; pick one with --series UID "
+                         "(series_uid=...) or separate them into folders.")
+    loaded = [(p, *_load_file(p)) for p, _ in headers]
+    if len(loaded) > 1 and any(hu.shape[0] != 1 for _, hu, _ in loaded):
+        raise InputError(f"{root} mixes multi-frame files with other files; pass the multi-frame file itself.")
+    shapes = {hu.shape[1:] for _, hu, _ in loaded}
+    if len(shapes) > 1:
+        raise InputError(f"{root}: slices have different sizes {sorted(shapes)}; a series must have one image size.")
+    keys = _sort_key_builder([ds for _, _, ds in loaded], [p for p, _, _ in loaded])
+    order = sorted(range(len(loaded)), key=lambda i: keys[i])
+    paths = [loaded[i][0] for i in order]
+    datasets = [loaded[i][2] for i in order]
+    hu = np.concatenate([loaded[i][1] for i in order], axis=0)
+    return CTVolume(hu=hu, pixel_spacing_mm=_pixel_spacing(datasets[0], paths[0]), datasets=datasets, source_paths=paths)
+
+
+def _source_uids(source: Dataset | None) -> tuple[str, str]:
+    """SOP Class/Instance UIDs of the source (the file meta's when the dataset's are empty)."""
+    if source is None:
+        return "", ""
+    meta = getattr(source, "file_meta", None) or Dataset()
+    sop_class = str(source.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+    sop_instance = str(source.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
+    return sop_class, sop_instance
+
+
+def _storage(hu: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """int16 stored values with slope/intercept: 1-HU steps when the range fits, else scaled."""
+    finite = np.nan_to_num(hu.astype(np.float64), nan=-1024.0, posinf=32767.0, neginf=-32768.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo >= -32768 and hi <= 32767:
+        slope, intercept = 1.0, 0.0
+    else:
+        intercept = (lo + hi) / 2.0
+        slope = max((hi - lo) / 65534.0, 1e-6)
+    stored = np.clip(np.round((finite - intercept) / slope), -32768, 32767).astype(np.int16)
+    return stored, slope, intercept
+
+
+def _format_ds(value: float) -> str:
+    text = f"{value:.6g}"
+    return text if len(text) <= 16 else f"{value:.8e}"[:16]
+
+
+def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.PathLike, *, method_name: str,
+                        pixel_spacing_mm: tuple[float, float] | None = None, anonymize: bool = False,
+                        series_uid: str | None = None, description: str | None = None,
+                        window: tuple[float, float] = (-1000.0, 1000.0), instance_number: int | None = None) -> Dataset:
+    """Write one reconstructed slice as a derived CT DICOM image (atomically).
+
+    Parameters
+    ----------
+    hu : np.ndarray
+        ``[H, W]`` image in HU.
+    source : pydicom.Dataset or None
+        Header of the source slice (``CTVolume.header(i)``); ``None`` for non-DICOM inputs
+        (PNG/NPY images, sinograms), which get a minimal valid CT header with new study UIDs.
+    path : path
+        Output ``.dcm`` file.
+    method_name : str
+        Reconstruction method (appended to ``ImageType`` and the descriptions).
+    pixel_spacing_mm : (float, float), optional
+        Spacing of ``hu``; default: the source spacing scaled by the change in size, or 1.0 mm.
+    anonymize : bool
+        Drop patient-identifying tags, regenerate study/frame-of-reference UIDs and set
+        ``PatientIdentityRemoved`` to ``YES``.
+    series_uid : str, optional
+        Series Instance UID shared by the images of one output series; new if omitted.
+    description : str, optional
+        ``DerivationDescription``; defaults to a sentence naming the method.
+    window : (lo, hi)
+        Display window stored in ``WindowCenter``/``WindowWidth``.
+    instance_number : int, optional
+        ``InstanceNumber``; default: the source's, or 1.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The written dataset.
+    """
+    image = np.asarray(hu)
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise OutputError(f"write_derived_dicom expects a 2-D [H, W] HU image, got shape {image.shape}.")
+    rows, cols = image.shape
+    now = datetime.now()
+    ds = Dataset()
+    if source is not None:
+        for keyword in _CARRIED_TAGS:
+            if keyword in source:
+                setattr(ds, keyword, source.data_element(keyword).value)
+    else:
+        ds.PatientName = ""
+        ds.PatientID = ""
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        ds.StudyInstanceUID = generate_uid()
+        ds.StudyDate = now.strftime("%Y%m%d")
+        ds.StudyTime = now.strftime("%H%M%S")
+        ds.StudyID = ""
+        ds.AccessionNumber = ""
+        ds.ReferringPhysicianName = ""
+        ds.FrameOfReferenceUID = generate_uid()
+        ds.PositionReferenceIndicator = ""
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.KVP = ""
+        ds.AcquisitionNumber = None
+    if pixel_spacing_mm is None:
+        if source is not None and source.get("PixelSpacing") is not None and source.get("Rows") and source.get("Columns"):
+            old_row, old_col = (float(v) for v in source.PixelSpacing)
+            pixel_spacing_mm = (old_row * int(source.Rows) / rows, old_col * int(source.Columns) / cols)
+        elif source is not None and source.get("PixelSpacing") is not None:
+            pixel_spacing_mm = tuple(float(v) for v in source.PixelSpacing)
+        else:
+            pixel_spacing_mm = (1.0, 1.0)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.Modality = "CT"
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", method_name.upper()[:16]]
+    ds.SeriesDescription = f"ctbird {method_name} reconstruction"[:64]
+    ds.SeriesNumber = 9000 + (sum(method_name.encode()) % 900)
+    ds.InstanceNumber = instance_number if instance_number is not None else int(ds.get("InstanceNumber") or 1)
+    ds.DerivationDescription = (description or f"Sparse-view reconstruction by ctbird ({method_name})")[:1024]
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.InstanceCreationDate = ds.ContentDate
+    ds.InstanceCreationTime = ds.ContentTime
+    ds.BurnedInAnnotation = "NO"
+    source_class, source_instance = _source_uids(source)
+    if source_instance:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = source_class or CTImageStorage
+        ref.ReferencedSOPInstanceUID = source_instance
+        if "ReferencedFrameNumber" in source:
+            ref.ReferencedFrameNumber = source.ReferencedFrameNumber
+        ds.SourceImageSequence = Sequence([ref])
+    stored, slope, intercept = _storage(image)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.PixelSpacing = [_format_ds(float(v)) for v in pixel_spacing_mm]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = _format_ds(slope)
+    ds.RescaleIntercept = _format_ds(intercept)
+    ds.RescaleType = "HU"
+    lo, hi = float(window[0]), float(window[1])
+    ds.WindowCenter = _format_ds((lo + hi) / 2.0)
+    ds.WindowWidth = _format_ds(hi - lo)
+    ds.PixelData = stored.tobytes()
+    if anonymize:
+        for keyword in _IDENTIFYING_TAGS:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.PatientName = ""
+        ds.PatientID = ""
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        ds.StudyID = ""
+        ds.AccessionNumber = ""
+        ds.ReferringPhysicianName = ""
+        ds.StudyInstanceUID = generate_uid()
+        if "FrameOfReferenceUID" in ds:
+            ds.FrameOfReferenceUID = generate_uid()
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "ctbird --anonymize: identity tags removed, UIDs replaced"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    buffer = io.BytesIO()
+    try:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    except Exception as exc:
+        raise OutputError(f"Cannot encode the derived DICOM for {path}: {_one_line(exc)}") from exc
+    write_bytes_atomic(path, buffer.getvalue())
+    return ds
