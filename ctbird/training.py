@@ -1,0 +1,694 @@
+"""Train ctbird's CT diffusion prior (``ctbird train-prior``).
+
+A diffusers ``UNet2DModel`` learns to predict the noise (epsilon) of axial CT slices under the
+DDPM schedule BIRD's DDIM expects: 1000 steps, linear betas 1e-4 .. 0.02.  Slices come from
+``.npz``/``.npy`` stacks of HU values (key ``images`` in ``.npz``, ``[S, H, W]`` or ``[H, W]``) or
+DICOM files / series folders, and are brought onto the prior's [-1, 1] scale by the one shared
+conversion, :func:`ctbird.units.clip_hu` + :func:`ctbird.units.hu_to_unit`.
+
+Design (for speed on one GPU and correctness on several):
+
+* The whole (resized) training set is held as one float16 tensor on the accelerator's device;
+  every process draws its own random batches there with a per-rank generator and augments them
+  on the device (random translation by padding with air and cropping, left-right flips).  No
+  data-loader workers are needed.
+* ``accelerate`` runs the loop: ``accelerate launch -m ctbird.training ...`` trains data-parallel
+  on several GPUs (gradients all-reduced, loss gathered, only the main process writes files).
+* EMA weights (diffusers ``EMAModel`` with warm-up), bf16 autocast on CUDA, TF32, channels-last.
+* ``OUT/checkpoints/checkpoint-<step>/`` holds ``accelerator.save_state`` checkpoints (model,
+  optimizer, LR schedule, RNG, EMA, step); ``--resume`` continues from the latest one.
+* ``--max-minutes`` stops cleanly: final checkpoint, then the export.
+* The export (periodically and at the end) is a diffusers ``save_pretrained`` folder:
+  ``OUT/unet/`` (EMA weights, fp16 by default), ``OUT/scheduler/`` (DDIMScheduler),
+  ``OUT/model_index.json``, the model card ``OUT/README.md``, ``OUT/loss.png``,
+  ``OUT/samples.png`` and ``OUT/loss.jsonl``; ``--archive`` also packs these into one tar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctbird.errors import ConfigError, CtbirdError, InputError
+from ctbird.units import WINDOWS, clip_hu, hu_to_unit, unit_to_hu
+
+#: The training noise schedule (BIRD's DDIM runs on it).
+NOISE_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+    "clip_sample": True,
+}
+#: DDIM configuration written to ``OUT/scheduler/scheduler_config.json``.
+DDIM_CONFIG: dict[str, Any] = {**NOISE_SCHEDULE, "set_alpha_to_one": True, "steps_offset": 0}
+
+#: UNet presets. "small" is the shipped prior (about 5.5 M parameters, 11 MB in fp16, about
+#: 0.3 s per 256² forward pass on 2 CPU threads); "tiny" is for tests.  Attention runs only at
+#: the two coarsest levels (32² and 16² for 256² inputs).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {
+        "block_out_channels": (32, 64, 96, 128, 128),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 32,
+        "norm_num_groups": 32,
+    },
+    "tiny": {
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+    },
+}
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
+CARD_EXPORT_FILES = ("unet", "scheduler", "model_index.json", "README.md", "loss.png", "samples.png", "loss.jsonl")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Options of :func:`train_prior` (the CLI's options, same names)."""
+
+    size: int = 256
+    model_preset: str = "small"
+    steps: int = 100_000
+    batch_size: int = 16
+    lr: float = 2e-4
+    lr_schedule: str = "constant"  # "constant" | "cosine" (both after a linear warm-up)
+    warmup_steps: int = 200
+    ema_decay: float = 0.9999
+    ema_power: float = 2 / 3
+    max_shift_px: int = 8
+    seed: int = 0
+    max_minutes: float | None = None
+    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, no on CPU) | "no" | "bf16" | "fp16"
+    log_every: int = 10
+    sample_every: int = 2000
+    checkpoint_every: int = 2000
+    export_every_minutes: float | None = None
+    checkpoints_total_limit: int = 2
+    num_samples: int = 16
+    sample_steps: int = 50
+    fp16_weights: bool = True
+    resume: bool = False
+    archive: Path | None = None
+    command: str = ""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Summary of a finished :func:`train_prior` run."""
+
+    out_dir: Path
+    steps: int
+    final_loss: float
+    stopped_by_time: bool
+    info: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+def _resize_hu(stack: torch.Tensor, size: int) -> tuple[torch.Tensor, str]:
+    """[S, H, W] HU -> [S, size, size] HU; returns the tensor and a description of what was done.
+
+    Non-square slices are centre-cropped to a square first.  Exactly twice the size: 2x2 block
+    averaging (how the shipped training set was made from 512² DICOM); otherwise antialiased
+    bilinear resizing.
+    """
+    s, h, w = stack.shape
+    steps = []
+    if h != w:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        stack = stack[:, top:top + side, left:left + side]
+        steps.append(f"centre crop to {side}x{side}")
+    side = stack.shape[-1]
+    if side == size:
+        return stack, ", ".join(steps) or "none"
+    if side == 2 * size:
+        stack = F.avg_pool2d(stack[:, None], 2)[:, 0]
+        steps.append("2x2 block average")
+    else:
+        stack = F.interpolate(stack[:, None], size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)[:, 0]
+        steps.append(f"bilinear resize {side}->{size}")
+    return stack, ", ".join(steps)
+
+
+def _read_array_file(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """HU stack and per-slice metadata from an ``.npy``/``.npz`` file."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as a NumPy file: {exc}") from exc
+    meta: dict[str, Any] = {}
+    if isinstance(loaded, np.ndarray):
+        images = loaded
+    else:
+        with loaded:
+            if "images" in loaded.files:
+                key = "images"
+            elif len(loaded.files) == 1:
+                key = loaded.files[0]
+            else:
+                raise InputError(f"{path} holds arrays {loaded.files}; expected one named 'images' "
+                                 "(int/float HU, [slices, H, W]). Rename the HU stack to 'images'.")
+            images = loaded[key]
+            for name in ("patient", "collection"):
+                if name in loaded.files and loaded[name].shape[:1] == images.shape[:1]:
+                    meta[name] = loaded[name]
+    return images, meta
+
+
+def _read_dicom_file(path: Path) -> np.ndarray:
+    try:
+        from ctbird.io.dicom import read_dicom
+    except ImportError as exc:
+        raise InputError(f"{path} looks like DICOM but ctbird's DICOM reader cannot be imported ({exc}); "
+                         "install pydicom or pass .npy/.npz HU stacks instead.") from exc
+    return np.asarray(read_dicom(path).hu, dtype=np.float32)
+
+
+def load_slices(paths: list[Path | str], size: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Read CT slices and bring them onto the prior's scale.
+
+    Parameters
+    ----------
+    paths : list of paths
+        ``.npy``/``.npz`` HU stacks (``[S, H, W]`` or ``[H, W]``; npz key ``images``), DICOM files
+        or DICOM series folders.
+    size : int
+        Side of the square training slices.
+
+    Returns
+    -------
+    slices : torch.Tensor
+        float16 ``[N, 1, size, size]`` in [-1, 1] (HU clipped to ``PRIOR_HU_WINDOW``).
+    sources : list of dict
+        Per input: path, slice count, original shape, preprocessing, collections/patients if known.
+    """
+    if not paths:
+        raise InputError("no training data given: pass .npz/.npy HU stacks, DICOM files or series folders")
+    stacks, sources = [], []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"training data {path} does not exist; pass existing .npz/.npy/DICOM paths")
+        meta: dict[str, Any] = {}
+        if path.suffix.lower() in (".npy", ".npz"):
+            images, meta = _read_array_file(path)
+        elif path.is_dir() or path.suffix.lower() in DICOM_SUFFIXES:
+            images = _read_dicom_file(path)
+        else:
+            raise InputError(f"unsupported training file {path}: expected .npz/.npy HU stacks, "
+                             "DICOM files (.dcm) or DICOM series folders")
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim != 3 or 0 in images.shape:
+            raise InputError(f"{path}: expected non-empty HU slices [slices, H, W] or [H, W], "
+                             f"got an array of shape {tuple(images.shape)}")
+        if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+            raise InputError(f"{path}: expected real HU values, got dtype {images.dtype}")
+        hu = clip_hu(torch.from_numpy(np.ascontiguousarray(images)).float())
+        hu, preprocessing = _resize_hu(hu, size)
+        stacks.append(hu_to_unit(hu).to(torch.float16)[:, None])
+        source: dict[str, Any] = {"path": str(path), "slices": int(images.shape[0]),
+                                  "original_shape": list(images.shape[1:]), "preprocessing": preprocessing}
+        if "collection" in meta:
+            names, counts = np.unique(meta["collection"].astype(str), return_counts=True)
+            source["collections"] = {str(n): int(c) for n, c in zip(names, counts)}
+        if "patient" in meta:
+            source["patients"] = sorted({str(p) for p in meta["patient"]})
+        sources.append(source)
+    return torch.cat(stacks), sources
+
+
+def augment(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation (pad with air = -1, crop) and left-right flips of ``[B, 1, H, W]``.
+
+    Vertical flips and rotations are deliberately absent: CT anatomy and the table are not
+    top-bottom symmetric.
+    """
+    b, _, h, w = batch.shape
+    device = batch.device
+    flip = torch.rand(b, device=device, generator=generator) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    if max_shift <= 0:
+        return batch
+    padded = F.pad(batch, (max_shift,) * 4, value=-1.0)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), device=device, generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), device=device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]
+    return padded[torch.arange(b, device=device)[:, None, None], 0, rows, cols][:, None]
+
+
+def random_batches(data: torch.Tensor, batch_size: int, max_shift: int,
+                   generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless float32 augmented batches drawn (with replacement) from ``data`` on its device."""
+    while True:
+        index = torch.randint(0, data.shape[0], (batch_size,), device=data.device, generator=generator)
+        yield augment(data[index].float(), max_shift, generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, schedulers, samples
+# ----------------------------------------------------------------------------------------------
+def build_unet(preset: str, size: int):
+    """A fresh ``UNet2DModel`` of the given preset for ``size``² single-channel slices."""
+    from diffusers import UNet2DModel
+
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+    config = MODEL_PRESETS[preset]
+    levels = len(config["block_out_channels"])
+    if size % 2 ** (levels - 1):
+        raise ConfigError(f"--size {size} must be divisible by {2 ** (levels - 1)} for preset {preset!r}")
+    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, **config)
+
+
+def ddim_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**DDIM_CONFIG)
+
+
+@torch.no_grad()
+def ddim_sample(unet, n: int, steps: int, generator: torch.Generator, device: torch.device,
+                autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """``n`` DDIM samples (eta 0) in [-1, 1], float32 ``[n, 1, S, S]`` on the CPU."""
+    scheduler = ddim_scheduler()
+    scheduler.set_timesteps(steps)
+    size = unet.config.sample_size
+    x = torch.randn((n, 1, size, size), generator=generator, device=device)
+    for t in scheduler.timesteps:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            eps = unet(x, t).sample
+        x = scheduler.step(eps.float(), t, x, eta=0.0).prev_sample
+    return x.clamp(-1, 1).float().cpu()
+
+
+def save_sample_grid(samples: torch.Tensor, path: Path) -> None:
+    """PNG grid of ``[n, 1, S, S]`` prior-scale samples in the wide window (-1000..1000 HU)."""
+    from PIL import Image
+
+    lo, hi = WINDOWS["wide"]
+    images = ((unit_to_hu(samples[:, 0]) - lo) / (hi - lo)).clamp(0, 1).mul(255).round().byte().numpy()
+    n, s, _ = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * s, cols * s), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * s:(r + 1) * s, c * s:(c + 1) * s] = image
+    _atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+
+def save_loss_plot(log_path: Path, path: Path) -> None:
+    """Loss curve (raw and smoothed, log scale) from the jsonl loss log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    steps = np.array([r["step"] for r in records])
+    loss = np.array([r["loss"] for r in records])
+    smooth = np.convolve(loss, np.ones(min(20, len(loss))) / min(20, len(loss)), mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, loss, alpha=0.3, label="loss")
+    ax.plot(steps[len(steps) - len(smooth):], smooth, label="moving average")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("epsilon MSE")
+    ax.legend()
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+class TrainState:
+    """Step counter and accumulated training time, checkpointed with ``accelerate``."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.seconds = 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"step": self.step, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.step = int(state["step"])
+        self.seconds = float(state["seconds"])
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step under ``out_dir/checkpoints``."""
+    folders = [p for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*")
+               if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(folders, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def export_model(unet, ema, out_dir: Path, info: dict[str, Any], fp16: bool, samples: torch.Tensor | None,
+                 archive: Path | None) -> None:
+    """Write the EMA weights as a diffusers folder plus card, plots and (optionally) a tar archive."""
+    from diffusers import UNet2DModel
+    from diffusers.utils import logging as diffusers_logging
+
+    from ctbird.modelcard import write_model_card
+
+    export = UNet2DModel.from_config(unet.config)
+    ema.copy_to(export.parameters())
+    dtype = torch.float16 if fp16 else torch.float32
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # silence the fp16-cast notice (no module needs fp32 here)
+    try:
+        export = export.to("cpu", dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    tmp_unet = out_dir / ".unet.tmp"
+    export.save_pretrained(tmp_unet, safe_serialization=True)
+    (out_dir / "unet").mkdir(exist_ok=True)
+    for file in tmp_unet.iterdir():
+        file.chmod(0o644)
+        os.replace(file, out_dir / "unet" / file.name)
+    tmp_unet.rmdir()
+    ddim_scheduler().save_pretrained(out_dir / "scheduler")
+    _write_json(out_dir / "model_index.json", {
+        "_class_name": "DDIMPipeline", "_diffusers_version": _diffusers_version(),
+        "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+    })
+    if samples is not None:
+        save_sample_grid(samples, out_dir / "samples.png")
+    log_path = out_dir / "loss.jsonl"
+    if log_path.exists():
+        save_loss_plot(log_path, out_dir / "loss.png")
+    weights = out_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    info = {**info, "weights_dtype": str(dtype).replace("torch.", ""),
+            "weights_mb": weights.stat().st_size / 1e6}
+    write_model_card(out_dir, info)
+    _write_json(out_dir / "training_info.json", info)
+    if archive is not None:
+        def pack(tmp: Path) -> None:
+            with tarfile.open(tmp, "w") as tar:
+                for name in (*CARD_EXPORT_FILES, "training_info.json"):
+                    if (out_dir / name).exists():
+                        tar.add(out_dir / name, arcname=f"prior/{name}")
+        Path(archive).parent.mkdir(parents=True, exist_ok=True)
+        _atomic(Path(archive), pack)
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def _hardware(device: torch.device, num_processes: int) -> str:
+    if device.type == "cuda":
+        return f"{num_processes} x {torch.cuda.get_device_name(device)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------
+def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig | None = None) -> TrainResult:
+    """Train (or resume training) a CT diffusion prior; see the module docstring.
+
+    Parameters
+    ----------
+    data : list of paths
+        HU stacks (``.npz``/``.npy``) and/or DICOM files or series folders.
+    out_dir : path
+        Output folder (created); holds the export, ``checkpoints/``, ``samples/`` and ``loss.jsonl``.
+    config : TrainConfig
+        Options; defaults train the "small" preset at 256².
+
+    Raises
+    ------
+    InputError
+        Missing or unusable training data.
+    ConfigError
+        Invalid options (unknown preset, size not divisible, ``--resume`` without a checkpoint...).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    call_start = time.monotonic()
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    if config.steps < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise ConfigError(f"--steps, --batch-size must be >= 1 and --lr > 0 (got {config.steps}, "
+                          f"{config.batch_size}, {config.lr})")
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"--lr-schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    if precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"--mixed-precision must be auto, no, bf16 or fp16, got {precision!r}")
+    checkpoint = latest_checkpoint(out_dir) if config.resume else None
+    if config.resume and checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; train without --resume first")
+
+    accelerator = Accelerator(mixed_precision=precision)
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    set_seed(config.seed)
+    main = accelerator.is_main_process
+    if main:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out_dir / "samples").mkdir(exist_ok=True)
+
+    slices, sources = load_slices(list(data), config.size)
+    slices = slices.to(device)
+    unet = build_unet(config.model_preset, config.size).to(device, memory_format=torch.channels_last)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0,
+                   power=config.ema_power, foreach=True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    lr_scheduler = get_scheduler(config.lr_schedule if config.lr_schedule == "cosine" else "constant_with_warmup",
+                                 optimizer, num_warmup_steps=config.warmup_steps * accelerator.num_processes,
+                                 num_training_steps=config.steps * accelerator.num_processes)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    state = TrainState()
+    accelerator.register_for_checkpointing(ema, state)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        ema.to(device)
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    noise_scheduler = DDPMScheduler(**NOISE_SCHEDULE)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed * 1009 + accelerator.process_index * 7919 + state.step)
+    batches = random_batches(slices, config.batch_size, config.max_shift_px, generator)
+    log_path = out_dir / "loss.jsonl"
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(unet).parameters())
+    base_info = {
+        "image_size": config.size, "model_preset": config.model_preset, "parameters": n_params,
+        "unet_config": dict(accelerator.unwrap_model(unet).config), "ema_decay": config.ema_decay,
+        "batch_size": config.batch_size, "num_processes": accelerator.num_processes, "lr": config.lr,
+        "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps, "mixed_precision": precision,
+        "max_shift_px": config.max_shift_px, "sources": sources,
+        "hardware": _hardware(device, accelerator.num_processes),
+        "command": config.command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "torch": torch.__version__, "diffusers": _diffusers_version(), "seed": config.seed,
+    }
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    recent: list[float] = []
+
+    def summary() -> dict[str, Any]:
+        return {**base_info, "steps": state.step, "wall_minutes": state.seconds / 60,
+                "final_loss": float(np.mean(recent[-100:])) if recent else float("nan")}
+
+    def save_checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(out_dir / "checkpoints" / f"checkpoint-{state.step:07d}"))
+        if main:
+            folders = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: p.name)
+            for old in folders[:-config.checkpoints_total_limit]:
+                _remove_tree(old)
+
+    def export(with_samples: bool) -> None:
+        samples = None
+        if main and with_samples:
+            samples = _ema_samples()
+            save_sample_grid(samples, out_dir / "samples" / f"step-{state.step:07d}.png")
+        if main:
+            export_model(accelerator.unwrap_model(unet), ema, out_dir, summary(), config.fp16_weights,
+                         samples, config.archive)
+
+    def _ema_samples() -> torch.Tensor:
+        from diffusers import UNet2DModel
+
+        sampler = UNet2DModel.from_config(accelerator.unwrap_model(unet).config).to(device).eval()
+        ema.copy_to(sampler.parameters())
+        sample_generator = torch.Generator(device=device).manual_seed(config.seed)
+        return ddim_sample(sampler, config.num_samples, config.sample_steps, sample_generator, device,
+                           autocast_dtype)
+
+    def log_loss(loss: torch.Tensor, now: float) -> None:
+        value = accelerator.gather(loss[None]).mean().item()
+        recent.append(value)
+        rate = (state.step - start_steps) / max(now - run_start, 1e-9)
+        progress.set_postfix(loss=f"{value:.4f}", it_s=f"{rate:.2f}")
+        if log_file is not None:
+            log_file.write(json.dumps({"step": state.step, "loss": value, "lr": lr_scheduler.get_last_lr()[0],
+                                       "seconds": round(state.seconds, 2)}) + "\n")
+            log_file.flush()
+
+    budget_s = None if config.max_minutes is None else config.max_minutes * 60
+    start_steps, run_start = state.step, time.monotonic()
+    last_tick, last_export = run_start, run_start
+    stopped_by_time = False
+    last_loss: torch.Tensor | None = None
+    progress = tqdm(total=config.steps, initial=state.step, disable=not accelerator.is_local_main_process,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True, desc="train-prior")
+    log_file = open(log_path, "a", encoding="utf-8") if main else None
+    try:
+        unet.train()
+        while state.step < config.steps:
+            if budget_s is not None and time.monotonic() - call_start >= budget_s:
+                stopped_by_time = True
+                break
+            x0 = next(batches).contiguous(memory_format=torch.channels_last)
+            noise = torch.randn(x0.shape, device=device, generator=generator)
+            t = torch.randint(0, NOISE_SCHEDULE["num_train_timesteps"], (x0.shape[0],), device=device,
+                              generator=generator)
+            a = alphas_cumprod[t].view(-1, 1, 1, 1)
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            with accelerator.autocast():
+                pred = unet(noisy, t).sample
+            loss = F.mse_loss(pred.float(), noise)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(accelerator.unwrap_model(unet).parameters())
+            now = time.monotonic()
+            state.seconds += now - last_tick
+            last_tick = now
+            state.step += 1
+            progress.update(1)
+            last_loss = loss.detach()
+            if state.step % config.log_every == 0 or state.step == config.steps:
+                log_loss(last_loss, now)
+            if state.step % config.checkpoint_every == 0:
+                save_checkpoint()
+            sample_due = state.step % config.sample_every == 0
+            export_due = (config.export_every_minutes is not None
+                          and now - last_export >= config.export_every_minutes * 60)
+            if sample_due or export_due:
+                export(with_samples=sample_due)
+                last_export = time.monotonic()
+        progress.close()
+        if last_loss is not None and state.step % config.log_every != 0 and state.step != config.steps:
+            log_loss(last_loss, time.monotonic())
+        if state.step % config.checkpoint_every != 0 or stopped_by_time:
+            save_checkpoint()
+        export(with_samples=True)
+        accelerator.wait_for_everyone()
+    finally:
+        progress.close()
+        if log_file is not None:
+            log_file.close()
+    reason = "time budget reached" if stopped_by_time else "all steps done"
+    accelerator.print(f"stopped at step {state.step} ({reason}); model in {out_dir}")
+    info = summary()
+    return TrainResult(out_dir=out_dir, steps=state.step, final_loss=info["final_loss"],
+                       stopped_by_time=stopped_by_time, info=info)
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    path.rmdir()
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+@click.command("train-prior")
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (diffusers layout + model card, checkpoints/, samples/).")
+@click.option("--size", default=256, show_default=True, help="Side of the square training slices (pixels).")
+@click.option("--model-preset", type=click.Choice(sorted(MODEL_PRESETS)), default="small", show_default=True)
+@click.option("--steps", default=100_000, show_default=True, help="Total optimizer steps (including resumed).")
+@click.option("--batch-size", default=16, show_default=True, help="Batch per device.")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
+@click.option("--warmup-steps", default=200, show_default=True)
+@click.option("--ema-decay", default=0.9999, show_default=True, help="Maximum EMA decay (reached after warm-up).")
+@click.option("--max-shift", "max_shift_px", default=8, show_default=True, help="Random translation (pixels).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-minutes", type=float, default=None,
+              help="Time budget of this run (data loading included); stops cleanly (checkpoint + export) when reached.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16 on CUDA, none on CPU.")
+@click.option("--log-every", default=10, show_default=True)
+@click.option("--sample-every", default=2000, show_default=True, help="Steps between DDIM sample grids.")
+@click.option("--checkpoint-every", default=2000, show_default=True)
+@click.option("--export-every-minutes", type=float, default=None,
+              help="Also export the EMA model (and --archive) every this many minutes.")
+@click.option("--num-samples", default=16, show_default=True)
+@click.option("--fp16-weights/--fp32-weights", default=True, show_default=True,
+              help="Dtype of the exported UNet weights.")
+@click.option("--resume", is_flag=True, help="Continue from the latest OUT/checkpoints/checkpoint-*.")
+@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a tar of the exported model folder after every export.")
+def train_prior_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None:
+    """Train a CT diffusion prior on HU slices (DATA: .npz/.npy stacks, DICOM files or series folders)."""
+    config = TrainConfig(**options, command=shlex.join(["ctbird", "train-prior", *sys.argv[1:]])
+                         if Path(sys.argv[0]).name == "ctbird" else shlex.join(["python", "-m", "ctbird.training",
+                                                                               *sys.argv[1:]]))
+    try:
+        result = train_prior(list(data), out_dir, config)
+    except CtbirdError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"trained {result.steps} steps, final loss {result.final_loss:.4f}: {result.out_dir}")
+
+
+if __name__ == "__main__":
+    train_prior_command()

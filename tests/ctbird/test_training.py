@@ -1,0 +1,166 @@
+"""Tests of ctbird.training (tiny UNet preset, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctbird.errors import ConfigError, InputError
+from ctbird.training import TrainConfig, augment, latest_checkpoint, load_slices, train_prior
+
+SIZE = 16
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(size=SIZE, model_preset="tiny", steps=3, batch_size=2, log_every=1, sample_every=1000,
+                checkpoint_every=1000, num_samples=2, sample_steps=2, warmup_steps=1, max_shift_px=2)
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def stack_path(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    images = np.full((8, 2 * SIZE, 2 * SIZE), -2048, dtype=np.int16)  # outside-FOV padding value
+    images[:, 6:26, 4:28] = rng.integers(-900, 400, size=(8, 20, 24))
+    path = tmp_path_factory.mktemp("data") / "stack.npz"
+    np.savez(path, images=images, patient=np.array(["p1"] * 5 + ["p2"] * 3),
+             collection=np.array(["LIDC-IDRI"] * 5 + ["CMB-CRC"] * 3))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(stack_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prior")
+    result = train_prior([stack_path], out, _config(archive=out / "prior.tar"))
+    return out, result
+
+
+def test_export_loads_back_with_diffusers(trained):
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    out, result = trained
+    assert result.steps == 3 and np.isfinite(result.final_loss)
+    from safetensors.torch import load_file
+
+    stored = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    unet = UNet2DModel.from_pretrained(out / "unet")
+    assert unet.config.sample_size == SIZE and unet.config.in_channels == 1
+    with torch.no_grad():
+        eps = unet(torch.zeros(1, 1, SIZE, SIZE), 10).sample
+    assert eps.shape == (1, 1, SIZE, SIZE)
+    scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
+    cfg = scheduler.config
+    assert (cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule) == (1000, 1e-4, 0.02, "linear")
+    assert cfg.prediction_type == "epsilon" and cfg.clip_sample and cfg.set_alpha_to_one and cfg.steps_offset == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "DDIMPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert (out / "samples.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
+    import tarfile
+
+    with tarfile.open(out / "prior.tar") as tar:
+        names = set(tar.getnames())
+    assert {"prior/unet/diffusion_pytorch_model.safetensors", "prior/scheduler/scheduler_config.json",
+            "prior/model_index.json", "prior/README.md"} <= names
+
+
+def test_model_card_names_data_licences_and_limits(trained, stack_path):
+    out, _ = trained
+    card = (out / "README.md").read_text()
+    assert "LIDC-IDRI" in card and "10.7937/K9/TCIA.2015.LO9QL9SX" in card and "CMB-CRC" in card
+    assert str(stack_path) in card and "2x2 block average" in card
+    assert "Not for clinical use" in card and "-1024" in card and "3071" in card
+    assert "Steps: 3" in card
+
+
+def test_resume_continues_from_saved_step(trained, stack_path):
+    out, _ = trained
+    assert latest_checkpoint(out).name == "checkpoint-0000003"
+    result = train_prior([stack_path], out, _config(steps=5, resume=True))
+    assert result.steps == 5
+    steps = [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    assert latest_checkpoint(out).name == "checkpoint-0000005"
+
+
+def test_resume_without_checkpoint_is_a_config_error(stack_path, tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train_prior([stack_path], tmp_path, _config(resume=True))
+
+
+def test_time_budget_stops_cleanly_with_a_usable_export(stack_path, tmp_path):
+    from diffusers import UNet2DModel
+
+    result = train_prior([stack_path], tmp_path, _config(steps=10_000, max_minutes=1e-6))
+    assert result.stopped_by_time and result.steps < 10_000
+    assert UNet2DModel.from_pretrained(tmp_path / "unet").config.sample_size == SIZE
+    assert latest_checkpoint(tmp_path) is not None
+
+
+def test_load_slices_scales_and_block_averages(tmp_path):
+    hu = np.array([[-1024, -1024, 0, 0], [-1024, -1024, 0, 0],
+                   [3071, 3071, -3024, -3024], [3071, 3071, -3024, -3024]], dtype=np.int16)
+    np.save(tmp_path / "slice.npy", hu)
+    slices, sources = load_slices([tmp_path / "slice.npy"], 2)
+    assert slices.shape == (1, 1, 2, 2) and slices.dtype == torch.float16
+    expected = torch.tensor([[-1.0, -1.0 + 2 * 1024 / 4095], [1.0, -1.0]])
+    torch.testing.assert_close(slices[0, 0].float(), expected, atol=2e-3, rtol=0)
+    assert sources[0]["preprocessing"] == "2x2 block average"
+
+
+def test_load_slices_resizes_other_sizes(tmp_path):
+    np.save(tmp_path / "slices.npy", np.zeros((2, 24, 24), dtype=np.float32))
+    slices, sources = load_slices([tmp_path / "slices.npy"], 16)
+    assert slices.shape == (2, 1, 16, 16)
+    assert "bilinear" in sources[0]["preprocessing"]
+
+
+def test_dicom_input(tmp_path):
+    pytest.importorskip("ctbird.io.dicom", reason="H5's DICOM reader (ctbird.io.dicom) is not available")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")  # 128x128 CT
+    slices, sources = load_slices([path], 64)
+    assert slices.shape == (1, 1, 64, 64)
+    assert slices.min() >= -1 and slices.max() <= 1 and slices.float().std() > 0.01
+    assert sources[0]["preprocessing"] == "2x2 block average"
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: d / "missing.npz", "does not exist"),
+    (lambda d: (np.save(d / "vol.npy", np.zeros((2, 2, 16, 16))), d / "vol.npy")[1], r"\[slices, H, W\]"),
+    (lambda d: (np.savez(d / "two.npz", a=np.zeros((2, 16, 16)), b=np.zeros(2)), d / "two.npz")[1], "'images'"),
+    (lambda d: ((d / "notes.txt").write_text("x"), d / "notes.txt")[1], "unsupported"),
+])
+def test_bad_inputs_raise_input_error(tmp_path, make, match):
+    with pytest.raises(InputError, match=match):
+        load_slices([make(tmp_path)], SIZE)
+
+
+def test_augment_translates_and_flips_left_right_only():
+    image = torch.full((64, 1, 11, 11), -1.0)
+    image[:, 0, 5, 8] = 1.0  # one bright pixel right of centre
+    out = augment(image, max_shift=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == image.shape
+    assert all(int((o == 1.0).sum()) == 1 and int((o == -1.0).sum()) == 120 for o in out)
+    positions = [divmod(int(i), 11) for i in out[:, 0].flatten(1).argmax(1)]
+    rows = {r for r, _ in positions}
+    cols = {c for _, c in positions}
+    assert rows <= {3, 4, 5, 6, 7} and len(rows) > 1  # shifted by at most 2 vertically, never mirrored
+    assert cols <= {0, 1, 2, 3, 4, 6, 7, 8, 9, 10}
+    assert cols & {0, 1, 2, 3, 4} and cols & {6, 7, 8, 9, 10}  # mirrored left-right sometimes
+
+
+def test_cli_reports_missing_data(tmp_path):
+    from click.testing import CliRunner
+
+    from ctbird.training import train_prior_command
+
+    result = CliRunner().invoke(train_prior_command, [str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o"),
+                                                      "--model-preset", "tiny", "--size", "16"])
+    assert result.exit_code != 0 and "does not exist" in result.output
