@@ -32,6 +32,8 @@ from .units import EVAL_HU_RANGE, WINDOWS
 
 METHODS = ("bird", "fbp", "sirt", "tv", "dps", "bird+dc")
 PRIOR_METHODS = frozenset({"bird", "dps", "bird+dc"})
+#: BIRD budget used on a CPU unless --iters/--delta-t/--preset say otherwise (keeps a 256² run near a minute).
+CPU_FAST_PRESET = {"iters": 30, "delta_t": 200}
 RESTORE_TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 NUMPY_SUFFIXES = (".npy", ".npz")
 #: Working size when no prior fixes it (FBP/SIRT/TV only): the prior's usual size, or the input if smaller.
@@ -296,8 +298,14 @@ def _simulation_geometry(kind: str, views: int, size: int):
 @click.option("--geometry-file", type=click.Path(path_type=Path), default=None,
               help="TOML/JSON geometry: INPUT is then a measured .npy/.npz sinogram (docs/formats.md).")
 @click.option("--prior", default=None, help="Prior folder or Hugging Face hub id (default: the shipped CT prior).")
-@click.option("--delta-t", type=click.IntRange(min=1), default=100, show_default=True, help="DDIM step of the BIRD chain.")
-@click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: each method's own).")
+@click.option("--delta-t", type=click.IntRange(min=1), default=None,
+              help="DDIM step of the BIRD chain (default 100; 200 with the CPU preset).")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="Iterations (default: each method's own; BIRD on CPU uses a faster preset, see --preset).")
+@click.option("--preset", type=click.Choice(["auto", "full", "cpu-fast"]), default="auto", show_default=True,
+              help="BIRD budget when --iters/--delta-t are not given: 'full' = the library defaults, 'cpu-fast' = "
+                   f"{CPU_FAST_PRESET['iters']} iterations at delta_t={CPU_FAST_PRESET['delta_t']}; 'auto' picks "
+                   "cpu-fast on a CPU and full on a GPU.")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="Independent BIRD runs; >1 gives an uncertainty (std) map.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -391,16 +399,22 @@ def _reconstruct(input_path: Path, params: dict[str, Any]) -> None:
             raise InputError(f"The geometry's image_size is {size} but the prior works at {prior.image_size}; "
                              f"set image_size = {prior.image_size} in {params['geometry_file']} or use another prior.")
 
+    preset = params["preset"] if params["preset"] != "auto" else ("cpu-fast" if device == "cpu" else "full")
+    params["preset"] = preset
+    bird_budget = dict(CPU_FAST_PRESET) if preset == "cpu-fast" else {"iters": None, "delta_t": None}
     results: dict[str, Any] = {}
     for method in _progress(methods, quiet=quiet, desc="reconstruct", unit="method"):
         started = time.perf_counter()
         iterative = method in PRIOR_METHODS
+        is_bird = method.startswith("bird")
+        iters = params["iters"] or (bird_budget["iters"] if is_bird else None)
+        delta_t = params["delta_t"] or (bird_budget["delta_t"] if is_bird else None)
         default_iters = api.METHOD_DEFAULTS["dps"]["iters"] if method == "dps" else api.TASK_DEFAULTS["ct"]["iters"]
-        total = (params["iters"] or default_iters) if iterative else None
+        total = (iters or default_iters) if iterative else None
         with _step_bar(quiet=quiet or not iterative, desc=method, total=total) as callback:
             result = _call_library(api.reconstruct, {
                 "sinogram": sinogram, "geometry": geometry, "image_size": size, "prior": prior, "method": method,
-                "iters": params["iters"], "delta_t": params["delta_t"], "n_samples": params["samples"],
+                "iters": iters, "delta_t": delta_t, "n_samples": params["samples"],
                 "seed": params["seed"], "device": device, "pixel_spacing_mm": pixel_mm, "callback": callback,
             })
         seconds = getattr(result, "seconds", None)

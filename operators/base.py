@@ -198,17 +198,8 @@ class Composed(Operator):
         return self.outer._forward(self.inner._forward(x))
 
 
-class ComposedLinear(LinearOperator):
+class ComposedLinear(Composed, LinearOperator):
     """Composition of two linear operators; its adjoint is ``inner^T outer^T``."""
-
-    def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
-        _check_composable(outer, inner)
-        super().__init__(inner.in_shape, outer.out_shape)
-        self.outer = outer
-        self.inner = inner
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer._forward(self.inner._forward(x))
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.inner._adjoint(self.outer._adjoint(y))

@@ -41,8 +41,29 @@ def _check_common(name: str, views: int, detectors: int | None, detector_spacing
             raise GeometryError(f"{name}: explicit angles must be finite numbers (radians).")
 
 
+class _AngularGeometry:
+    """Shared behaviour of the geometries: angle list, detector count, field normalization."""
+
+    def _normalize_fields(self) -> None:
+        if self.angles is not None:
+            object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
+        object.__setattr__(self, "angle_range", tuple(float(a) for a in self.angle_range))
+        _check_common(type(self).__name__, self.views, self.detectors, self.detector_spacing,
+                      self.angle_range, self.pixel_spacing, self.angles)
+
+    def angles_rad(self) -> np.ndarray:
+        """Projection (source) angles in radians, float64 ``[views]``."""
+        if self.angles is not None:
+            return np.asarray(self.angles, dtype=np.float64)
+        start, stop = self.angle_range
+        return start + (stop - start) * np.arange(self.views, dtype=np.float64) / self.views
+
+    def detector_count(self, image_size: int) -> int:
+        return self.detectors if self.detectors is not None else default_detector_count(image_size)
+
+
 @dataclass(frozen=True)
-class ParallelBeam:
+class ParallelBeam(_AngularGeometry):
     """2-D parallel-beam geometry.
 
     Parameters
@@ -70,23 +91,9 @@ class ParallelBeam:
     pixel_spacing: float | None = None
 
     def __post_init__(self) -> None:
-        if self.angles is not None:
-            object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
-        object.__setattr__(self, "angle_range", tuple(float(a) for a in self.angle_range))
-        _check_common("ParallelBeam", self.views, self.detectors, self.detector_spacing,
-                      self.angle_range, self.pixel_spacing, self.angles)
+        self._normalize_fields()
 
     kind = "parallel"
-
-    def angles_rad(self) -> np.ndarray:
-        """Projection angles in radians, float64 ``[views]``."""
-        if self.angles is not None:
-            return np.asarray(self.angles, dtype=np.float64)
-        start, stop = self.angle_range
-        return start + (stop - start) * np.arange(self.views, dtype=np.float64) / self.views
-
-    def detector_count(self, image_size: int) -> int:
-        return self.detectors if self.detectors is not None else default_detector_count(image_size)
 
     def resolved(self, image_size: int) -> ParallelBeam:
         """A copy with ``detectors`` filled in for an ``image_size`` image."""
@@ -108,7 +115,7 @@ class ParallelBeam:
 
 
 @dataclass(frozen=True)
-class FanBeam:
+class FanBeam(_AngularGeometry):
     """2-D fan-beam (equi-spaced flat detector) geometry.
 
     Parameters
@@ -138,11 +145,7 @@ class FanBeam:
     pixel_spacing: float | None = None
 
     def __post_init__(self) -> None:
-        if self.angles is not None:
-            object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
-        object.__setattr__(self, "angle_range", tuple(float(a) for a in self.angle_range))
-        _check_common("FanBeam", self.views, self.detectors, self.detector_spacing,
-                      self.angle_range, self.pixel_spacing, self.angles)
+        self._normalize_fields()
         for name in ("source_distance", "detector_distance"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -153,16 +156,6 @@ class FanBeam:
     @property
     def magnification(self) -> float:
         return (self.source_distance + self.detector_distance) / self.source_distance
-
-    def angles_rad(self) -> np.ndarray:
-        """Source angles in radians, float64 ``[views]``."""
-        if self.angles is not None:
-            return np.asarray(self.angles, dtype=np.float64)
-        start, stop = self.angle_range
-        return start + (stop - start) * np.arange(self.views, dtype=np.float64) / self.views
-
-    def detector_count(self, image_size: int) -> int:
-        return self.detectors if self.detectors is not None else default_detector_count(image_size)
 
     def cell_width(self) -> float:
         """Detector cell width, in this geometry's length unit."""
