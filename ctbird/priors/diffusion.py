@@ -71,11 +71,19 @@ class DiffusionPrior(nn.Module):
         Run the UNet under ``torch.autocast(bfloat16)`` when the input is on CUDA (ignored on CPU).
     channels_last : bool
         Use the channels-last memory format for the UNet and its inputs (faster convolutions on GPU).
+    image_size : int or None
+        Side of the square images to decode. ``None`` (default) means the UNet's trained ``sample_size``. The
+        UNet is convolutional, so another side works if it is divisible by ``2 ** (len(block_out_channels) - 1)``
+        (the UNet's downsampling factor; e.g. 64 for the shipped 256² CT prior, whose factor is 16); the
+        prior was trained at its ``sample_size``, so other sizes change the field of view per pixel
+        and are meant for fast tests and crops, not for quality.
 
     Attributes
     ----------
     image_size : int
-        Side of the square images the UNet was trained on.
+        Side of the square images :meth:`decode` expects (the trained ``sample_size`` unless overridden).
+    trained_image_size : int
+        The UNet config's ``sample_size``.
     channels : int
         Image channels (1 for CT, 3 for photographs).
     prediction_type : str
@@ -85,7 +93,7 @@ class DiffusionPrior(nn.Module):
     """
 
     def __init__(self, unet: nn.Module, scheduler_config: dict | None = None, *, bf16: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, image_size: int | None = None) -> None:
         super().__init__()
         config = dict(DEFAULT_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
         prediction_type = config.get("prediction_type", "epsilon")
@@ -97,6 +105,7 @@ class DiffusionPrior(nn.Module):
             raise PriorError(f"The UNet must map C channels to C channels (unconditional denoiser); got "
                              f"in_channels={in_ch}, out_channels={out_ch}. Learned-variance UNets are not supported.")
         self.unet = unet.eval().requires_grad_(False)
+        self._image_size = self._check_image_size(image_size)
         self.scheduler_config = config
         self.prediction_type: str = prediction_type
         self.num_train_timesteps = int(config.get("num_train_timesteps", 1000))
@@ -115,7 +124,8 @@ class DiffusionPrior(nn.Module):
                     **kwargs) -> DiffusionPrior:
         """A randomly initialized prior (for tests and demos), without any download.
 
-        ``seed`` makes the random UNet weights reproducible (``None`` leaves the global RNG alone).
+        ``seed`` makes the random UNet weights reproducible (``None`` leaves the global RNG alone). ``kwargs`` go
+        to the constructor (``bf16``, ``channels_last``, ``image_size``).
         """
         from diffusers import UNet2DModel
 
@@ -145,7 +155,8 @@ class DiffusionPrior(nn.Module):
           ``scheduler_config.json`` next to it is used if present, else :data:`DEFAULT_SCHEDULER_CONFIG`).
 
         Anything else that looks like ``owner/name`` is treated as a Hugging Face Hub id. Offline
-        (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``) only the local cache is used.
+        (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``) only the local cache is used. ``kwargs`` go to the
+        constructor (``bf16``, ``channels_last``, ``image_size`` to decode at another side than the trained one).
 
         Raises
         ------
@@ -229,9 +240,30 @@ class DiffusionPrior(nn.Module):
 
     # ------------------------------------------------------------------ properties / speed
     @property
-    def image_size(self) -> int:
+    def trained_image_size(self) -> int:
         size = self.unet.config.sample_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (the UNet's total downsampling factor; 1 without down blocks)."""
+        blocks = getattr(self.unet.config, "block_out_channels", None)
+        return 2 ** (len(blocks) - 1) if blocks else 1
+
+    def _check_image_size(self, image_size: int | None) -> int:
+        if image_size is None:
+            return self.trained_image_size
+        multiple = self.size_multiple
+        if (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < multiple
+                or image_size % multiple):
+            raise ConfigError(f"image_size must be a positive multiple of {multiple} (the UNet's downsampling "
+                              f"factor), got {image_size!r}; "
+                              f"the UNet was trained at {self.trained_image_size}. Pass image_size=None to use it.")
+        return image_size
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
 
     @property
     def channels(self) -> int:
@@ -349,7 +381,8 @@ class DiffusionPrior(nn.Module):
             raise ConfigError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}.")
         if x_T.dim() != 4 or tuple(x_T.shape[1:]) != self.shape:
             raise ConfigError(f"x_T must have shape [B, {self.channels}, {self.image_size}, {self.image_size}] "
-                              f"(the prior's image shape), got {list(x_T.shape)}.")
+                              f"(the prior's image shape), got {list(x_T.shape)}. To decode another size, build "
+                              f"the prior with image_size=<multiple of {self.size_multiple}>.")
         pairs = self.timestep_pairs(delta_t)
         x = x_T
         track = torch.is_grad_enabled() and x_T.requires_grad

@@ -157,3 +157,19 @@ def test_sample_is_seeded_and_in_range(tiny_prior):
     a = tiny_prior.sample(2, generator=torch.Generator().manual_seed(3), delta_t=100)
     b = tiny_prior.sample(2, generator=torch.Generator().manual_seed(3), delta_t=100)
     assert a.shape == (2, 1, 16, 16) and torch.equal(a, b) and a.abs().max() <= 1.0
+
+
+def test_image_size_override_decodes_other_sides_of_the_convolutional_unet(tiny_prior, tmp_path, generator):
+    assert tiny_prior.size_multiple == 2 and tiny_prior.image_size == tiny_prior.trained_image_size == 16
+    with pytest.raises(ConfigError, match="image_size"):
+        tiny_prior.decode(torch.randn(1, 1, 32, 32, generator=generator))
+    bigger = DiffusionPrior(tiny_prior.unet, tiny_prior.scheduler_config, image_size=32)
+    x_T = torch.randn(1, 1, 32, 32, generator=generator)
+    ref = _diffusers_ddim_loop(tiny_prior.unet, x_T, 250)
+    torch.testing.assert_close(bigger.decode(x_T, delta_t=250), ref, atol=1e-5, rtol=0)
+    assert bigger.shape == (1, 32, 32) and bigger.trained_image_size == 16
+    for bad in (15, 0, 32.0, True):
+        with pytest.raises(ConfigError, match="multiple of 2"):
+            DiffusionPrior(tiny_prior.unet, tiny_prior.scheduler_config, image_size=bad)
+    loaded = DiffusionPrior.from_pretrained(tiny_prior.save_pretrained(tmp_path / "p"), image_size=8)
+    assert loaded.image_size == 8 and loaded.sample(1, generator=generator, delta_t=500).shape == (1, 1, 8, 8)
