@@ -103,7 +103,7 @@ def render_model_card(info: dict[str, Any]) -> str:
         f"device(s)), AdamW lr {info['lr']:g}, {info['lr_schedule']} schedule with {info['warmup_steps']} "
         f"warm-up steps, mixed precision {info['mixed_precision']}.",
         f"- Wall time: {info['wall_minutes']:.1f} min on {info['hardware']}.",
-        f"- Final training loss (mean of the last 100 logged values): {info['final_loss']:.4f}.",
+        f"- Final training loss (mean of the last 10 logged values, one logged every `--log-every` steps): {info['final_loss']:.4f}.",
         f"- Command: `{info['command']}`",
         "",
         "![training loss](loss.png)",

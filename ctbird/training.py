@@ -539,7 +539,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
 
     def summary() -> dict[str, Any]:
         return {**base_info, "steps": state.step, "wall_minutes": state.seconds / 60,
-                "final_loss": float(np.mean(recent[-100:])) if recent else float("nan")}
+                "final_loss": float(np.mean(recent[-10:])) if recent else float("nan")}
 
     def save_checkpoint() -> None:
         accelerator.wait_for_everyone()
