@@ -356,8 +356,8 @@ def render_markdown(report: dict) -> str:
         f"centre {centre.min():.0f} .. {centre.max():.0f} HU; training slices {mem['real_centre_hu'][0]:.0f} .. "
         f"{mem['real_centre_hu'][1]:.0f} HU, 5-95 %). The likely cause is "
         f"the high-noise levels: the x0 prediction is biased bright by {bias[-1]:+.0f} HU on average at t={ts[-1]} "
-        "(table below), and unconditional sampling starts there. The prior is a usable regulariser for BIRD, "
-        "whose data term fixes the global layout, not a generator of realistic slices.",
+        "(table below), and unconditional sampling starts there. BIRD's chain starts there too, which is why BIRD "
+        "with this prior does not beat FBP (docs/results.md).",
         f"- **No sign of memorization** (but a weak test for samples this poor): the closest sample is "
         f"{closest:.0f} HU (RMSE) from its nearest training slice, while held-out real slices lie {held_p5:.0f} HU "
         f"or more (5th percentile) from theirs and neighbouring slices of one series — the scale of a copy — are "
@@ -594,16 +594,13 @@ def sample_intensity(samples_hu: np.ndarray) -> dict[str, list[float]]:
             "centre": [float(np.median(x[c - 32:c + 32, c - 32:c + 32])) for x in samples_hu]}
 
 
-def loss_summary(records: list[dict], info: dict) -> str:
-    """One sentence on the logged loss (the model card's "final loss" averages the last 100 *logged* values)."""
+def loss_summary(records: list[dict]) -> str:
+    """One sentence on the logged loss curve."""
     loss = np.array([r["loss"] for r in records])
     steps = np.array([r["step"] for r in records])
     middle = loss[(steps > steps[-1] * 0.25) & (steps <= steps[-1] * 0.5)]
     text = (f"{loss[0]:.3f} at step {steps[0]}, {middle.mean():.4f} (mean) from step {int(steps[-1] * 0.25)} to "
             f"{int(steps[-1] * 0.5)}, {loss[-10:].mean():.4f} over the last 10 logged values (to step {steps[-1]}).")
-    if len(loss) < 100:
-        text += (f" The model card's \"final training loss\" {info['final_loss']:.4f} is the mean of all "
-                 f"{len(loss)} logged values (fewer than the 100 it averages), so it includes the warm-up.")
     return text
 
 
@@ -708,7 +705,7 @@ def main(argv: list[str] | None = None) -> dict:
         "platform": f"{platform.machine()} CPU, {args.threads} threads",
         "torch": torch.__version__,
     }
-    report["loss_summary"] = loss_summary(records, info)
+    report["loss_summary"] = loss_summary(records)
     report["model_seconds"] = model_seconds
     report["seconds"] = time.perf_counter() - start + (model_seconds if args.cache is not None and
                                                        args.cache.is_file() else 0.0)
