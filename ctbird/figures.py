@@ -62,12 +62,13 @@ def comparison_figure(images: dict[str, np.ndarray], *, reference: np.ndarray | 
             if diff.ndim == 3:
                 diff = diff.mean(axis=0)
             errors.append((f"|{name} - truth| ({unit})", diff, {"vmin": 0.0, "vmax": limit, "cmap": "magma"}))
-        rows.append(errors)
-    third = [(f"{name} uncertainty (std, {unit})", std, {"vmin": 0.0, "cmap": "viridis"})
-             for name, std in (uncertainty or {}).items() if std is not None]
-    if sinogram is not None:
-        third.append(("measured sinogram", np.asarray(sinogram), {"cmap": "gray"}))
+        rows.append([None, *errors])  # each error map sits under its own result (column 0 is the truth)
+    third = [("measured sinogram", np.asarray(sinogram), {"cmap": "gray"})] if sinogram is not None else []
+    third += [(f"{name} uncertainty (std, {unit})", std, {"vmin": 0.0, "cmap": "viridis"})
+              for name, std in (uncertainty or {}).items() if std is not None]
     third += [(label, img, {"cmap": "viridis"}) for label, img in (extra or {}).items()]
+    if reference is not None and third:
+        rows[1][0] = third.pop(0)  # the free slot under the ground truth
     if third:
         rows.append(third)
     columns = max(len(r) for r in rows)
@@ -76,7 +77,7 @@ def comparison_figure(images: dict[str, np.ndarray], *, reference: np.ndarray | 
     axes = figure.subplots(len(rows), columns, squeeze=False)
     for r, row in enumerate(rows):
         for c in range(columns):
-            if c < len(row):
+            if c < len(row) and row[c] is not None:
                 label, image, style = row[c]
                 show(axes[r][c], image, label, **style)
             else:
