@@ -28,7 +28,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "sirt": {"iters": 100},
     "tv": {"iters": 300},
     "dps": {"iters": 100, "zeta": 1.0},
-    "dc": {"weight": 0.05, "iters": 10},
+    "dc": {"weight": 0.002, "iters": 30},
 }
 #: Reference kernel size at 256 x 256 (BIRD's blind deblurring); scaled with the image for other sizes.
 REFERENCE_KERNEL_SIZE, REFERENCE_SIZE = 41, 256
