@@ -1,0 +1,185 @@
+"""Shared pieces of ``benchmark_ct.py`` and ``benchmark_photo.py``: data selection, run records, tables.
+
+Not a public module: the benchmark scripts import it from their own folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The team's data folder, a sibling of the repository (``../shared/data``).
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: Field of view assumed for synthetic phantom slices (mm across the working grid).
+SYNTHETIC_FOV_MM = 350.0
+
+
+def parse_list(text: str, cast=str) -> list:
+    """``"a,b,c"`` -> ``[cast(a), cast(b), cast(c)]`` (blank items dropped)."""
+    return [cast(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def evenly_spread(items: Sequence, count: int | None) -> list:
+    """``count`` items spread evenly over ``items`` (first and last included), in order; all when ``count`` is None."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count < 1:
+        return []
+    positions = np.unique(np.round(np.linspace(0, len(items) - 1, count)).astype(int))
+    return [items[i] for i in positions]
+
+
+def dicom_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (recursive) that is not an obvious non-DICOM sidecar, sorted by path."""
+    skip = {".txt", ".md", ".json", ".png", ".jpg", ".jpeg", ".csv", ".npz", ".npy"}
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in skip)
+
+
+def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synthetic: bool
+                   ) -> list[tuple[str, np.ndarray, float]]:
+    """CT slices at the working size: ``[(label, hu [size, size] float32, pixel_spacing_mm), ...]``.
+
+    Real data: one slice per DICOM file under ``data_dir`` (the middle frame of multi-frame files), an evenly
+    spread deterministic subset of ``count`` files, ``read_dicom -> clip_hu -> to_working_size`` with the pixel
+    spacing scaled accordingly. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
+    ``[0, 1]`` values span air to dense bone) and its mirror images, ``SYNTHETIC_FOV_MM`` across.
+    """
+    from ctbird.errors import InputError
+    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
+    from ctbird.units import clip_hu
+
+    if synthetic:
+        from ctbird.phantoms import shepp_logan
+
+        base = shepp_logan(size)[0, 0].numpy().astype(np.float32) * 2000.0 - 1000.0
+        variants = [("shepp-logan", base), ("shepp-logan-lr", base[:, ::-1]), ("shepp-logan-ud", base[::-1]),
+                    ("shepp-logan-rot", base[::-1, ::-1])]
+        return [(label, np.ascontiguousarray(image), SYNTHETIC_FOV_MM / size)
+                for label, image in variants[:count or len(variants)]]
+    if data_dir is None or not data_dir.is_dir():
+        raise InputError(f"CT data folder {data_dir} not found; pass --data DIR (DICOM files, searched recursively) "
+                         "or --synthetic for the phantom.")
+    files = dicom_files(data_dir)
+    if not files:
+        raise InputError(f"No DICOM files under {data_dir}; pass --data DIR or --synthetic.")
+    slices = []
+    for path in evenly_spread(files, count):
+        volume = read_dicom(path)
+        hu = volume.hu[volume.hu.shape[0] // 2]
+        spacing = working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
+        slices.append((str(path.relative_to(data_dir)), to_working_size(clip_hu(hu), size), spacing))
+    return slices
+
+
+def git_commit() -> str:
+    """``<sha>`` of the repository's HEAD, ``+dirty`` when tracked files differ from it; ``unknown`` without git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the compute device (GPU model, or the CPU model and thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model} ({torch.get_num_threads()} torch threads)"
+
+
+def run_record(device: torch.device, argv: Sequence[str] | None = None) -> dict:
+    """What, where and with which software a benchmark ran: command line, versions, commit, device, date."""
+    import diffusers
+    import skimage
+
+    try:
+        import astra
+
+        astra_version = astra.__version__
+    except ImportError:
+        astra_version = "not installed"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "benchmark"
+    return {
+        "command": "python " + shlex.join([f"scripts/{script}", *argv]),
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "ctbird_commit": git_commit(),
+        "device": device_name(device),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "astra-toolbox": astra_version,
+                     "numpy": np.__version__, "scikit-image": skimage.__version__},
+        "platform": platform.platform(),
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (NaN for an empty list)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        return math.nan, math.nan
+    return float(array.mean()), float(array.std())
+
+
+def fmt(mean: float, std: float | None = None, digits: int = 2) -> str:
+    """``"mean ± std"`` (std omitted when None or for a single sample)."""
+    if not math.isfinite(mean):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    return text if std is None or not math.isfinite(std) else f"{text} ± {std:.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record_markdown(record: dict) -> str:
+    """The run record as a markdown bullet list."""
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    return "\n".join([
+        f"- Command: `{record['command']}`",
+        f"- Date: {record['date_utc']}; ctbird commit `{record['ctbird_commit']}`",
+        f"- Device: {record['device']}",
+        f"- Versions: {versions}",
+    ])
+
+
+def write_outputs(out_dir: Path, stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir`` atomically; returns their paths."""
+    from ctbird.io import write_text_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_text_atomic(json_path, json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    write_text_atomic(md_path, markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar on stderr."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)

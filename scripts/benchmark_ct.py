@@ -1,0 +1,464 @@
+"""Sparse-view CT benchmark: FBP, SIRT, TV, DPS and BIRD on held-out DICOM slices.
+
+Each slice (``read_dicom -> clip_hu -> to_working_size``, pixel spacing scaled with it) is projected with
+``operators.radon.Radon`` (matrix backend) into ``hu_to_mu(hu) * pixel_spacing_mm`` line integrals -- the
+units of :func:`ctbird.reconstruct` -- for every geometry (parallel over [0, pi); fan: source at 2 N and
+detector at N from the axis, full circle, as ``ctbird reconstruct`` simulates), view count and dose
+(noiseless, or ``operators.noise.LogPoissonNoise(I0)``), then reconstructed by every method with
+:func:`ctbird.reconstruct`. The same projector simulates and reconstructs (an "inverse crime" that favours
+every method alike).
+
+Metrics on HU images: PSNR and SSIM with data range ``ctbird.units.EVAL_HU_RANGE`` = [-1000, 1000] HU (both
+images clipped to it, span 2000 HU) and RMSE in HU over the whole grid; mean and std over slices, plus
+seconds and UNet evaluations (NFE) per slice.
+
+Methods: ``fbp``, ``sirt``, ``tv``, ``dps``, ``bird`` (detached gradients), ``bird-exact`` (backpropagation
+through the UNet) and ``bird+dc`` (BIRD, then conjugate-gradient data-consistency steps). When both ``bird``
+and ``bird+dc`` are requested, BIRD runs once: ``bird`` is the BIRD stage of the ``bird+dc`` run (same seed,
+identical result to a separate run) and its seconds are that stage's.
+
+Writes ``results_ct_<tag>.json`` / ``.md`` and ``figures/ct_<tag>_*.png`` under ``--out-dir``; ``--ablation``
+instead runs the ``delta_t`` ablation of BIRD (30 views, parallel, noiseless) into ``results_ct_ablation_<tag>.*``.
+
+Examples::
+
+    python scripts/benchmark_ct.py --quick --tag quick
+    python scripts/benchmark_ct.py --tag gpu --device cuda
+    python scripts/benchmark_ct.py --tag cpu --max-slices 4 --views 8,30,60 --methods fbp,sirt,tv,bird,bird+dc --iters 30
+    python scripts/benchmark_ct.py --ablation --tag cpu --max-slices 2 --iters 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from bench_common import (SHARED_DATA, fmt, load_ct_slices, markdown_table, mean_std, parse_list,  # noqa: E402
+                          progress, record_markdown, run_record, write_outputs)
+
+METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
+PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
+ABLATION_DELTA_T = (20, 50, 100, 200, 250)
+ABLATION_VIEWS = 30
+GRID_VIEWS = 30
+FULL = {"views": "8,18,30,60", "geometry": "parallel,fan", "noise": "none,1e5", "methods": ",".join(METHODS),
+        "max_slices": None, "iters": None, "delta_t": 100}
+QUICK = {"views": "30", "geometry": "parallel", "noise": "none", "methods": "fbp,sirt,bird",
+         "max_slices": 2, "iters": 3, "delta_t": 250}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ct" / "eval",
+                        help="folder of evaluation DICOM files, searched recursively (default ../shared/data/ct/eval)")
+    parser.add_argument("--synthetic", action="store_true", help="use Shepp-Logan phantom slices instead of --data")
+    parser.add_argument("--max-slices", type=int, default=None, help="evenly spread subset of this many slices (default all)")
+    parser.add_argument("--size", type=int, default=256, help="working grid side N (default 256)")
+    parser.add_argument("--views", default=None, help=f"comma-separated view counts (default {FULL['views']})")
+    parser.add_argument("--geometry", default=None, help="parallel and/or fan (default parallel,fan)")
+    parser.add_argument("--noise", default=None,
+                        help="'none' and/or incident photons I0 for log-Poisson noise (default none,1e5)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated subset of {', '.join(METHODS)} (default all)")
+    parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default TASK_DEFAULTS['ct'])")
+    parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default 100)")
+    parser.add_argument("--lr-latent", type=float, default=None, help="BIRD latent learning rate (default TASK_DEFAULTS['ct'])")
+    parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default METHOD_DEFAULTS['dps'])")
+    parser.add_argument("--ablation", action="store_true",
+                        help=f"run only the delta_t ablation of BIRD ({ABLATION_DELTA_T}, {ABLATION_VIEWS} views, parallel, noiseless)")
+    parser.add_argument("--ablation-delta-t", default=",".join(map(str, ABLATION_DELTA_T)),
+                        help="delta_t values of --ablation")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="compute device (default auto)")
+    parser.add_argument("--prior", default=None, help="prior folder or hub id (default the shipped data/priors/ctbird-ct-256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latents (noise uses 1000 + slice index)")
+    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="output folder (default docs)")
+    parser.add_argument("--tag", default=None, help="run label in the file names, e.g. cpu or gpu (default: the device type)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny run: 2 slices, 30 views, parallel, noiseless, fbp/sirt/bird, 3 iterations, delta_t 250")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        args.views = parse_list(args.views, int)
+        args.geometry = parse_list(args.geometry)
+        args.noise = [None if n.lower() == "none" else float(n) for n in parse_list(args.noise)]
+        args.methods = parse_list(args.methods)
+        args.ablation_delta_t = parse_list(args.ablation_delta_t, int)
+    except ValueError as exc:
+        parser.error(f"could not parse a list option: {exc}")
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
+        parser.error(f"--methods must name some of {', '.join(METHODS)}; got {bad or 'nothing'}.")
+    if [g for g in args.geometry if g not in ("parallel", "fan")] or not args.geometry:
+        parser.error(f"--geometry takes parallel and/or fan, got {args.geometry}.")
+    if not args.views or min(args.views) < 1 or any(n is not None and n <= 0 for n in args.noise):
+        parser.error("--views must be positive integers and --noise 'none' or positive photon counts.")
+    for name in ("iters", "delta_t", "dps_steps", "max_slices"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    if args.size < 16:
+        parser.error("--size must be >= 16.")
+    return args
+
+
+def simulation_geometry(kind: str, views: int, size: int):
+    """The CLI's simulated acquisitions (``ctbird.cli._simulation_geometry``)."""
+    from operators.geometry import FanBeam, ParallelBeam
+
+    if kind == "parallel":
+        return ParallelBeam(views=views).resolved(size)
+    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
+
+
+def noise_label(i0: float | None) -> str:
+    return "noiseless" if i0 is None else f"I0={i0:.0e}"
+
+
+def score(hu: np.ndarray, truth: np.ndarray) -> dict:
+    from ctbird.metrics import psnr, rmse_hu, ssim
+    from ctbird.units import EVAL_HU_RANGE
+
+    return {"psnr": float(psnr(hu, truth, data_range=EVAL_HU_RANGE)),
+            "ssim": float(ssim(hu, truth, data_range=EVAL_HU_RANGE)),
+            "rmse_hu": float(rmse_hu(hu, truth))}
+
+
+class Runner:
+    """Runs the requested methods on one sinogram (shares BIRD between ``bird`` and ``bird+dc``)."""
+
+    def __init__(self, args: argparse.Namespace, prior, device: torch.device) -> None:
+        self.args, self.prior, self.device = args, prior, device
+
+    def _call(self, method: str, sinogram, geometry, spacing: float, bar, **kwargs):
+        from ctbird.api import reconstruct
+
+        def callback(info: dict) -> None:
+            bar.set_postfix_str(f"{method} it {info['iteration']}/{info['iters']} loss {info['loss']:.3g}", refresh=True)
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        result = reconstruct(sinogram, geometry, image_size=self.args.size, pixel_spacing_mm=spacing,
+                             prior=self.prior if method in PRIOR_METHODS else None, method=method, seed=self.args.seed,
+                             device=self.device, callback=callback, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return result, time.perf_counter() - started
+
+    def run(self, methods: list[str], sinogram, geometry, spacing: float, bar, *, delta_t: int | None = None
+            ) -> dict[str, dict]:
+        """``{method: {"image": hu [N, N], "seconds", "nfe"}}``."""
+        from ctbird.api import resize
+        from ctbird.units import unit_to_hu
+
+        args = self.args
+        bird_kwargs = {"iters": args.iters, "delta_t": delta_t or args.delta_t, "lr_latent": args.lr_latent}
+        out: dict[str, dict] = {}
+        for method in methods:
+            if method in out:
+                continue
+            if method in ("fbp", "sirt", "tv"):
+                result, _ = self._call(method, sinogram, geometry, spacing, bar)
+            elif method == "dps":
+                result, _ = self._call("dps", sinogram, geometry, spacing, bar, iters=args.dps_steps)
+            elif method == "bird-exact":
+                result, _ = self._call("bird", sinogram, geometry, spacing, bar, grad_mode="exact", **bird_kwargs)
+            else:
+                call = "bird+dc" if method == "bird+dc" or "bird+dc" in methods else "bird"
+                result, _ = self._call(call, sinogram, geometry, spacing, bar, grad_mode="detached", **bird_kwargs)
+                if call == "bird+dc" and "bird" in methods:
+                    stage = result.solver_result
+                    bird_hu = unit_to_hu(resize(stage.image, (args.size, args.size)))
+                    out["bird"] = {"image": bird_hu[0, 0].cpu().numpy(), "seconds": float(stage.seconds),
+                                   "nfe": int(stage.nfe)}
+                method = call
+            out[method] = {"image": result.image[0, 0].detach().cpu().numpy(), "seconds": float(result.seconds),
+                           "nfe": int(result.nfe)}
+            bar.update(1 if method != "bird+dc" or "bird" not in methods else 2)
+        return out
+
+
+@functools.lru_cache(maxsize=16)
+def projector(geometry, size: int, device: torch.device):
+    """The matrix-backend Radon of one acquisition (cached: every slice reuses it)."""
+    from operators.radon import Radon
+
+    return Radon(geometry, size, backend="matrix", device=device)
+
+
+def simulate(hu: np.ndarray, spacing: float, geometry, i0: float | None, seed: int, device: torch.device) -> torch.Tensor:
+    """Sinogram ``[1, 1, views, detectors]`` of ``hu_to_mu(hu) * spacing`` line integrals (+ log-Poisson noise)."""
+    from operators.noise import LogPoissonNoise
+    from ctbird.units import hu_to_mu
+
+    radon = projector(geometry, hu.shape[-1], device)
+    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(hu) * spacing, dtype=np.float32))[None, None].to(device)
+    with torch.no_grad():
+        sinogram = radon(mu_pixels)
+    if i0 is not None:
+        sinogram = LogPoissonNoise(i0)(sinogram, generator=torch.Generator().manual_seed(seed))
+    return sinogram
+
+
+def summarize(per_slice: list[dict]) -> dict:
+    summary = {}
+    for key in ("psnr", "ssim", "rmse_hu", "seconds", "nfe"):
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([row[key] for row in per_slice])
+    return summary
+
+
+def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
+    from ctbird.api import METHOD_DEFAULTS
+    from ctbird.solvers.bird import TASK_DEFAULTS
+    from ctbird.units import EVAL_HU_RANGE
+
+    ct = TASK_DEFAULTS["ct"]
+    return {
+        "data": "synthetic Shepp-Logan (HU = -1000 + 2000 v)" if args.synthetic else str(args.data),
+        "image_size": args.size, "prior": prior_label, "seed": args.seed,
+        "metric_data_range_hu": list(EVAL_HU_RANGE),
+        "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t, "lr_latent": args.lr_latent or ct["lr_latent"],
+                 "task_defaults_ct": dict(ct)},
+        "dps": {"steps": args.dps_steps or METHOD_DEFAULTS["dps"]["iters"], "zeta": METHOD_DEFAULTS["dps"]["zeta"]},
+        "sirt_iters": METHOD_DEFAULTS["sirt"]["iters"], "tv_iters": METHOD_DEFAULTS["tv"]["iters"],
+        "dc": dict(METHOD_DEFAULTS["dc"]),
+        "fan_geometry": "source at 2N, detector at N from the axis (pixel units), 360 degrees",
+        "parallel_geometry": "180 degrees",
+    }
+
+
+def settings_markdown(settings: dict, slices: list[str]) -> str:
+    bird = settings["bird"]
+    return "\n".join([
+        f"- Data: {settings['data']}; {len(slices)} slice(s) at {settings['image_size']}²: "
+        + ", ".join(f"`{s}`" for s in slices),
+        f"- Prior: `{settings['prior']}`" if settings["prior"] else "- Prior: none (classical methods only)",
+        f"- Metrics: PSNR/SSIM on HU clipped to [{settings['metric_data_range_hu'][0]:.0f}, "
+        f"{settings['metric_data_range_hu'][1]:.0f}] (data range {settings['metric_data_range_hu'][1] - settings['metric_data_range_hu'][0]:.0f} HU); "
+        "RMSE in HU over the whole grid; mean ± std over slices.",
+        f"- BIRD: {bird['iters']} iterations (NFE = (iterations + 1) x DDIM steps: one more decode scores the "
+        f"result), delta_t {bird['delta_t']}, lr_latent {bird['lr_latent']} "
+        f"(TASK_DEFAULTS['ct'] = {bird['task_defaults_ct']}); DPS: {settings['dps']['steps']} steps, zeta "
+        f"{settings['dps']['zeta']}; SIRT {settings['sirt_iters']} and TV {settings['tv_iters']} iterations; "
+        f"bird+dc: {settings['dc']}.",
+        f"- Geometries: parallel {settings['parallel_geometry']}; fan {settings['fan_geometry']}. "
+        "The same matrix projector simulates and reconstructs.",
+    ])
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | None) -> list[str]:
+    from ctbird.figures import comparison_figure
+    from ctbird.io import write_bytes_atomic
+
+    plt = _pyplot()
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if grid is not None:
+        path = fig_dir / f"ct_{tag}_grid.png"
+        png = comparison_figure(grid["images"], reference=grid["truth"], window=(-1000.0, 1000.0),
+                                metrics=grid["metrics"], title=grid["title"], error_range=250.0)
+        write_bytes_atomic(path, png)
+        written.append(path.name)
+
+    configs = sorted({(r["geometry"], r["noise"]) for r in results})
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 3.6), squeeze=False, constrained_layout=True)
+    for ax, (geometry, noise) in zip(axes[0], configs):
+        for method in methods:
+            rows = sorted((r for r in results if r["geometry"] == geometry and r["noise"] == noise and r["method"] == method),
+                          key=lambda r: r["views"])
+            if rows:
+                ax.errorbar([r["views"] for r in rows], [r["psnr_mean"] for r in rows],
+                            yerr=[r["psnr_std"] for r in rows], marker="o", capsize=3, label=method)
+        ax.set_title(f"{geometry}, {noise}", fontsize=10)
+        ax.set_xlabel("views")
+        ax.set_ylabel("PSNR (dB, [-1000, 1000] HU)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    path = fig_dir / f"ct_{tag}_psnr_vs_views.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path.name)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+    for method in methods:
+        rows = [r for r in results if r["method"] == method]
+        ax.scatter([max(r["seconds_mean"], 1e-3) for r in rows], [r["psnr_mean"] for r in rows], label=method, s=22)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per slice (log)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("PSNR vs time (every geometry/views/noise setting)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = fig_dir / f"ct_{tag}_psnr_vs_seconds.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path.name)
+    return written
+
+
+# ------------------------------------------------------------------------------------------ main runs
+def benchmark(args, slices, prior, prior_label, device, record) -> None:
+    runner = Runner(args, prior, device)
+    methods = [m for m in METHODS if m in args.methods]
+    configs = [(g, v, n) for g in args.geometry for v in args.views for n in args.noise]
+    grid_views = min(args.views, key=lambda v: abs(v - GRID_VIEWS))
+    per_config: dict[tuple, dict[str, list]] = {c: {m: [] for m in methods} for c in configs}
+    grid = None
+    with progress(total=len(configs) * len(slices) * len(methods), desc="ct benchmark", unit="run") as bar:
+        for index, (label, hu, spacing) in enumerate(slices):
+            for geometry_kind, views, i0 in configs:
+                geometry = simulation_geometry(geometry_kind, views, args.size)
+                sinogram = simulate(hu, spacing, geometry, i0, 1000 + index, device)
+                bar.set_description(f"slice {index + 1}/{len(slices)} {geometry_kind} {views}v {noise_label(i0)}")
+                outputs = runner.run(methods, sinogram, geometry, spacing, bar)
+                scores = {}
+                for method in methods:
+                    item = outputs[method]
+                    scores[method] = score(item["image"], hu)
+                    per_config[(geometry_kind, views, i0)][method].append(
+                        {"slice": label, **scores[method], "seconds": item["seconds"], "nfe": item["nfe"]})
+                if grid is None and index == 0 and views == grid_views and geometry_kind == args.geometry[0] \
+                        and i0 == args.noise[0]:
+                    grid = {"truth": hu, "images": {m: outputs[m]["image"] for m in methods}, "metrics": scores,
+                            "title": f"{label}: {geometry_kind}, {views} views, {noise_label(i0)}"}
+    results = []
+    for (geometry_kind, views, i0), by_method in per_config.items():
+        for method in methods:
+            results.append({"geometry": geometry_kind, "views": views, "noise": noise_label(i0), "I0": i0,
+                            "method": method, **summarize(by_method[method]), "per_slice": by_method[method]})
+    settings = settings_record(args, prior_label)
+    figures = [] if args.no_figures else write_figures(args.out_dir, args.tag, results, grid)
+    payload = {"run": record, "settings": settings, "slices": [s[0] for s in slices], "results": results,
+               "figures": [f"figures/{f}" for f in figures]}
+    json_path, md_path = write_outputs(args.out_dir, f"results_ct_{args.tag}", payload,
+                                       ct_markdown(record, settings, [s[0] for s in slices], results, methods, figures, args))
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+
+
+def ct_markdown(record, settings, slices, results, methods, figures, args) -> str:
+    lines = [f"# CT benchmark `{args.tag}`", "", "Generated by `scripts/benchmark_ct.py`; do not edit by hand.", "",
+             record_markdown(record), settings_markdown(settings, slices), ""]
+    for geometry in args.geometry:
+        for i0 in args.noise:
+            noise = noise_label(i0)
+            lines += [f"## {geometry} beam, {noise}", "", "PSNR (dB) / SSIM by number of views (mean ± std over slices):", ""]
+            rows = []
+            for method in methods:
+                cells = [method]
+                for views in args.views:
+                    r = next(r for r in results if (r["geometry"], r["views"], r["noise"], r["method"]) == (geometry, views, noise, method))
+                    cells.append(f"{fmt(r['psnr_mean'], r['psnr_std'])} / {fmt(r['ssim_mean'], r['ssim_std'], 3)}")
+                rows.append(cells)
+            lines += [markdown_table(["method"] + [f"{v} views" for v in args.views], rows), ""]
+    lines += ["## All settings", ""]
+    rows = [[r["geometry"], r["noise"], r["views"], r["method"], fmt(r["psnr_mean"], r["psnr_std"]),
+             fmt(r["ssim_mean"], r["ssim_std"], 3), fmt(r["rmse_hu_mean"], r["rmse_hu_std"], 1),
+             fmt(r["seconds_mean"], None, 2), fmt(r["nfe_mean"], None, 0)] for r in results]
+    lines += [markdown_table(["geometry", "noise", "views", "method", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice",
+                              "NFE / slice"], rows), ""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
+    return "\n".join(lines)
+
+
+def ablation(args, slices, prior, prior_label, device, record) -> None:
+    runner = Runner(args, prior, device)
+    rows = []
+    with progress(total=len(args.ablation_delta_t) * len(slices), desc="delta_t ablation", unit="run") as bar:
+        per_delta: dict[int, list] = {d: [] for d in args.ablation_delta_t}
+        for index, (label, hu, spacing) in enumerate(slices):
+            geometry = simulation_geometry("parallel", ABLATION_VIEWS, args.size)
+            sinogram = simulate(hu, spacing, geometry, None, 1000 + index, device)
+            for delta_t in args.ablation_delta_t:
+                bar.set_description(f"slice {index + 1}/{len(slices)} delta_t {delta_t}")
+                item = runner.run(["bird"], sinogram, geometry, spacing, bar, delta_t=delta_t)["bird"]
+                per_delta[delta_t].append({"slice": label, **score(item["image"], hu), "seconds": item["seconds"],
+                                           "nfe": item["nfe"]})
+    for delta_t, per_slice in per_delta.items():
+        rows.append({"delta_t": delta_t, "ddim_steps": len(prior.timestep_pairs(delta_t)),
+                     **summarize(per_slice), "per_slice": per_slice})
+    settings = settings_record(args, prior_label)
+    settings.update({"ablation": {"views": ABLATION_VIEWS, "geometry": "parallel", "noise": "noiseless",
+                                  "delta_t": args.ablation_delta_t}})
+    settings["bird"]["delta_t"] = args.ablation_delta_t
+    figures = []
+    if not args.no_figures:
+        plt = _pyplot()
+        (args.out_dir / "figures").mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+        xs = [r["delta_t"] for r in rows]
+        ax.errorbar(xs, [r["psnr_mean"] for r in rows], yerr=[r["psnr_std"] for r in rows], marker="o", capsize=3,
+                    label="PSNR")
+        ax.set_xlabel("delta_t (DDIM step)")
+        ax.set_ylabel("PSNR (dB)")
+        twin = ax.twinx()
+        twin.plot(xs, [r["seconds_mean"] for r in rows], "s--", color="tab:red", label="seconds")
+        twin.set_ylabel("seconds per slice", color="tab:red")
+        ax.set_title(f"BIRD delta_t ablation ({ABLATION_VIEWS} views, parallel, noiseless)", fontsize=10)
+        ax.grid(alpha=0.3)
+        name = f"ct_ablation_{args.tag}.png"
+        fig.savefig(args.out_dir / "figures" / name, dpi=110)
+        plt.close(fig)
+        figures.append(name)
+    table = markdown_table(["delta_t", "DDIM steps", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice", "NFE / slice"],
+                           [[r["delta_t"], r["ddim_steps"], fmt(r["psnr_mean"], r["psnr_std"]), fmt(r["ssim_mean"], r["ssim_std"], 3),
+                             fmt(r["rmse_hu_mean"], r["rmse_hu_std"], 1), fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0)]
+                            for r in rows])
+    markdown = "\n".join([f"# BIRD delta_t ablation `{args.tag}`", "", "Generated by `scripts/benchmark_ct.py --ablation`.", "",
+                          record_markdown(record), settings_markdown(settings, [s[0] for s in slices]),
+                          f"- Setting: {ABLATION_VIEWS} views, parallel beam, noiseless; same iterations for every delta_t.",
+                          "", table, ""] + [f"![{f}](figures/{f})" for f in figures])
+    payload = {"run": record, "settings": settings, "slices": [s[0] for s in slices], "ablation": rows,
+               "figures": [f"figures/{f}" for f in figures]}
+    json_path, md_path = write_outputs(args.out_dir, f"results_ct_ablation_{args.tag}", payload, markdown)
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ctbird.api import resolve_device
+    from ctbird.priors import default_prior_path, load_prior
+
+    device = resolve_device(args.device)
+    args.tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
+    record = run_record(device, argv)
+    slices = load_ct_slices(None if args.synthetic else args.data, args.max_slices, args.size, synthetic=args.synthetic)
+    needs_prior = args.ablation or bool(PRIOR_METHODS.intersection(args.methods))
+    prior, prior_label = None, None
+    if needs_prior:
+        prior = load_prior(args.prior, device=str(device))
+        prior_label = str(args.prior) if args.prior else str(default_prior_path())
+    if args.ablation:
+        ablation(args, slices, prior, prior_label, device, record)
+    else:
+        benchmark(args, slices, prior, prior_label, device, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""End-to-end runs of scripts/benchmark_ct.py and scripts/benchmark_photo.py (``--quick``, CPU, tiny prior).
+
+Each script runs in a subprocess on synthetic phantom slices (no shared data needed) with a 32 x 32
+random-weight prior saved in ``tmp_path``; the tests check the JSON records (methods, metrics, finite
+values, run record) and that the markdown tables and figures exist. The numbers of a random prior mean
+nothing; the classical baselines must still beat chance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+SIZE = 32
+
+
+@pytest.fixture
+def save_prior(tiny_unet_config_factory, bird_scheduler_config):
+    """``f(path, channels=1) -> path``: a random-weight 32 x 32 prior saved as a diffusers folder."""
+    from ctbird.priors import DiffusionPrior
+
+    def save(path: Path, channels: int = 1) -> Path:
+        config = tiny_unet_config_factory(channels, SIZE)
+        DiffusionPrior.from_config(config, bird_scheduler_config, seed=0).save_pretrained(path)
+        return path
+
+    return save
+
+
+def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    completed = subprocess.run([sys.executable, str(SCRIPTS / script), *args], cwd=cwd, env=env,
+                               capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, f"{script} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    return completed
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_benchmark_ct_quick(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    _run("benchmark_ct.py", "--quick", "--synthetic", "--size", str(SIZE), "--prior", str(prior), "--device", "cpu",
+         "--tag", "test", "--out-dir", str(out), "--methods", "fbp,sirt,bird,bird+dc", cwd=tmp_path)
+    payload = json.loads((out / "results_ct_test.json").read_text())
+    assert payload["settings"]["metric_data_range_hu"] == [-1000.0, 1000.0]
+    assert payload["run"]["command"].startswith("python scripts/benchmark_ct.py --quick")
+    assert {"torch", "diffusers", "astra-toolbox"} <= set(payload["run"]["versions"])
+    assert payload["run"]["ctbird_commit"] and payload["run"]["device"]
+    assert len(payload["slices"]) == 2
+    rows = {(r["geometry"], r["views"], r["noise"], r["method"]): r for r in payload["results"]}
+    assert set(rows) == {("parallel", 30, "noiseless", m) for m in ("fbp", "sirt", "bird", "bird+dc")}
+    for row in rows.values():
+        for key in ("psnr_mean", "psnr_std", "ssim_mean", "rmse_hu_mean", "seconds_mean", "nfe_mean"):
+            assert _finite(row[key]), (row["method"], key, row[key])
+        assert len(row["per_slice"]) == 2
+    assert rows[("parallel", 30, "noiseless", "fbp")]["nfe_mean"] == 0
+    # --quick: 3 iterations at delta_t 250 (4 DDIM steps), plus the decode that scores the result
+    assert rows[("parallel", 30, "noiseless", "bird")]["nfe_mean"] == (3 + 1) * 4
+    # bird+dc shares the BIRD stage with bird: the same UNet work, then data-consistency steps
+    assert rows[("parallel", 30, "noiseless", "bird+dc")]["nfe_mean"] == rows[("parallel", 30, "noiseless", "bird")]["nfe_mean"]
+    # 30 noiseless views of a smooth phantom: SIRT is well above chance and beats plain FBP
+    assert rows[("parallel", 30, "noiseless", "sirt")]["psnr_mean"] > 25.0
+    assert rows[("parallel", 30, "noiseless", "sirt")]["psnr_mean"] > rows[("parallel", 30, "noiseless", "fbp")]["psnr_mean"]
+    markdown = (out / "results_ct_test.md").read_text()
+    assert "| method | 30 views |" in markdown and "| bird+dc |" in markdown and "[-1000, 1000]" in markdown
+    for name in ("ct_test_grid.png", "ct_test_psnr_vs_views.png", "ct_test_psnr_vs_seconds.png"):
+        assert (out / "figures" / name).stat().st_size > 1000
+
+
+def test_benchmark_ct_ablation(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    _run("benchmark_ct.py", "--ablation", "--synthetic", "--size", str(SIZE), "--max-slices", "1", "--iters", "1",
+         "--ablation-delta-t", "100,250", "--prior", str(prior), "--device", "cpu", "--tag", "test",
+         "--out-dir", str(out), "--no-figures", cwd=tmp_path)
+    payload = json.loads((out / "results_ct_ablation_test.json").read_text())
+    rows = {r["delta_t"]: r for r in payload["ablation"]}
+    assert set(rows) == {100, 250}
+    assert rows[100]["ddim_steps"] == 10 and rows[250]["ddim_steps"] == 4
+    assert rows[100]["nfe_mean"] == 2 * 10 and rows[250]["nfe_mean"] == 2 * 4
+    assert all(_finite(r[k]) for r in rows.values() for k in ("psnr_mean", "ssim_mean", "seconds_mean"))
+    assert "| delta_t | DDIM steps |" in (out / "results_ct_ablation_test.md").read_text()
+
+
+def test_benchmark_photo_quick_ct_domain(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    _run("benchmark_photo.py", "--quick", "--domain", "ct", "--synthetic", "--size", str(SIZE), "--prior", str(prior),
+         "--device", "cpu", "--tag", "test", "--out-dir", str(out), cwd=tmp_path)
+    payload = json.loads((out / "results_photo_test.json").read_text())
+    assert payload["settings"]["metric_data_range"] == 1.0
+    results = {r["task"]: r for r in payload["results"]}
+    assert set(results) == {"gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint"}
+    for task, row in results.items():
+        for key in ("psnr_mean", "ssim_mean", "input_psnr_mean", "seconds_mean", "nfe_mean"):
+            assert _finite(row[key]), (task, key, row[key])
+        assert row["nfe_mean"] == (2 + 1) * 2  # --quick: 2 iterations at delta_t 500
+        assert len(row["per_image"]) == 2
+    for task in ("gaussian-deblur", "motion-deblur"):
+        assert 0.0 <= results[task]["kernel_error_mean"] <= 2.0
+        assert _finite(results[task]["initial_kernel_error_mean"])
+    assert "kernel_error_mean" not in results["denoise"]
+    markdown = (out / "results_photo_test.md").read_text()
+    assert "| task | iters | PSNR (dB) |" in markdown and "| motion-deblur |" in markdown
+    assert (out / "figures" / "photo_test_grid.png").stat().st_size > 1000
+
+
+def test_benchmark_photo_reads_rgb_folder(tmp_path, save_prior):
+    from PIL import Image
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    for i in range(2):
+        pixels = (torch.rand(48, 40, 3, generator=rng) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(data / f"img{i}.png")
+    prior = save_prior(tmp_path / "prior", channels=3)
+    out = tmp_path / "out"
+    _run("benchmark_photo.py", "--quick", "--domain", "faces", "--data", str(data), "--size", str(SIZE), "--tasks",
+         "denoise,sr", "--prior", str(prior), "--device", "cpu", "--tag", "rgb", "--out-dir", str(out), "--no-figures",
+         cwd=tmp_path)
+    payload = json.loads((out / "results_photo_rgb.json").read_text())
+    assert payload["images"] == ["img0.png", "img1.png"]
+    assert payload["settings"]["prior_channels"] == 3
+    assert [r["task"] for r in payload["results"]] == ["denoise", "sr"]
+    assert all(_finite(r["psnr_mean"]) and _finite(r["input_psnr_mean"]) for r in payload["results"])
+
+
+def test_benchmark_photo_needs_a_prior_for_photographs(tmp_path):
+    completed = subprocess.run([sys.executable, str(SCRIPTS / "benchmark_photo.py"), "--domain", "faces"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert "--prior" in completed.stderr and "photographs" in completed.stderr
+
+
+def test_motion_kernel_and_kernel_error():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from benchmark_photo import gaussian_kernel, kernel_error, motion_kernel
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    k = motion_kernel(21, seed=3)
+    assert k.shape == (21, 21) and torch.all(k >= 0) and abs(float(k.sum()) - 1.0) < 1e-5
+    assert torch.equal(k, motion_kernel(21, seed=3)) and not torch.equal(k, motion_kernel(21, seed=4))
+    assert int((k > 0).sum()) > 21  # a path, not a dot
+    g = gaussian_kernel(21, 3.0)
+    assert kernel_error(g, g) < 1e-9
+    shifted = torch.roll(g, shifts=(2, -1), dims=(0, 1))
+    assert kernel_error(shifted, g) < 0.05  # shift-invariant up to k // 4 (tails cut by the roll)
+    assert kernel_error(torch.full((21, 21), 1.0), g) > 0.5
