@@ -423,6 +423,10 @@ def _reconstruct(input_path: Path, params: dict[str, Any]) -> None:
             "uncertainty": _reshape_optional(getattr(result, "uncertainty", None), size),
             "nfe": getattr(result, "nfe", None),
             "seconds": float(seconds) if seconds is not None else time.perf_counter() - started,
+            "settings": {key: value for key, value in (("iters", (getattr(result, "info", None) or {}).get("iters_run") or iters),
+                                                       ("delta_t", getattr(result, "delta_t", None)),
+                                                       ("grad_mode", getattr(result, "grad_mode", None)))
+                         if value is not None},
         }
 
     summary = _reconstruct_metrics(study, params, geometry, prior_label, results, truth_working, size, pixel_mm)
@@ -459,7 +463,7 @@ def _reconstruct_metrics(study: _Study, params, geometry, prior_label, results, 
                                    f"the prior window; all at the {size}x{size} working resolution.")
     summary.update({k: v for k, v in study.notes.items()})
     for method, result in results.items():
-        entry: dict[str, Any] = {"seconds": round(result["seconds"], 3), "nfe": result["nfe"]}
+        entry: dict[str, Any] = {"seconds": round(result["seconds"], 3), "nfe": result["nfe"], **result["settings"]}
         if truth_working is not None:
             image = result["image"]
             entry["psnr"] = psnr(image, truth_working, data_range=EVAL_HU_RANGE)
