@@ -30,7 +30,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     "denoise": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100},
     "inpaint": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100},
     "sr": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, "delta_t": 100},
-    "ct": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 1e-3, "delta_t": 100},
+    "ct": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 1e-3, "delta_t": 100},
 }
 
 LossName = Literal["mse", "l1"]
