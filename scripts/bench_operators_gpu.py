@@ -1,8 +1,7 @@
 # Radon backends on a CUDA GPU: build time, forward/adjoint time (batch 16, 256², 30 views), agreement with
 # the matrix backend, ASTRA-CUDA gradient wiring and adjointness. Run by scripts/gpu_operator_check.sh.
-import time, torch, math
+import time, torch
 from operators import Radon, ParallelBeam, FanBeam
-import astra
 def sync(): torch.cuda.synchronize()
 N = 256
 x = torch.rand(16, 1, N, N, device="cuda")

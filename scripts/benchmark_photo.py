@@ -255,7 +255,7 @@ def observation_view(task: str, y: torch.Tensor, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import _default_kernel_size, resize, resolve_device, restore
+    from ctbird.api import _default_kernel_size, resolve_device, restore
     from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.solvers.bird import TASK_DEFAULTS

@@ -367,7 +367,7 @@ def render_markdown(report: dict) -> str:
         f"(median {np.median(ref['neighbour']['corr']):.3f})." if not copying else
         f"- **Possible memorization**: the closest sample is {closest:.0f} HU from a training slice, within the "
         f"range of neighbouring slices of one series (95th percentile {nbr_p95:.0f} HU).",
-        f"- **Denoising**: the x0-prediction error on held-out slices is "
+        "- **Denoising**: the x0-prediction error on held-out slices is "
         + ", ".join(f"{e:.0f} HU at t={t}" for t, e in zip(den["timesteps"], den["heldout"]))
         + f" (no-denoiser input error: {den['noise'][0]:.0f} .. {den['noise'][-1]:.0f} HU; "
         f"predicting the mean training slice: {den['mean_image']:.0f} HU).",
