@@ -30,6 +30,14 @@ def parse_list(text: str, cast=str) -> list:
     return [cast(part.strip()) for part in text.split(",") if part.strip()]
 
 
+def require_positive(parser, args, names: Sequence[str]) -> None:
+    """``parser.error`` unless each named option is None or >= 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+
+
 def evenly_spread(items: Sequence, count: int | None) -> list:
     """``count`` items spread evenly over ``items`` (first and last included), in order; all when ``count`` is None."""
     if count is None or count >= len(items):

@@ -42,7 +42,7 @@ import torch
 # The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import (SHARED_DATA, fmt, load_ct_slices, markdown_table, mean_std, parse_list,  # noqa: E402
+from bench_common import (SHARED_DATA, require_positive, fmt, load_ct_slices, markdown_table, mean_std, parse_list,  # noqa: E402
                           progress, record_markdown, run_record, write_outputs)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
@@ -105,10 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--geometry takes parallel and/or fan, got {args.geometry}.")
     if not args.views or min(args.views) < 1 or any(n is not None and n <= 0 for n in args.noise):
         parser.error("--views must be positive integers and --noise 'none' or positive photon counts.")
-    for name in ("iters", "delta_t", "dps_steps", "max_slices"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices"))
     if args.size < 16:
         parser.error("--size must be >= 16.")
     return args

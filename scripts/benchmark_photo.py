@@ -43,7 +43,7 @@ import torch
 # The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import (SHARED_DATA, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,  # noqa: E402
+from bench_common import (SHARED_DATA, require_positive, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,  # noqa: E402
                           parse_list, progress, record_markdown, run_record, write_outputs)
 
 TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
@@ -86,10 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [t for t in args.tasks if t not in TASKS]
     if bad or not args.tasks:
         parser.error(f"--tasks must name some of {', '.join(TASKS)}; got {bad or 'nothing'}.")
-    for name in ("max_images", "size", "iters", "delta_t"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    require_positive(parser, args, ("max_images", "size", "iters", "delta_t"))
     if args.sr_factor < 2:
         parser.error("--sr-factor must be >= 2.")
     if args.prior is None and args.domain != "ct":
