@@ -110,6 +110,7 @@ class TrainConfig:
     sample_steps: int = 50
     fp16_weights: bool = True
     resume: bool = False
+    init_from: Path | None = None
     archive: Path | None = None
     command: str = ""
 
@@ -445,6 +446,30 @@ def _hardware(device: torch.device, num_processes: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # Training loop
 # ----------------------------------------------------------------------------------------------
+def load_initial_weights(unet, prior_dir: Path) -> None:
+    """Copy the UNet weights of an exported prior (``prior_dir/unet`` or a bare UNet folder) into ``unet``.
+
+    Lets a new run continue from a shipped prior (e.g. ``data/priors/ctbird-ct-256``) when its checkpoints (optimizer
+    and EMA state) are not at hand; the optimizer and the EMA restart from these weights.
+    """
+    from diffusers import UNet2DModel
+
+    folder = prior_dir / "unet" if (prior_dir / "unet" / "config.json").is_file() else prior_dir
+    if not (folder / "config.json").is_file():
+        raise InputError(f"--init-from {prior_dir}: no UNet found (expected {prior_dir}/unet/config.json or "
+                         f"{prior_dir}/config.json, the diffusers save_pretrained layout).")
+    source = UNet2DModel.from_pretrained(folder, torch_dtype=torch.float32)
+    def normalized(value):  # config.json stores tuples as lists
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    mismatched = {k: (v, unet.config.get(k)) for k, v in source.config.items()
+                  if not k.startswith("_") and normalized(unet.config.get(k)) != normalized(v)}
+    if mismatched:
+        raise ConfigError(f"--init-from {prior_dir}: its UNet differs from --model-preset/--size in "
+                          f"{sorted(mismatched)} (prior vs preset: {mismatched}); pick the matching preset and size.")
+    unet.load_state_dict(source.state_dict())
+
+
 def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig | None = None) -> TrainResult:
     """Train (or resume training) a CT diffusion prior; see the module docstring.
 
@@ -485,6 +510,9 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
     if precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"--mixed-precision must be auto, no, bf16 or fp16, got {precision!r}")
     checkpoint = latest_checkpoint(out_dir) if config.resume else None
+    if config.resume and config.init_from is not None:
+        raise ConfigError("--resume and --init-from exclude each other: resume continues a run's own checkpoint, "
+                          "--init-from starts a new run from an exported prior's weights.")
     if config.resume and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; train without --resume first")
 
@@ -502,7 +530,10 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
 
     slices, sources = load_slices(list(data), config.size)
     slices = slices.to(device)
-    unet = build_unet(config.model_preset, config.size).to(device, memory_format=torch.channels_last)
+    unet = build_unet(config.model_preset, config.size)
+    if config.init_from is not None:
+        load_initial_weights(unet, Path(config.init_from))
+    unet = unet.to(device, memory_format=torch.channels_last)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=config.ema_power, foreach=True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -532,6 +563,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
         "max_shift_px": config.max_shift_px, "sources": sources,
         "hardware": _hardware(device, accelerator.num_processes),
         "command": config.command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "initialized_from": str(config.init_from) if config.init_from is not None else None,
         "torch": torch.__version__, "diffusers": _diffusers_version(), "seed": config.seed,
     }
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -676,6 +708,9 @@ def _remove_tree(path: Path) -> None:
 @click.option("--fp16-weights/--fp32-weights", default=True, show_default=True,
               help="Dtype of the exported UNet weights.")
 @click.option("--resume", is_flag=True, help="Continue from the latest OUT/checkpoints/checkpoint-*.")
+@click.option("--init-from", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Start from an exported prior's UNet weights (e.g. data/priors/ctbird-ct-256) instead of random "
+                   "ones; optimizer and EMA restart.")
 @click.option("--archive", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a tar of the exported model folder after every export.")
 def train_prior_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None:

@@ -561,6 +561,8 @@ def render_markdown(report: dict) -> str:
         "# several GPUs, data-parallel",
         "accelerate launch --num_processes 4 -m ctbird.training ../shared/data/ct/train/ct256_train_hu.npz \\",
         "    --out priors/ct-256-long --batch-size 32 --steps 200000 --max-minutes 240",
+        "# continue the shipped prior on a time-boxed GPU machine (its checkpoints are not kept between sessions)",
+        "INIT=data/priors/ctbird-ct-256 bash scripts/train_prior_gpu.sh 10",
         "```",
         "",
         "Use all 1403 slices (the shipped run used every second slice to fit the transport limit), add more "

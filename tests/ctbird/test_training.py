@@ -93,6 +93,29 @@ def test_resume_without_checkpoint_is_a_config_error(stack_path, tmp_path):
         train_prior([stack_path], tmp_path, _config(resume=True))
 
 
+def test_init_from_starts_from_an_exported_prior(trained, stack_path, tmp_path):
+    from diffusers import UNet2DModel
+
+    out, _ = trained
+    exported = UNet2DModel.from_pretrained(out / "unet", torch_dtype=torch.float32).state_dict()
+    # one step at a negligible rate: the new export must be the initial weights (up to the fp16 export)
+    result = train_prior([stack_path], tmp_path, _config(steps=1, lr=1e-12, init_from=out))
+    assert result.info["initialized_from"] == str(out)
+    reloaded = UNet2DModel.from_pretrained(tmp_path / "unet", torch_dtype=torch.float32).state_dict()
+    for name, tensor in exported.items():
+        torch.testing.assert_close(reloaded[name], tensor, atol=1e-3, rtol=1e-3)
+
+
+def test_init_from_rejects_a_mismatched_prior_and_resume(trained, stack_path, tmp_path):
+    out, _ = trained
+    with pytest.raises(ConfigError, match="differs from --model-preset"):
+        train_prior([stack_path], tmp_path / "a", _config(steps=1, init_from=out, size=32))
+    with pytest.raises(ConfigError, match="exclude each other"):
+        train_prior([stack_path], tmp_path / "b", _config(steps=1, init_from=out, resume=True))
+    with pytest.raises(InputError, match="no UNet found"):
+        train_prior([stack_path], tmp_path / "c", _config(steps=1, init_from=tmp_path))
+
+
 def test_time_budget_stops_cleanly_with_a_usable_export(stack_path, tmp_path):
     from diffusers import UNet2DModel
 
