@@ -7,28 +7,38 @@ full int16 HU precision and writes ``.gpu/ct_train_subset.npz`` plus, into ``.gp
 the only wheels the GPU training needs that the device image lacks (diffusers,
 importlib_metadata, pydicom).
 
+The wheels come from ``--wheels-from`` (default ``.whl/``), fetched on a machine with a package index by
+``python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl
+diffusers==0.42.1 importlib_metadata==10.2.0 pydicom==3.0.2``.
+
+Everything that travels (the tracked working tree, which includes the shipped prior, plus ``.gpu/``) must
+stay under 64 MiB: the script prints the total and fails above it. ``--stride 3 --offset 1`` keeps a third
+of the slices, the ones the shipped prior (``--stride 2 --offset 0``) saw least, for a continuation run.
+
 Usage::
 
-    python scripts/pack_training_subset.py [--source NPZ] [--out .gpu/ct_train_subset.npz]
+    python scripts/pack_training_subset.py [--source NPZ] [--out .gpu/ct_train_subset.npz] [--stride N] [--offset K]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = Path("/work/shared/data/ct/train/ct256_train_hu.npz")
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "ct" / "train" / "ct256_train_hu.npz"
+TRANSPORT_LIMIT = 64 * 2**20
 WHEEL_PATTERNS = ("diffusers-*.whl", "importlib_metadata-*.whl", "pydicom-*.whl")
 
 
-def pack(source: Path, out: Path, stride: int = 2) -> dict[str, int]:
-    """Write every ``stride``-th slice of ``source`` (and its per-slice metadata) to ``out``."""
+def pack(source: Path, out: Path, stride: int = 2, offset: int = 0) -> dict[str, int]:
+    """Write every ``stride``-th slice of ``source``, starting at ``offset`` (and its metadata) to ``out``."""
     data = np.load(source)
-    keep = np.arange(0, data["images"].shape[0], stride)
+    keep = np.arange(offset, data["images"].shape[0], stride)
     arrays = {key: data[key][keep] for key in data.files}
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
@@ -58,14 +68,24 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--out", type=Path, default=REPO / ".gpu" / "ct_train_subset.npz")
     parser.add_argument("--stride", type=int, default=2)
+    parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--wheels-from", type=Path, default=REPO / ".whl")
     args = parser.parse_args()
-    info = pack(args.source, args.out, args.stride)
+    if not 0 <= args.offset < args.stride:
+        parser.error(f"--offset must be in [0, --stride), got {args.offset} with stride {args.stride}.")
+    if not args.source.is_file():
+        parser.error(f"training stack not found: {args.source} (pass --source).")
+    info = pack(args.source, args.out, args.stride, args.offset)
     print(f"wrote {args.out}: {info['slices']} slices, {info['patients']} patients, "
           f"{info['bytes'] / 2**20:.1f} MiB")
     wheels = copy_wheels(args.wheels_from, args.out.parent / "wheels")
     total = sum(p.stat().st_size for p in args.out.parent.rglob("*") if p.is_file())
     print(f"wheels: {', '.join(p.name for p in wheels)}; {args.out.parent} total {total / 2**20:.1f} MiB")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    tree = sum((REPO / name).stat().st_size for name in tracked.decode().split("\0") if name and (REPO / name).is_file())
+    print(f"travels: {(tree + total) / 2**20:.1f} MiB (tracked tree {tree / 2**20:.1f} MiB + {args.out.parent.name})")
+    if tree + total > TRANSPORT_LIMIT:
+        raise SystemExit("over the 64 MiB transport limit: use a larger --stride (e.g. --stride 3).")
 
 
 if __name__ == "__main__":

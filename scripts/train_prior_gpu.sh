@@ -10,7 +10,8 @@
 # EXPORT_MIN minutes while training, so a run killed at its time limit still returns a model.
 # Everything (install + training + export) is kept within MINUTES.
 # Overridable: PYTHON, DATA, PRESET, SIZE, BATCH, LR, WORK, EXPORT_MIN, RESERVE_MIN, and INIT (a prior folder to
-# continue from, e.g. INIT=data/priors/ctbird-ct-256: the device machine keeps no checkpoints between sessions).
+# continue from, e.g. INIT=data/priors/ctbird-ct-256: the device machine keeps no checkpoints between sessions;
+# pack with `scripts/pack_training_subset.py --stride 3 --offset 1` so the tree + .gpu stay under 64 MiB).
 set -uo pipefail
 MINUTES=${1:?usage: bash scripts/train_prior_gpu.sh MINUTES}
 START=$(date +%s)
