@@ -33,7 +33,7 @@ from .units import EVAL_HU_RANGE, WINDOWS
 METHODS = ("bird", "fbp", "sirt", "tv", "dps", "bird+dc")
 PRIOR_METHODS = frozenset({"bird", "dps", "bird+dc"})
 #: BIRD budget used on a CPU unless --iters/--delta-t/--preset say otherwise (keeps a 256² run near a minute).
-CPU_FAST_PRESET = {"iters": 30, "delta_t": 200}
+CPU_FAST_PRESET = {"iters": 50, "delta_t": 333}
 RESTORE_TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 NUMPY_SUFFIXES = (".npy", ".npz")
 #: Working size when no prior fixes it (FBP/SIRT/TV only): the prior's usual size, or the input if smaller.
