@@ -14,7 +14,7 @@ from typing import Any
 from ctbird.units import PRIOR_HU_WINDOW
 
 #: Licence and citation of each TCIA collection of the shipped training set
-#: (from the data README: /work/shared/data/README.md).
+#: (from the data README: ../shared/data/README.md beside the checkout).
 TCIA_COLLECTIONS: dict[str, str] = {
     "LIDC-IDRI": "CC BY 3.0; Armato et al. 2011, doi:10.7937/K9/TCIA.2015.LO9QL9SX",
     "ACRIN-FLT-Breast": "CC BY 3.0; cite the collection DOI on TCIA",

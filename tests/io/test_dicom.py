@@ -16,7 +16,7 @@ from pydicom.sequence import Sequence
 from ctbird.errors import InputError
 from ctbird.io import read_dicom, write_derived_dicom
 
-DATA = Path("/work/shared/data/ct")
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct"  # ../shared beside the checkout
 IO_TESTS = DATA / "io-tests"
 needs_data = pytest.mark.skipif(not IO_TESTS.is_dir(), reason="shared CT test data not available")
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))

@@ -14,7 +14,8 @@ from ctbird.errors import CtbirdError
 from ctbird.io import read_dicom, read_sinogram
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-JPEG_LOSSLESS = Path("/work/shared/data/ct/io-tests/jpeg_lossless/1-101.dcm")
+JPEG_LOSSLESS = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct" / "io-tests" / "jpeg_lossless"
+                 / "1-101.dcm")  # ../shared beside the checkout
 SEEDS = [CT_SMALL] + ([JPEG_LOSSLESS.read_bytes()] if JPEG_LOSSLESS.is_file() else [])
 FUZZ = settings(max_examples=60, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
