@@ -295,11 +295,12 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     mu = out.transformed
     info: dict = {}
     if method == "bird+dc":
+        from .baselines import operator_norm
         from .solvers.refine import refine_data_consistency
 
         weight = dc_weight if dc_weight is not None else METHOD_DEFAULTS["dc"]["weight"]
         n_dc = dc_iters if dc_iters is not None else METHOD_DEFAULTS["dc"]["iters"]
-        mu = refine_data_consistency(y, radon, mu, weight=weight, iters=n_dc, nonneg=True)
+        mu = refine_data_consistency(y, radon, mu, weight=weight, iters=n_dc, nonneg=True, op_norm=operator_norm(radon))
         hu = mu_to_hu(mu / spacing)
         info = {"dc_weight": weight, "dc_iters": n_dc}
     span = (PRIOR_HU_WINDOW[1] - PRIOR_HU_WINDOW[0]) / 2.0
