@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ctbird.api import reconstruct  # noqa: E402
+from ctbird.baselines import operator_norm  # noqa: E402
 from ctbird.io import read_dicom, to_working_size  # noqa: E402
 from ctbird.metrics import psnr, ssim  # noqa: E402
 from ctbird.solvers.refine import refine_data_consistency  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
         if (iters, lr, delta_t) == DC_START:
             start_image = result.image
-    norm = radon.norm()
+    norm = operator_norm(radon)
     dc_rows = []
     for weight, steps in DC_GRID:
         refined = refine_data_consistency(sinogram, radon, hu_to_mu(start_image) * pixel_mm, weight=weight,
