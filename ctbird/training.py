@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ctbird.errors import ConfigError, CtbirdError, InputError
+from ctbird.io.atomic import atomic_file, write_text_atomic
 from ctbird.units import WINDOWS, clip_hu, hu_to_unit, unit_to_hu
 
 #: The training noise schedule (BIRD's DDIM runs on it).
@@ -322,7 +323,8 @@ def save_sample_grid(samples: torch.Tensor, path: Path) -> None:
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
         grid[r * s:(r + 1) * s, c * s:(c + 1) * s] = image
-    _atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    with atomic_file(path) as handle:
+        Image.fromarray(grid).save(handle, format="PNG")
 
 
 def save_loss_plot(log_path: Path, path: Path) -> None:
@@ -346,18 +348,13 @@ def save_loss_plot(log_path: Path, path: Path) -> None:
     ax.set_ylabel("epsilon MSE")
     ax.legend()
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png")
     plt.close(fig)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 class TrainState:
@@ -422,13 +419,11 @@ def export_model(unet, ema, out_dir: Path, info: dict[str, Any], fp16: bool, sam
     write_model_card(out_dir, info)
     _write_json(out_dir / "training_info.json", info)
     if archive is not None:
-        def pack(tmp: Path) -> None:
-            with tarfile.open(tmp, "w") as tar:
-                for name in (*CARD_EXPORT_FILES, "training_info.json"):
-                    if (out_dir / name).exists():
-                        tar.add(out_dir / name, arcname=f"prior/{name}")
         Path(archive).parent.mkdir(parents=True, exist_ok=True)
-        _atomic(Path(archive), pack)
+        with atomic_file(archive) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+            for name in (*CARD_EXPORT_FILES, "training_info.json"):
+                if (out_dir / name).exists():
+                    tar.add(out_dir / name, arcname=f"prior/{name}")
 
 
 def _diffusers_version() -> str:
