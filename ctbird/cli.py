@@ -73,13 +73,9 @@ def _step_bar(*, quiet: bool, desc: str, total: int | None) -> Iterator[Any]:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    from .api import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
-    return device
+    return str(resolve_device(device))
 
 
 def _parse_methods(text: str) -> list[str]:
