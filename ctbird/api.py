@@ -16,10 +16,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import baselines
 from .errors import ConfigError, InputError
 from .priors import DiffusionPrior, load_prior
 from .solvers.bird import BIRD, TASK_DEFAULTS, BirdResult
-from .units import MU_WATER, PRIOR_HU_WINDOW, mu_to_hu, unit_to_hu, unit_to_mu
+from .units import mu_to_hu, unit_to_hu, unit_to_mu
 
 CT_METHODS = ("bird", "bird+dc", "fbp", "sirt", "tv", "dps")
 RESTORE_TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
@@ -251,8 +252,6 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                               delta_t=None, pixel_spacing_mm=spacing, info=info)
 
     if method in ("fbp", "sirt", "tv"):
-        from . import baselines
-
         if method == "fbp":
             return classical(baselines.fbp(y, geometry, image_size), {})
         n = iters or METHOD_DEFAULTS[method]["iters"]
@@ -276,8 +275,9 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     if method == "dps":
         from .solvers.dps import DPS
 
-        slope = MU_WATER / 1000.0 * (PRIOR_HU_WINDOW[1] - PRIOR_HU_WINDOW[0]) / 2.0 * spacing  # d(mu*px)/d(unit)
-        zeta = (dps_zeta if dps_zeta is not None else METHOD_DEFAULTS["dps"]["zeta"]) / (slope * radon.norm())
+        slope = float(unit_to_mu(torch.tensor(1.0)) - unit_to_mu(torch.tensor(0.0))) * spacing  # d(mu*px)/d(unit)
+        relative_zeta = dps_zeta if dps_zeta is not None else METHOD_DEFAULTS["dps"]["zeta"]
+        zeta = relative_zeta / (slope * baselines.operator_norm(radon))
         steps = iters or METHOD_DEFAULTS["dps"]["iters"]
         out = DPS(model, radon, steps=steps, zeta=zeta, input_transform=measurement_input, callback=callback).run(
             y, generator=generator)
@@ -295,16 +295,15 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     mu = out.transformed
     info: dict = {}
     if method == "bird+dc":
-        from .baselines import operator_norm
         from .solvers.refine import refine_data_consistency
 
         weight = dc_weight if dc_weight is not None else METHOD_DEFAULTS["dc"]["weight"]
         n_dc = dc_iters if dc_iters is not None else METHOD_DEFAULTS["dc"]["iters"]
-        mu = refine_data_consistency(y, radon, mu, weight=weight, iters=n_dc, nonneg=True, op_norm=operator_norm(radon))
+        mu = refine_data_consistency(y, radon, mu, weight=weight, iters=n_dc, nonneg=True, op_norm=baselines.operator_norm(radon))
         hu = mu_to_hu(mu / spacing)
         info = {"dc_weight": weight, "dc_iters": n_dc}
-    span = (PRIOR_HU_WINDOW[1] - PRIOR_HU_WINDOW[0]) / 2.0
-    uncertainty = resize(out.uncertainty, (image_size, image_size)) * span if out.uncertainty is not None else None
+    hu_per_unit = float(unit_to_hu(torch.tensor(1.0)) - unit_to_hu(torch.tensor(0.0)))
+    uncertainty = resize(out.uncertainty, (image_size, image_size)) * hu_per_unit if out.uncertainty is not None else None
     return Reconstruction(image=hu.to(torch.float32), method=method, mu=mu.detach(), uncertainty=uncertainty,
                           seconds=time.perf_counter() - start, nfe=out.nfe, loss_history=out.loss_history,
                           grad_mode=out.grad_mode, delta_t=out.delta_t, pixel_spacing_mm=spacing, solver_result=out,

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, OutputError
-from ..units import WINDOWS
+from ..units import HU_MIN, WINDOWS
 from .atomic import write_bytes_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-AIR_HU = -1024.0
+AIR_HU = HU_MIN  # the bottom of the prior window: what readers clip outside-FOV padding to
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
