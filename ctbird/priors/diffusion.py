@@ -324,17 +324,22 @@ class DiffusionPrior(nn.Module):
             out = self._unet_fn(inp, timestep).sample
         return out.to(x.dtype)
 
+    def _clamped_x0(self, x: torch.Tensor, model_output: torch.Tensor, t: int) -> torch.Tensor:
+        """``x0`` implied by the UNet output at timestep ``t`` (any prediction type), clamped to [-1, 1]."""
+        a_t = self._alpha(t)
+        if self.prediction_type == "epsilon":
+            x0 = (x - math.sqrt(1.0 - a_t) * model_output) / math.sqrt(a_t)
+        elif self.prediction_type == "v_prediction":
+            x0 = math.sqrt(a_t) * x - math.sqrt(1.0 - a_t) * model_output
+        else:
+            x0 = model_output
+        return x0.clamp(-1.0, 1.0)
+
     def _ddim_update(self, x: torch.Tensor, model_output: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
         """One eta=0 DDIM step with ``x0`` clamped to [-1, 1] and eps re-derived from the clamped ``x0``."""
         a_t, a_prev = self._alpha(t), self._alpha(t_prev)
         sqrt_a, sqrt_1ma = math.sqrt(a_t), math.sqrt(1.0 - a_t)
-        if self.prediction_type == "epsilon":
-            x0 = (x - sqrt_1ma * model_output) / sqrt_a
-        elif self.prediction_type == "v_prediction":
-            x0 = sqrt_a * x - sqrt_1ma * model_output
-        else:
-            x0 = model_output
-        x0 = x0.clamp(-1.0, 1.0)
+        x0 = self._clamped_x0(x, model_output, t)
         eps = (x - sqrt_a * x0) / sqrt_1ma
         return math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps
 
@@ -345,14 +350,7 @@ class DiffusionPrior(nn.Module):
         """Tweedie estimate ``x0_hat(x_t)`` clamped to [-1, 1] (differentiable through the UNet; used by DPS)."""
         out = self._model_output(x_t, t)
         self.nfe += 1
-        a_t = self._alpha(t)
-        if self.prediction_type == "epsilon":
-            x0 = (x_t - math.sqrt(1.0 - a_t) * out) / math.sqrt(a_t)
-        elif self.prediction_type == "v_prediction":
-            x0 = math.sqrt(a_t) * x_t - math.sqrt(1.0 - a_t) * out
-        else:
-            x0 = out
-        return x0.clamp(-1.0, 1.0)
+        return self._clamped_x0(x_t, out, t)
 
     def decode(self, x_T: torch.Tensor, delta_t: int = 100, grad_mode: GradMode = "detached",
                checkpointing: bool = True) -> torch.Tensor:
