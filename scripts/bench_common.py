@@ -60,7 +60,7 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
 
     Real data: one slice per DICOM file under ``data_dir`` (the middle frame of multi-frame files), an evenly
     spread deterministic subset of ``count`` files, ``read_dicom -> clip_hu -> to_working_size`` with the pixel
-    spacing scaled accordingly. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
+    spacing scaled accordingly; or a slice pack (``.npz`` from :func:`write_slice_pack`) holding such slices. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
     ``[0, 1]`` values span air to dense bone) and its mirror images, ``SYNTHETIC_FOV_MM`` across.
     """
     from ctbird.errors import InputError
@@ -75,6 +75,8 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
                     ("shepp-logan-rot", base[::-1, ::-1])]
         return [(label, np.ascontiguousarray(image), SYNTHETIC_FOV_MM / size)
                 for label, image in variants[:count or len(variants)]]
+    if data_dir is not None and data_dir.suffix == ".npz" and data_dir.is_file():
+        return _load_slice_pack(data_dir, count, size)
     if data_dir is None or not data_dir.is_dir():
         raise InputError(f"CT data folder {data_dir} not found; pass --data DIR (DICOM files, searched recursively) "
                          "or --synthetic for the phantom.")
@@ -88,6 +90,32 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
         spacing = working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
         slices.append((str(path.relative_to(data_dir)), to_working_size(clip_hu(hu), size), spacing))
     return slices
+
+
+def write_slice_pack(path: Path, slices: list[tuple[str, np.ndarray, float]]) -> int:
+    """Save :func:`load_ct_slices` output as a compressed ``.npz`` (``labels``, ``hu`` int16, ``pixel_spacing_mm``).
+
+    HU are rounded to integers (the DICOM precision). Returns the file size in bytes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, labels=np.array([s[0] for s in slices]),
+                        hu=np.stack([np.round(s[1]) for s in slices]).astype(np.int16),
+                        pixel_spacing_mm=np.array([s[2] for s in slices], dtype=np.float64))
+    return path.stat().st_size
+
+
+def _load_slice_pack(path: Path, count: int | None, size: int) -> list[tuple[str, np.ndarray, float]]:
+    from ctbird.errors import InputError
+
+    with np.load(path) as pack:
+        missing = {"labels", "hu", "pixel_spacing_mm"} - set(pack.files)
+        if missing:
+            raise InputError(f"{path} is not a slice pack (missing {sorted(missing)}); see write_slice_pack.")
+        labels, hu, spacing = pack["labels"], pack["hu"], pack["pixel_spacing_mm"]
+    if hu.shape[1:] != (size, size):
+        raise InputError(f"slice pack {path} holds {hu.shape[1]}x{hu.shape[2]} slices, not --size {size}.")
+    chosen = evenly_spread(list(range(len(labels))), count)
+    return [(str(labels[i]), hu[i].astype(np.float32), float(spacing[i])) for i in chosen]
 
 
 def git_commit() -> str:

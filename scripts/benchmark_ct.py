@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="delta_t values of --ablation")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="compute device (default auto)")
     parser.add_argument("--prior", default=None, help="prior folder or hub id (default the shipped data/priors/ctbird-ct-256)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="slices per prior-method run (default 1; batches pay off on a GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents (noise uses 1000 + slice index)")
     parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="output folder (default docs)")
     parser.add_argument("--tag", default=None, help="run label in the file names, e.g. cpu or gpu (default: the device type)")
@@ -105,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--geometry takes parallel and/or fan, got {args.geometry}.")
     if not args.views or min(args.views) < 1 or any(n is not None and n <= 0 for n in args.noise):
         parser.error("--views must be positive integers and --noise 'none' or positive photon counts.")
-    require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices"))
+    require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices", "batch_size"))
     if args.size < 16:
         parser.error("--size must be >= 16.")
     return args
@@ -134,7 +136,13 @@ def score(hu: np.ndarray, truth: np.ndarray) -> dict:
 
 
 class Runner:
-    """Runs the requested methods on one sinogram (shares BIRD between ``bird`` and ``bird+dc``)."""
+    """Runs the requested methods on the sinograms of several slices (one geometry).
+
+    Classical methods run slice by slice. Prior methods run ``--batch-size`` slices at a time: each slice's
+    sinogram is divided by its pixel spacing and reconstructed with ``pixel_spacing_mm=1`` (the same problem:
+    ``reconstruct`` scales by the spacing only there), so slices of different spacings share one batch; each
+    slice gets the batch's seconds divided by the batch size. BIRD is shared between ``bird`` and ``bird+dc``.
+    """
 
     def __init__(self, args: argparse.Namespace, prior, device: torch.device) -> None:
         self.args, self.prior, self.device = args, prior, device
@@ -145,47 +153,68 @@ class Runner:
         def callback(info: dict) -> None:
             bar.set_postfix_str(f"{method} it {info['iteration']}/{info['iters']} loss {info['loss']:.3g}", refresh=True)
 
+        return reconstruct(sinogram, geometry, image_size=self.args.size, pixel_spacing_mm=spacing,
+                           prior=self.prior if method in PRIOR_METHODS else None, method=method, seed=self.args.seed,
+                           device=self.device, callback=callback, **kwargs)
+
+    def _timed(self, *call_args, **kwargs):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
-        result = reconstruct(sinogram, geometry, image_size=self.args.size, pixel_spacing_mm=spacing,
-                             prior=self.prior if method in PRIOR_METHODS else None, method=method, seed=self.args.seed,
-                             device=self.device, callback=callback, **kwargs)
+        result = self._call(*call_args, **kwargs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return result, time.perf_counter() - started
 
-    def run(self, methods: list[str], sinogram, geometry, spacing: float, bar, *, delta_t: int | None = None
-            ) -> dict[str, dict]:
-        """``{method: {"image": hu [N, N], "seconds", "nfe"}}``."""
+    def run(self, methods: list[str], sinograms: list[torch.Tensor], geometry, spacings: list[float], bar, *,
+            delta_t: int | None = None) -> dict[str, list[dict]]:
+        """``{method: [{"image": hu [N, N], "seconds", "nfe"} per slice]}`` for ``[1, 1, V, D]`` sinograms."""
+        out: dict[str, list[dict]] = {m: [] for m in methods}
+        for method in methods:
+            if method in ("fbp", "sirt", "tv"):
+                for sinogram, spacing in zip(sinograms, spacings):
+                    result, seconds = self._timed(method, sinogram, geometry, spacing, bar)
+                    out[method].append({"image": result.image[0, 0].cpu().numpy(), "seconds": seconds, "nfe": 0})
+                    bar.update(1)
+        prior_methods = [m for m in methods if m in PRIOR_METHODS]
+        size = self.args.batch_size
+        for first in range(0, len(sinograms), size):
+            chunk = list(range(first, min(first + size, len(sinograms))))
+            if len(chunk) == 1:
+                batch, spacing = sinograms[chunk[0]], spacings[chunk[0]]
+            else:
+                batch, spacing = torch.cat([sinograms[i] / spacings[i] for i in chunk]), 1.0
+            for method, images, seconds, nfe in self._prior_runs(prior_methods, batch, geometry, spacing, bar, delta_t):
+                for image in images:
+                    out[method].append({"image": image, "seconds": seconds / len(chunk), "nfe": nfe})
+                bar.update(len(chunk))
+        return out
+
+    def _prior_runs(self, methods: list[str], batch, geometry, spacing: float, bar, delta_t: int | None):
+        """Yield ``(method, [hu [N, N] per slice], batch seconds, NFE)`` for the prior methods on one batch."""
         from ctbird.api import resize
         from ctbird.units import unit_to_hu
 
         args = self.args
         bird_kwargs = {"iters": args.iters, "delta_t": delta_t or args.delta_t, "lr_latent": args.lr_latent}
-        out: dict[str, dict] = {}
+
+        def images(tensor):
+            return list(tensor[:, 0].detach().cpu().numpy())
+
         for method in methods:
-            if method in out:
-                continue
-            if method in ("fbp", "sirt", "tv"):
-                result, _ = self._call(method, sinogram, geometry, spacing, bar)
-            elif method == "dps":
-                result, _ = self._call("dps", sinogram, geometry, spacing, bar, iters=args.dps_steps)
+            if method == "dps":
+                result, seconds = self._timed("dps", batch, geometry, spacing, bar, iters=args.dps_steps)
             elif method == "bird-exact":
-                result, _ = self._call("bird", sinogram, geometry, spacing, bar, grad_mode="exact", **bird_kwargs)
+                result, seconds = self._timed("bird", batch, geometry, spacing, bar, grad_mode="exact", **bird_kwargs)
+            elif method == "bird" and "bird+dc" in methods:
+                continue  # the BIRD stage of bird+dc, below
             else:
-                call = "bird+dc" if method == "bird+dc" or "bird+dc" in methods else "bird"
-                result, _ = self._call(call, sinogram, geometry, spacing, bar, grad_mode="detached", **bird_kwargs)
-                if call == "bird+dc" and "bird" in methods:
+                result, seconds = self._timed(method, batch, geometry, spacing, bar, grad_mode="detached", **bird_kwargs)
+                if method == "bird+dc" and "bird" in methods:
                     stage = result.solver_result
                     bird_hu = unit_to_hu(resize(stage.image, (args.size, args.size)))
-                    out["bird"] = {"image": bird_hu[0, 0].cpu().numpy(), "seconds": float(stage.seconds),
-                                   "nfe": int(stage.nfe)}
-                method = call
-            out[method] = {"image": result.image[0, 0].detach().cpu().numpy(), "seconds": float(result.seconds),
-                           "nfe": int(result.nfe)}
-            bar.update(1 if method != "bird+dc" or "bird" not in methods else 2)
-        return out
+                    yield "bird", images(bird_hu), float(stage.seconds), int(stage.nfe)
+            yield method, images(result.image), seconds, int(result.nfe)
 
 
 @functools.lru_cache(maxsize=16)
@@ -225,7 +254,7 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
     ct = TASK_DEFAULTS["ct"]
     return {
         "data": "synthetic Shepp-Logan (HU = -1000 + 2000 v)" if args.synthetic else str(args.data),
-        "image_size": args.size, "prior": prior_label, "seed": args.seed,
+        "image_size": args.size, "prior": prior_label, "seed": args.seed, "batch_size": args.batch_size,
         "metric_data_range_hu": list(EVAL_HU_RANGE),
         "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t, "lr_latent": args.lr_latent or ct["lr_latent"],
                  "task_defaults_ct": dict(ct)},
@@ -253,6 +282,8 @@ def settings_markdown(settings: dict, slices: list[str]) -> str:
         f"bird+dc: {settings['dc']}.",
         f"- Geometries: parallel {settings['parallel_geometry']}; fan {settings['fan_geometry']}. "
         "The same matrix projector simulates and reconstructs.",
+        f"- Prior methods ran {settings['batch_size']} slice(s) per batch; seconds per slice = batch seconds / batch size."
+        if settings.get("batch_size", 1) > 1 else "- Every method ran one slice at a time.",
     ])
 
 
@@ -327,21 +358,22 @@ def benchmark(args, slices, prior, prior_label, device, record) -> None:
     per_config: dict[tuple, dict[str, list]] = {c: {m: [] for m in methods} for c in configs}
     grid = None
     with progress(total=len(configs) * len(slices) * len(methods), desc="ct benchmark", unit="run") as bar:
-        for index, (label, hu, spacing) in enumerate(slices):
-            for geometry_kind, views, i0 in configs:
-                geometry = simulation_geometry(geometry_kind, views, args.size)
-                sinogram = simulate(hu, spacing, geometry, i0, 1000 + index, device)
-                bar.set_description(f"slice {index + 1}/{len(slices)} {geometry_kind} {views}v {noise_label(i0)}")
-                outputs = runner.run(methods, sinogram, geometry, spacing, bar)
+        for geometry_kind, views, i0 in configs:
+            geometry = simulation_geometry(geometry_kind, views, args.size)
+            sinograms = [simulate(hu, spacing, geometry, i0, 1000 + index, device)
+                         for index, (_, hu, spacing) in enumerate(slices)]
+            bar.set_description(f"{geometry_kind} {views}v {noise_label(i0)}")
+            outputs = runner.run(methods, sinograms, geometry, [s[2] for s in slices], bar)
+            for index, (label, hu, _) in enumerate(slices):
                 scores = {}
                 for method in methods:
-                    item = outputs[method]
+                    item = outputs[method][index]
                     scores[method] = score(item["image"], hu)
                     per_config[(geometry_kind, views, i0)][method].append(
                         {"slice": label, **scores[method], "seconds": item["seconds"], "nfe": item["nfe"]})
                 if grid is None and index == 0 and views == grid_views and geometry_kind == args.geometry[0] \
                         and i0 == args.noise[0]:
-                    grid = {"truth": hu, "images": {m: outputs[m]["image"] for m in methods}, "metrics": scores,
+                    grid = {"truth": hu, "images": {m: outputs[m][index]["image"] for m in methods}, "metrics": scores,
                             "title": f"{label}: {geometry_kind}, {views} views, {noise_label(i0)}"}
     results = []
     for (geometry_kind, views, i0), by_method in per_config.items():
@@ -386,16 +418,16 @@ def ct_markdown(record, settings, slices, results, methods, figures, args) -> st
 def ablation(args, slices, prior, prior_label, device, record) -> None:
     runner = Runner(args, prior, device)
     rows = []
+    geometry = simulation_geometry("parallel", ABLATION_VIEWS, args.size)
+    sinograms = [simulate(hu, spacing, geometry, None, 1000 + index, device)
+                 for index, (_, hu, spacing) in enumerate(slices)]
+    per_delta: dict[int, list] = {}
     with progress(total=len(args.ablation_delta_t) * len(slices), desc="delta_t ablation", unit="run") as bar:
-        per_delta: dict[int, list] = {d: [] for d in args.ablation_delta_t}
-        for index, (label, hu, spacing) in enumerate(slices):
-            geometry = simulation_geometry("parallel", ABLATION_VIEWS, args.size)
-            sinogram = simulate(hu, spacing, geometry, None, 1000 + index, device)
-            for delta_t in args.ablation_delta_t:
-                bar.set_description(f"slice {index + 1}/{len(slices)} delta_t {delta_t}")
-                item = runner.run(["bird"], sinogram, geometry, spacing, bar, delta_t=delta_t)["bird"]
-                per_delta[delta_t].append({"slice": label, **score(item["image"], hu), "seconds": item["seconds"],
-                                           "nfe": item["nfe"]})
+        for delta_t in args.ablation_delta_t:
+            bar.set_description(f"delta_t {delta_t}")
+            items = runner.run(["bird"], sinograms, geometry, [s[2] for s in slices], bar, delta_t=delta_t)["bird"]
+            per_delta[delta_t] = [{"slice": label, **score(item["image"], hu), "seconds": item["seconds"],
+                                   "nfe": item["nfe"]} for (label, hu, _), item in zip(slices, items)]
     for delta_t, per_slice in per_delta.items():
         rows.append({"delta_t": delta_t, "ddim_steps": len(prior.timestep_pairs(delta_t)),
                      **summarize(per_slice), "per_slice": per_slice})

@@ -15,9 +15,15 @@ Everything that travels (the tracked working tree, which includes the shipped pr
 stay under 64 MiB: the script prints the total and fails above it. ``--stride 3 --offset 1`` keeps a third
 of the slices, the ones the shipped prior (``--stride 2 --offset 0``) saw least, for a continuation run.
 
+``--eval-slices K`` also writes ``.gpu/ct_eval_subset.npz``: an evenly spread subset of K evaluation slices
+of ``../shared/data/ct/eval`` at 256² (``bench_common.write_slice_pack``), which ``scripts/benchmark_ct.py --data``
+reads on the GPU machine (the native DICOM files are too large to travel). ``--no-wheels`` skips the wheels when
+the device run installs them from a carried ``.whl/`` instead.
+
 Usage::
 
     python scripts/pack_training_subset.py [--source NPZ] [--out .gpu/ct_train_subset.npz] [--stride N] [--offset K]
+                                           [--eval-slices K] [--no-wheels]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +77,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--wheels-from", type=Path, default=REPO / ".whl")
+    parser.add_argument("--no-wheels", action="store_true", help="do not copy wheels into .gpu/wheels")
+    parser.add_argument("--eval-slices", type=int, default=0, help="also pack this many evaluation slices (256²)")
     args = parser.parse_args()
     if not 0 <= args.offset < args.stride:
         parser.error(f"--offset must be in [0, --stride), got {args.offset} with stride {args.stride}.")
@@ -78,12 +87,25 @@ def main() -> None:
     info = pack(args.source, args.out, args.stride, args.offset)
     print(f"wrote {args.out}: {info['slices']} slices, {info['patients']} patients, "
           f"{info['bytes'] / 2**20:.1f} MiB")
-    wheels = copy_wheels(args.wheels_from, args.out.parent / "wheels")
-    total = sum(p.stat().st_size for p in args.out.parent.rglob("*") if p.is_file())
-    print(f"wheels: {', '.join(p.name for p in wheels)}; {args.out.parent} total {total / 2**20:.1f} MiB")
+    if args.eval_slices > 0:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from bench_common import SHARED_DATA, load_ct_slices, write_slice_pack
+
+        eval_out = args.out.parent / "ct_eval_subset.npz"
+        size = write_slice_pack(eval_out, load_ct_slices(SHARED_DATA / "ct" / "eval", args.eval_slices, 256,
+                                                         synthetic=False))
+        print(f"wrote {eval_out}: {args.eval_slices} evaluation slices, {size / 2**20:.1f} MiB")
+    if args.no_wheels:
+        shutil.rmtree(args.out.parent / "wheels", ignore_errors=True)
+    else:
+        wheels = copy_wheels(args.wheels_from, args.out.parent / "wheels")
+        print(f"wheels: {', '.join(p.name for p in wheels)}")
+    carried = [args.out.parent] + ([args.wheels_from] if args.no_wheels else [])
+    total = sum(p.stat().st_size for folder in carried for p in folder.rglob("*") if p.is_file())
+    print(f"{' + '.join(str(folder) for folder in carried)}: {total / 2**20:.1f} MiB")
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     tree = sum((REPO / name).stat().st_size for name in tracked.decode().split("\0") if name and (REPO / name).is_file())
-    print(f"travels: {(tree + total) / 2**20:.1f} MiB (tracked tree {tree / 2**20:.1f} MiB + {args.out.parent.name})")
+    print(f"travels: {(tree + total) / 2**20:.1f} MiB (tracked tree {tree / 2**20:.1f} MiB + carried folders)")
     if tree + total > TRANSPORT_LIMIT:
         raise SystemExit("over the 64 MiB transport limit: use a larger --stride (e.g. --stride 3).")
 
