@@ -39,7 +39,8 @@ def _data_section(sources: list[dict[str, Any]]) -> list[str]:
     patients: set[str] = set()
     for source in sources:
         lines.append(f"- `{source['path']}`: {source['slices']} slices "
-                     f"({source['original_shape']} -> {source['preprocessing']})")
+                     f"({source['original_shape']} -> {source['preprocessing']})"
+                     + (f". {source['description']}" if source.get("description") else ""))
         collections.update(source.get("collections", {}))
         patients.update(source.get("patients", []))
     lines.append("")
@@ -55,6 +56,30 @@ def _data_section(sources: list[dict[str, Any]]) -> list[str]:
         lines += ["The data's origin and licence were not recorded in the inputs: whoever shares this "
                   "model must add them here.", ""]
     return lines
+
+
+def _stretches_section(info: dict[str, Any]) -> list[str]:
+    """Table of every training stretch when the model continued earlier ones (``--init-from``)."""
+    previous = info.get("previous_stretches") or []
+    if not previous:
+        return []
+    current = {"steps": info["steps"], "wall_minutes": info["wall_minutes"], "batch_size": info["batch_size"],
+               "num_processes": info["num_processes"], "lr": info["lr"], "hardware": info["hardware"],
+               "final_loss": info["final_loss"],
+               "data": [{"path": s["path"], "slices": s["slices"], "description": s.get("description")}
+                        for s in info["sources"]]}
+    stretches = [*previous, current]
+    lines = [f"Trained in {len(stretches)} stretches, each starting from the previous one's exported EMA weights "
+             f"(`--init-from`; fresh optimizer and EMA): {sum(int(s['steps'] or 0) for s in stretches)} steps, "
+             f"{sum(float(s['wall_minutes'] or 0) for s in stretches):.1f} min in all.", "",
+             "| stretch | steps | batch | lr | wall (min) | hardware | data | final loss |", "|---|---|---|---|---|---|---|---|"]
+    for number, stretch in enumerate(stretches, 1):
+        data = "; ".join(f"{d['slices']} slices of `{d['path']}`" + (f" ({d['description']})" if d.get("description") else "")
+                         for d in stretch.get("data", []))
+        lines.append(f"| {number} | {stretch['steps']} | {stretch['batch_size']} x {stretch['num_processes']} | "
+                     f"{stretch['lr']:g} | {float(stretch['wall_minutes']):.1f} | {stretch['hardware']} | {data} | "
+                     f"{float(stretch['final_loss']):.4f} |")
+    return lines + ["", "The last stretch:", ""]
 
 
 def render_model_card(info: dict[str, Any]) -> str:
@@ -99,6 +124,7 @@ def render_model_card(info: dict[str, Any]) -> str:
         "",
         "## Training",
         "",
+        *_stretches_section(info),
         f"- Steps: {info['steps']} (batch {info['batch_size']} per device x {info['num_processes']} "
         f"device(s)), AdamW lr {info['lr']:g}, {info['lr_schedule']} schedule with {info['warmup_steps']} "
         f"warm-up steps, mixed precision {info['mixed_precision']}.",

@@ -18,6 +18,10 @@ Design (for speed on one GPU and correctness on several):
 * ``OUT/checkpoints/checkpoint-<step>/`` holds ``accelerator.save_state`` checkpoints (model,
   optimizer, LR schedule, RNG, EMA, step); ``--resume`` continues from the latest one.
 * ``--max-minutes`` stops cleanly: final checkpoint, then the export.
+* ``--init-from PRIOR`` starts a new run from an exported prior's weights (fresh optimizer and EMA), so
+  training can go on in several short stretches; the prior's stretches (``previous_stretches`` in
+  ``training_info.json``) and its loss log carry over, and the model card lists every stretch.
+* An ``.npz`` stack may hold a ``description`` string (e.g. how a subset was drawn); the card quotes it.
 * The export (periodically and at the end) is a diffusers ``save_pretrained`` folder:
   ``OUT/unet/`` (EMA weights, fp16 by default), ``OUT/scheduler/`` (DDIMScheduler),
   ``OUT/model_index.json``, the model card ``OUT/README.md``, ``OUT/loss.png``,
@@ -179,6 +183,8 @@ def _read_array_file(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             for name in ("patient", "collection"):
                 if name in loaded.files and loaded[name].shape[:1] == images.shape[:1]:
                     meta[name] = loaded[name]
+            if "description" in loaded.files and loaded["description"].ndim == 0:
+                meta["description"] = str(loaded["description"])
     return images, meta
 
 
@@ -241,6 +247,8 @@ def load_slices(paths: list[Path | str], size: int) -> tuple[torch.Tensor, list[
             source["collections"] = {str(n): int(c) for n, c in zip(names, counts)}
         if "patient" in meta:
             source["patients"] = sorted({str(p) for p in meta["patient"]})
+        if "description" in meta:
+            source["description"] = meta["description"]
         sources.append(source)
     return torch.cat(stacks), sources
 
@@ -465,6 +473,32 @@ def load_initial_weights(unet, prior_dir: Path) -> None:
     unet.load_state_dict(source.state_dict())
 
 
+STRETCH_KEYS = ("steps", "wall_minutes", "batch_size", "num_processes", "lr", "hardware", "final_loss", "command")
+
+
+def stretch_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """One training stretch of an exported prior (its ``training_info.json``), for the lineage of a continuation."""
+    summary = {key: info.get(key) for key in STRETCH_KEYS}
+    summary["data"] = [{"path": s.get("path"), "slices": s.get("slices"), "description": s.get("description")}
+                       for s in info.get("sources", [])]
+    return summary
+
+
+def prior_lineage(prior_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Earlier training stretches of ``prior_dir`` (oldest first, ending with its own) and its loss-log lines.
+
+    ``([], [])`` for a folder without ``training_info.json`` (e.g. a UNet not trained by ctbird).
+    """
+    info_path = prior_dir / "training_info.json"
+    if not info_path.is_file():
+        return [], []
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    log_path = prior_dir / "loss.jsonl"
+    lines = [line for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if log_path.is_file() else []
+    return [*info.get("previous_stretches", []), stretch_summary(info)], lines
+
+
 def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig | None = None) -> TrainResult:
     """Train (or resume training) a CT diffusion prior; see the module docstring.
 
@@ -526,8 +560,16 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
     slices, sources = load_slices(list(data), config.size)
     slices = slices.to(device)
     unet = build_unet(config.model_preset, config.size)
+    lineage_path = out_dir / "lineage.json"
     if config.init_from is not None:
         load_initial_weights(unet, Path(config.init_from))
+    if checkpoint is None and main:  # a new run: its lineage and loss log start here (or from --init-from's)
+        previous, parent_log = prior_lineage(Path(config.init_from)) if config.init_from is not None else ([], [])
+        _write_json(lineage_path, previous)
+        (out_dir / "loss.jsonl").write_text("".join(line + "\n" for line in parent_log), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    previous_stretches = json.loads(lineage_path.read_text(encoding="utf-8")) if lineage_path.is_file() else []
+    step_offset = sum(int(stretch.get("steps") or 0) for stretch in previous_stretches)
     unet = unet.to(device, memory_format=torch.channels_last)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=config.ema_power, foreach=True)
@@ -559,6 +601,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
         "hardware": _hardware(device, accelerator.num_processes),
         "command": config.command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "initialized_from": str(config.init_from) if config.init_from is not None else None,
+        "previous_stretches": previous_stretches,
         "torch": torch.__version__, "diffusers": _diffusers_version(), "seed": config.seed,
     }
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -600,7 +643,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
         rate = (state.step - start_steps) / max(now - run_start, 1e-9)
         progress.set_postfix(loss=f"{value:.4f}", it_s=f"{rate:.2f}")
         if log_file is not None:
-            log_file.write(json.dumps({"step": state.step, "loss": value, "lr": lr_scheduler.get_last_lr()[0],
+            log_file.write(json.dumps({"step": step_offset + state.step, "loss": value, "lr": lr_scheduler.get_last_lr()[0],
                                        "seconds": round(state.seconds, 2)}) + "\n")
             log_file.flush()
 

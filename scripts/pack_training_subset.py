@@ -46,7 +46,10 @@ def pack(source: Path, out: Path, stride: int = 2, offset: int = 0) -> dict[str,
     """Write every ``stride``-th slice of ``source``, starting at ``offset`` (and its metadata) to ``out``."""
     data = np.load(source)
     keep = np.arange(offset, data["images"].shape[0], stride)
-    arrays = {key: data[key][keep] for key in data.files}
+    arrays = {key: data[key][keep] for key in data.files if key != "description"}
+    arrays["description"] = np.array(f"Slices {offset}, {offset + stride}, {offset + 2 * stride}, ... of {source.name} "
+                                     f"({data['images'].shape[0]} slices), made by scripts/pack_training_subset.py "
+                                     f"--stride {stride} --offset {offset}")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
     patients_before = len(np.unique(data["patient"]))

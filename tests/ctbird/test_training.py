@@ -106,6 +106,28 @@ def test_init_from_starts_from_an_exported_prior(trained, stack_path, tmp_path):
         torch.testing.assert_close(reloaded[name], tensor, atol=1e-3, rtol=1e-3)
 
 
+def test_continued_stretches_keep_their_lineage_loss_log_and_card(stack_path, tmp_path):
+    described = tmp_path / "described.npz"
+    with np.load(stack_path) as data:
+        np.savez(described, **{k: data[k] for k in data.files}, description=np.array("every slice of a test stack"))
+    first = train_prior([stack_path], tmp_path / "first", _config(steps=2))
+    second = train_prior([described], tmp_path / "second", _config(steps=3, init_from=tmp_path / "first"))
+    third = train_prior([stack_path], tmp_path / "third", _config(steps=1, init_from=tmp_path / "second"))
+
+    assert first.info["previous_stretches"] == []
+    assert [s["steps"] for s in second.info["previous_stretches"]] == [2]
+    assert [s["steps"] for s in third.info["previous_stretches"]] == [2, 3]
+    assert third.info["previous_stretches"][1]["data"][0]["description"] == "every slice of a test stack"
+    # the loss log runs on across stretches: the parents' lines, then this stretch's steps after theirs
+    steps = [json.loads(line)["step"] for line in (tmp_path / "third" / "loss.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    card = (tmp_path / "third" / "README.md").read_text()
+    assert "Trained in 3 stretches" in card and "6 steps" in card
+    assert "every slice of a test stack" in (tmp_path / "second" / "README.md").read_text()
+    saved = json.loads((tmp_path / "third" / "training_info.json").read_text())
+    assert [s["steps"] for s in saved["previous_stretches"]] == [2, 3]
+
+
 def test_init_from_rejects_a_mismatched_prior_and_resume(trained, stack_path, tmp_path):
     out, _ = trained
     with pytest.raises(ConfigError, match="differs from --model-preset"):
