@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,62 @@ def test_benchmark_ct_ablation(tmp_path, save_prior):
     assert rows[100]["nfe_mean"] == 2 * 10 and rows[250]["nfe_mean"] == 2 * 4
     assert all(_finite(r[k]) for r in rows.values() for k in ("psnr_mean", "ssim_mean", "seconds_mean"))
     assert "| delta_t | DDIM steps |" in (out / "results_ct_ablation_test.md").read_text()
+
+
+def test_benchmark_ct_batches_match_single_slice_runs(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    per_slice = {}
+    for batch in ("1", "2"):
+        out = tmp_path / f"out{batch}"
+        _run("benchmark_ct.py", "--synthetic", "--size", str(SIZE), "--max-slices", "2", "--views", "18",
+             "--geometry", "parallel", "--noise", "none", "--methods", "fbp,bird,bird+dc", "--iters", "2",
+             "--delta-t", "250", "--batch-size", batch, "--prior", str(prior), "--device", "cpu", "--tag", "b",
+             "--out-dir", str(out), "--no-figures", cwd=tmp_path)
+        payload = json.loads((out / "results_ct_b.json").read_text())
+        assert payload["settings"]["batch_size"] == int(batch)
+        per_slice[batch] = {r["method"]: r["per_slice"] for r in payload["results"]}
+    for method in ("fbp", "bird", "bird+dc"):
+        single, batched = per_slice["1"][method], per_slice["2"][method]
+        assert [row["slice"] for row in batched] == [row["slice"] for row in single]
+        assert batched[0]["nfe"] == single[0]["nfe"]
+        # the batch draws slice 0's latent first, as the single run does, and scales its sinogram by the spacing
+        assert abs(batched[0]["psnr"] - single[0]["psnr"]) < 1e-3, method
+    assert per_slice["2"]["fbp"][1]["psnr"] == pytest.approx(per_slice["1"]["fbp"][1]["psnr"], abs=1e-6)
+
+
+def test_slice_pack_round_trip(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from bench_common import load_ct_slices, write_slice_pack
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    from ctbird.errors import InputError
+
+    slices = load_ct_slices(None, 3, SIZE, synthetic=True)
+    pack = tmp_path / "pack.npz"
+    write_slice_pack(pack, slices)
+    loaded = load_ct_slices(pack, None, SIZE, synthetic=False)
+    assert [s[0] for s in loaded] == [s[0] for s in slices]
+    for (_, hu, spacing), (_, ref, ref_spacing) in zip(loaded, slices):
+        assert spacing == ref_spacing and hu.dtype == np.float32
+        assert np.abs(hu - ref).max() <= 0.5  # HU rounded to integers
+    assert [s[0] for s in load_ct_slices(pack, 2, SIZE, synthetic=False)] == [slices[0][0], slices[2][0]]
+    with pytest.raises(InputError, match="not --size"):
+        load_ct_slices(pack, None, 2 * SIZE, synthetic=False)
+
+
+def test_time_bird_reports_both_modes(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    _run("time_bird.py", "--device", "cpu", "--size", str(SIZE), "--batch-sizes", "1,2", "--iters", "1",
+         "--delta-t", "500", "--prior", str(prior), "--tag", "t", "--out-dir", str(out), cwd=tmp_path)
+    payload = json.loads((out / "timing_bird_t.json").read_text())
+    rows = {(r["grad_mode"], r["batch"]): r for r in payload["rows"]}
+    assert set(rows) == {(m, b) for m in ("detached", "exact") for b in (1, 2)}
+    for row in rows.values():
+        assert row["seconds_per_iter"] > 0 and row["nfe"] == (1 + 1) * 2
+        assert row["default_run_seconds_per_slice"] == pytest.approx(row["default_run_seconds"] / row["batch"])
+    assert "| grad mode | batch |" in (out / "timing_bird_t.md").read_text()
 
 
 def test_benchmark_photo_quick_ct_domain(tmp_path, save_prior):
