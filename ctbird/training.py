@@ -14,7 +14,8 @@ Design (for speed on one GPU and correctness on several):
   data-loader workers are needed.
 * ``accelerate`` runs the loop: ``accelerate launch -m ctbird.training ...`` trains data-parallel
   on several GPUs (gradients all-reduced, loss gathered, only the main process writes files).
-* EMA weights (diffusers ``EMAModel`` with warm-up), bf16 autocast on CUDA, TF32, channels-last.
+* EMA weights (diffusers ``EMAModel`` with warm-up), bf16 autocast on CUDA, TF32, channels-last;
+  ``--compile`` runs the training step's UNet through ``torch.compile``.
 * ``OUT/checkpoints/checkpoint-<step>/`` holds ``accelerator.save_state`` checkpoints (model,
   optimizer, LR schedule, RNG, EMA, step); ``--resume`` continues from the latest one.
 * ``--max-minutes`` stops cleanly: final checkpoint, then the export.
@@ -117,6 +118,7 @@ class TrainConfig:
     resume: bool = False
     init_from: Path | None = None
     archive: Path | None = None
+    compile: bool = False
     command: str = ""
 
 
@@ -578,6 +580,8 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
                                  optimizer, num_warmup_steps=config.warmup_steps * accelerator.num_processes,
                                  num_training_steps=config.steps * accelerator.num_processes)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # the compiled wrapper shares unet's parameters: optimizer, EMA, checkpoints and exports use unet itself
+    model_fn = torch.compile(unet) if config.compile else unet
     state = TrainState()
     accelerator.register_for_checkpointing(ema, state)
     if checkpoint is not None:
@@ -597,7 +601,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
         "unet_config": dict(accelerator.unwrap_model(unet).config), "ema_decay": config.ema_decay,
         "batch_size": config.batch_size, "num_processes": accelerator.num_processes, "lr": config.lr,
         "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps, "mixed_precision": precision,
-        "max_shift_px": config.max_shift_px, "sources": sources,
+        "max_shift_px": config.max_shift_px, "sources": sources, "compiled": config.compile,
         "hardware": _hardware(device, accelerator.num_processes),
         "command": config.command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "initialized_from": str(config.init_from) if config.init_from is not None else None,
@@ -668,7 +672,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
             a = alphas_cumprod[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             with accelerator.autocast():
-                pred = unet(noisy, t).sample
+                pred = model_fn(noisy, t).sample
             loss = F.mse_loss(pred.float(), noise)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(unet.parameters(), 1.0)
@@ -751,6 +755,8 @@ def _remove_tree(path: Path) -> None:
                    "ones; optimizer and EMA restart.")
 @click.option("--archive", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a tar of the exported model folder after every export.")
+@click.option("--compile", is_flag=True,
+              help="Run the training forward/backward through torch.compile (slower start, fused kernels).")
 def train_prior_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None:
     """Train a CT diffusion prior on HU slices (DATA: .npz/.npy stacks, DICOM files or series folders)."""
     config = TrainConfig(**options, command=shlex.join(["ctbird", "train-prior", *sys.argv[1:]])

@@ -128,6 +128,16 @@ def test_continued_stretches_keep_their_lineage_loss_log_and_card(stack_path, tm
     assert [s["steps"] for s in saved["previous_stretches"]] == [2, 3]
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training(stack_path, tmp_path):
+    eager = train_prior([stack_path], tmp_path / "eager", _config(steps=2, mixed_precision="no"))
+    compiled = train_prior([stack_path], tmp_path / "compiled", _config(steps=2, mixed_precision="no", compile=True))
+    assert compiled.info["compiled"] and not eager.info["compiled"]
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "loss.jsonl").read_text().splitlines()]
+              for run in ("eager", "compiled")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
+
+
 def test_init_from_rejects_a_mismatched_prior_and_resume(trained, stack_path, tmp_path):
     out, _ = trained
     with pytest.raises(ConfigError, match="differs from --model-preset"):
