@@ -151,6 +151,20 @@ def test_time_bird_reports_both_modes(tmp_path, save_prior):
     assert "| grad mode | batch |" in (out / "timing_bird_t.md").read_text()
 
 
+def test_bird_convergence_scores_the_latent_during_the_run(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    _run("bird_convergence.py", "--size", str(SIZE), "--iters", "4", "--every", "2", "--delta-t", "500",
+         "--prior", str(prior), "--device", "cpu", "--tag", "t", "--out-dir", str(out), cwd=tmp_path)
+    payload = json.loads((out / "convergence_ct_t.json").read_text())
+    assert [r["iteration"] for r in payload["rows"]] == [1, 2, 4]
+    assert [r["nfe"] for r in payload["rows"]] == [2, 4, 8]  # 2 DDIM steps per iteration; scoring not counted
+    assert all(_finite(r["psnr"]) and _finite(r["loss"]) for r in payload["rows"])
+    assert set(payload["references"]) == {"fbp", "sirt", "tv"}
+    assert payload["references"]["sirt"]["psnr"] > payload["references"]["fbp"]["psnr"] - 3.0
+    assert (out / "figures" / "convergence_ct_t.png").stat().st_size > 1000
+
+
 def test_benchmark_photo_quick_ct_domain(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"

@@ -149,7 +149,8 @@ class BIRD:
     early_stopping : EarlyStopping, int or None
         Plateau criterion (an int is the patience with ``rel_tol=1e-3``).
     callback : callable or None
-        Called after every iteration with ``dict(iteration, iters, loss, losses, nfe, seconds)``.
+        Called after every iteration with ``dict(iteration, iters, loss, losses, nfe, seconds, latent)``
+        (``latent``: the current ``x_T`` ``[B * n_samples, C, H, W]``, detached; read it, do not modify it).
     compile : bool
         ``torch.compile`` the UNet first (GPU; first iterations are slower).
     checkpointing : bool
@@ -267,7 +268,7 @@ class BIRD:
             if self.callback is not None:
                 self.callback({"iteration": it, "iters": self.iters, "loss": mean_loss,
                                "losses": per_sample.tolist(), "nfe": self.prior.nfe - nfe0,
-                               "seconds": time.perf_counter() - start})
+                               "seconds": time.perf_counter() - start, "latent": latent.detach()})
             if not math.isfinite(mean_loss):
                 raise InputError(f"BIRD diverged (loss {mean_loss}) at iteration {it}; lower the learning rates.")
             if self.early_stopping is not None:
