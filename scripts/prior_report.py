@@ -329,6 +329,18 @@ def render_markdown(report: dict) -> str:
     gap = float(np.mean(held_err[:len(ts) // 2 + 1] / train_err[:len(ts) // 2 + 1]))
     collections = info["sources"][0]["collections"] if info.get("sources") else {}
     n_patients = len(info["sources"][0].get("patients", [])) if info.get("sources") else 0
+    stretches = [*info.get("previous_stretches", []),
+                 {"steps": info["steps"], "wall_minutes": info["wall_minutes"], "batch_size": info["batch_size"],
+                  "data": [{"slices": s["slices"]} for s in info.get("sources", [])]}]
+    total_steps = sum(int(st["steps"]) for st in stretches)
+    total_minutes = sum(float(st["wall_minutes"]) for st in stretches)
+    passes = sum(int(st["steps"]) * int(st["batch_size"]) / max(1, sum(d["slices"] for d in st["data"]))
+                 for st in stretches)
+    stretch_text = f" in {len(stretches)} stretches" if len(stretches) > 1 else ""
+    direction = "bright" if bias[-1] > 0 else "dark"
+    centre_median = float(np.median(centre))
+    body_text = ("far too bright" if centre_median > mem["real_centre_hu"][1] else
+                 "too dark" if centre_median < mem["real_centre_hu"][0] else "within the training range (median)")
     lines = [
         "# ctbird's CT diffusion prior (`data/priors/ctbird-ct-256`)",
         "",
@@ -347,15 +359,15 @@ def render_markdown(report: dict) -> str:
         "",
         "## Summary",
         "",
-        f"- **Small and briefly trained**: {info['parameters'] / 1e6:.2f} M-parameter UNet, {info['steps']} steps of "
-        f"batch {info['batch_size']} ({info['wall_minutes']:.1f} min on {info['hardware']}), "
+        f"- **Small and briefly trained**: {info['parameters'] / 1e6:.2f} M-parameter UNet, {total_steps} steps of "
+        f"batch {info['batch_size']}{stretch_text} ({total_minutes:.1f} min on {info['hardware']}), "
         f"{info['weights_mb']:.1f} MB of fp16 weights.",
         "- **Samples are poor (under-trained)**: some show a body outline with lungs, others are mostly noise; "
         "the air around the body is a grey, noisy texture instead of a flat -1000 HU (median of the image "
-        f"borders {border.min():.0f} .. {border.max():.0f} HU) and the body is far too bright (median of the "
+        f"borders {border.min():.0f} .. {border.max():.0f} HU) and the body is {body_text} (median of the "
         f"centre {centre.min():.0f} .. {centre.max():.0f} HU; training slices {mem['real_centre_hu'][0]:.0f} .. "
         f"{mem['real_centre_hu'][1]:.0f} HU, 5-95 %). The likely cause is "
-        f"the high-noise levels: the x0 prediction is biased bright by {bias[-1]:+.0f} HU on average at t={ts[-1]} "
+        f"the high-noise levels: the x0 prediction is biased {direction} by {bias[-1]:+.0f} HU on average at t={ts[-1]} "
         "(table below), and unconditional sampling starts there. BIRD's chain starts there too, which is why BIRD "
         "with this prior does not beat FBP (docs/results.md).",
         f"- **No sign of memorization** (but a weak test for samples this poor): the closest sample is "
@@ -381,8 +393,7 @@ def render_markdown(report: dict) -> str:
         "![samples](figures/prior_samples.png)",
         "",
         "The samples are far from the training slices: body outlines and lungs appear in some, others stay "
-        "noise-like, every background is grey and textured, and the intensities are shifted up by several "
-        "hundred HU (table):",
+        "noise-like, every background is grey and textured, and the intensities are off (table):",
         "",
         "| sample | " + " | ".join(str(i) for i in range(len(border))) + " |",
         "|---|" + "---|" * len(border),
@@ -397,6 +408,9 @@ def render_markdown(report: dict) -> str:
         "run (below) is the fix.",
         "",
         "## How it was trained",
+        "",
+        (f"In {len(stretches)} stretches, each continuing the previous one's exported weights (`--init-from`); "
+         "the model card's table lists them. The last stretch:" if len(stretches) > 1 else "The command:"),
         "",
         "```bash",
         info["command"],
@@ -525,7 +539,7 @@ def render_markdown(report: dict) -> str:
         f"Reading: the prior denoises well at low noise ({held_err[0]:.0f} HU at t={ts[0]}, against "
         f"{den['noise'][0]:.0f} HU without it) and stays better than the mean training slice "
         f"({den['mean_image']:.0f} HU) up to t = {t_ok}. Beyond that the prediction is worse than a constant "
-        f"guess and biased bright ({bias[-1]:+.0f} HU at t={ts[-1]}): the steps of BIRD's 10-step chain above "
+        f"guess and biased {direction} ({bias[-1]:+.0f} HU at t={ts[-1]}): the steps of BIRD's 10-step chain above "
         f"t = {t_ok} give little more than a rough layout, and the data term has to do the work there. "
         f"On the low-noise half of the levels, held-out errors are {gap:.2f}x the training-slice errors"
         + (": the prior generalises to unseen patients and scanners." if gap < 1.3 else
@@ -543,15 +557,15 @@ def render_markdown(report: dict) -> str:
         "- 256² at about 1.4 mm pixels (the 512² → 256² reduction of typical FOVs); other sizes work with "
         "`DiffusionPrior(..., image_size=...)` (any multiple of 16, the UNet is convolutional) but the prior "
         "has only seen this pixel scale.",
-        "- Under-trained (7 GPU minutes): poor unconditional samples and a biased, weak x0 prediction at high "
+        f"- Under-trained ({total_minutes:.1f} GPU minutes): poor unconditional samples and a biased, weak x0 prediction at high "
         "noise; BIRD's reconstructions can inherit texture and intensity errors where the measurements are weak.",
         "",
         "## Training a better prior",
         "",
-        "The logged loss flattened after about 800 steps, but the epsilon MSE averaged over t is dominated by "
+        "The logged loss flattens early, but the epsilon MSE averaged over t is dominated by "
         "the easy small-t levels and says little about sample quality, which in diffusion models keeps "
-        "improving for tens to hundreds of thousands of steps. 1894 steps is about 170 passes over the 702 "
-        "slices; the gap is mostly GPU time. With the same data:",
+        f"improving for tens to hundreds of thousands of steps. {total_steps} steps are about {passes:.0f} passes "
+        "over the training slices; the gap is mostly GPU time. With the same data:",
         "",
         "```bash",
         "# one GPU, a few hours, resumable (re-run with --resume to continue from OUT/checkpoints/)",
@@ -561,11 +575,12 @@ def render_markdown(report: dict) -> str:
         "# several GPUs, data-parallel",
         "accelerate launch --num_processes 4 -m ctbird.training ../shared/data/ct/train/ct256_train_hu.npz \\",
         "    --out priors/ct-256-long --batch-size 32 --steps 200000 --max-minutes 240",
-        "# continue the shipped prior on a time-boxed GPU machine (its checkpoints are not kept between sessions)",
-        "INIT=data/priors/ctbird-ct-256 bash scripts/train_prior_gpu.sh 10",
+        "# continue the shipped prior on a time-boxed GPU machine (its checkpoints are not kept between sessions),",
+        "# then benchmark it there: see scripts/gpu_session.sh and docs/gpu.md",
+        "bash scripts/gpu_session.sh 8 main",
         "```",
         "",
-        "Use all 1403 slices (the shipped run used every second slice to fit the transport limit), add more "
+        "Use all 1403 slices (the shipped stretches used subsets that fit the GPU machine's transport limit), add more "
         "patients (TCIA collections with CC BY licences; never `ct/eval/`), and re-run this report "
         "(`--prior priors/ct-256-long`) to check the samples, the memorization distances and the denoising "
         "curve before replacing `data/priors/ctbird-ct-256`.",
