@@ -64,8 +64,6 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
     ``[0, 1]`` values span air to dense bone) and its mirror images, ``SYNTHETIC_FOV_MM`` across.
     """
     from ctbird.errors import InputError
-    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
-    from ctbird.units import clip_hu
 
     if synthetic:
         from ctbird.phantoms import shepp_logan
@@ -83,13 +81,29 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
     files = dicom_files(data_dir)
     if not files:
         raise InputError(f"No DICOM files under {data_dir}; pass --data DIR or --synthetic.")
-    slices = []
-    for path in evenly_spread(files, count):
-        volume = read_dicom(path)
-        hu = volume.hu[volume.hu.shape[0] // 2]
-        spacing = working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
-        slices.append((str(path.relative_to(data_dir)), to_working_size(clip_hu(hu), size), spacing))
-    return slices
+    return [(str(path.relative_to(data_dir)), *read_working_slice(path, size)) for path in evenly_spread(files, count)]
+
+
+def read_working_slice(path: Path, size: int) -> tuple[np.ndarray, float]:
+    """One DICOM slice (the middle frame) at the working size: HU ``[size, size]`` float32, pixel spacing (mm).
+
+    ``read_dicom -> clip_hu -> to_working_size``, with the pixel spacing scaled to match.
+    """
+    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
+    from ctbird.units import clip_hu
+
+    volume = read_dicom(path)
+    hu = volume.hu[volume.hu.shape[0] // 2]
+    return to_working_size(clip_hu(hu), size), working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
+
+
+def start_run(args, argv: Sequence[str] | None) -> tuple[torch.device, dict]:
+    """Resolve ``args.device``, default ``args.tag`` to ``gpu``/``cpu`` by it, and return it with the run record."""
+    from ctbird.api import resolve_device
+
+    device = resolve_device(args.device)
+    args.tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
+    return device, run_record(device, argv)
 
 
 def write_slice_pack(path: Path, slices: list[tuple[str, np.ndarray, float]]) -> int:

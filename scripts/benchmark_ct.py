@@ -43,7 +43,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from bench_common import (SHARED_DATA, require_positive, fmt, load_ct_slices, markdown_table, mean_std, parse_list,  # noqa: E402
-                          progress, record_markdown, run_record, write_outputs)
+                          progress, record_markdown, start_run, write_outputs)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
 PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
@@ -470,12 +470,9 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import resolve_device
     from ctbird.priors import default_prior_path, load_prior
 
-    device = resolve_device(args.device)
-    args.tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
-    record = run_record(device, argv)
+    device, record = start_run(args, argv)
     slices = load_ct_slices(None if args.synthetic else args.data, args.max_slices, args.size, synthetic=args.synthetic)
     needs_prior = args.ablation or bool(PRIOR_METHODS.intersection(args.methods))
     prior, prior_label = None, None

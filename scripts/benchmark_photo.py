@@ -44,7 +44,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from bench_common import (SHARED_DATA, require_positive, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,  # noqa: E402
-                          parse_list, progress, record_markdown, run_record, write_outputs)
+                          parse_list, progress, record_markdown, start_run, write_outputs)
 
 TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 BLIND_DEBLUR = ("gaussian-deblur", "motion-deblur")
@@ -252,14 +252,12 @@ def observation_view(task: str, y: torch.Tensor, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import _default_kernel_size, resolve_device, restore
+    from ctbird.api import _default_kernel_size, restore
     from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.solvers.bird import TASK_DEFAULTS
 
-    device = resolve_device(args.device)
-    args.tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
-    record = run_record(device, argv)
+    device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
     prior_label = str(args.prior) if args.prior else str(default_prior_path())
     size = args.size or prior.image_size

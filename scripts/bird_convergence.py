@@ -19,12 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import fmt, markdown_table, record_markdown, run_record, write_outputs  # noqa: E402
+from bench_common import fmt, markdown_table, read_working_slice, record_markdown, start_run, write_outputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,19 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from operators import ParallelBeam, Radon
     from ctbird import baselines
-    from ctbird.api import resolve_device
-    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
     from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.solvers.bird import BIRD, TASK_DEFAULTS
-    from ctbird.units import EVAL_HU_RANGE, clip_hu, hu_to_mu, mu_to_hu, unit_to_hu, unit_to_mu
+    from ctbird.units import EVAL_HU_RANGE, hu_to_mu, mu_to_hu, unit_to_hu, unit_to_mu
 
-    device = resolve_device(args.device)
-    args.tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
-    record = run_record(device, argv)
-    volume = read_dicom(args.slice)
-    truth = to_working_size(clip_hu(volume.hu[volume.hu.shape[0] // 2]), args.size)
-    spacing = working_pixel_spacing(volume.pixel_spacing_mm, volume.hu.shape[1:], args.size)
+    device, record = start_run(args, argv)
+    truth, spacing = read_working_slice(args.slice, args.size)
     geometry = ParallelBeam(views=args.views).resolved(args.size)
     radon = Radon(geometry, args.size, device=device)
     with torch.no_grad():

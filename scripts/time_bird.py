@@ -24,7 +24,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import fmt, markdown_table, parse_list, record_markdown, run_record, write_outputs  # noqa: E402
+from bench_common import fmt, markdown_table, parse_list, read_working_slice, record_markdown, start_run, write_outputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "samples" / "chest_tcga_0000.dcm"
@@ -58,20 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from operators import ParallelBeam, Radon
-    from ctbird.api import reconstruct, resolve_device
-    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
+    from ctbird.api import reconstruct
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.solvers.bird import TASK_DEFAULTS
-    from ctbird.units import clip_hu, hu_to_mu
+    from ctbird.units import hu_to_mu
 
-    device = resolve_device(args.device)
-    args.tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
-    record = run_record(device, argv)
+    device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
-    volume = read_dicom(SAMPLE)
     size = args.size
-    hu = to_working_size(clip_hu(volume.hu[0]), size)
-    spacing = working_pixel_spacing(volume.pixel_spacing_mm, volume.hu.shape[1:], size)
+    hu, spacing = read_working_slice(SAMPLE, size)
     geometry = ParallelBeam(views=args.views).resolved(size)
     radon = Radon(geometry, size, device=device)
     with torch.no_grad():
