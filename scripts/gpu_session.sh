@@ -13,6 +13,7 @@
 #   exact      the same for bird-exact (backpropagation through the UNet) on 16 slices             (cap 150)
 #   ablation   scripts/benchmark_ct.py --ablation: delta_t 20..250 on 8 slices                       (cap 150)
 #   views      scripts/benchmark_ct.py: 8/18/60 parallel views, noiseless, fbp/sirt/tv/bird/bird+dc  (cap 150)
+#   fan-noise  scripts/benchmark_ct.py: 30 views, parallel and fan, noiseless and I0 = 1e5, 16 slices  (cap 200)
 #   operators  scripts/bench_operators_gpu.py 256 512                                                (cap 60)
 # Results (markdown, JSON, figures) collect in /tmp/gpu-results/docs and are packed into $OUT/results.tar
 # after every part; the prior comes back as $OUT/prior.tar, the logs as $OUT/session.log and train.log.
@@ -93,6 +94,9 @@ for name in "$@"; do
     views) part 150 "${BENCH[@]}" --tag gpu_views --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
              --batch-size 16 --views 8,18,60 \
              --geometry parallel --noise none --methods fbp,sirt,tv,bird,bird+dc ;;
+    fan-noise) part 200 "${BENCH[@]}" --tag gpu_fan_noise --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
+                 --batch-size 16 --views 30 --geometry parallel,fan --noise none,1e5 \
+                 --methods fbp,sirt,tv,bird,bird+dc ;;
     operators) part 60 python3 scripts/bench_operators_gpu.py 256 512 ;;
     *) echo "unknown part $name" ;;
   esac
