@@ -176,8 +176,8 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                 delta_t: int | None = 100, n_samples: int | None = 1, seed: int = 0, device: str | torch.device = "cpu",
                 grad_mode: str = "detached", callback: Callable[[dict], None] | None = None,
                 radon_backend: str = "matrix", lr_latent: float | None = None, early_stopping: int | None = None,
-                dc_weight: float | None = None, dc_iters: int | None = None, dps_zeta: float | None = None
-                ) -> Reconstruction:
+                dc_weight: float | None = None, dc_iters: int | None = None, dps_zeta: float | None = None,
+                latent_optimizer: str | None = None) -> Reconstruction:
     """Reconstruct CT slices from a (sparse-view) sinogram.
 
     Units
@@ -207,8 +207,9 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     iters : int or None
         BIRD iterations / SIRT or TV iterations / DPS steps; ``None`` = the method's default
         (``TASK_DEFAULTS["ct"]`` for BIRD, :data:`METHOD_DEFAULTS` otherwise).
-    delta_t, n_samples, grad_mode, lr_latent, early_stopping
-        BIRD settings (``None`` = default: 100, 1, ...) (see :class:`ctbird.solvers.BIRD`); ``n_samples > 1`` gives ``uncertainty``.
+    delta_t, n_samples, grad_mode, lr_latent, early_stopping, latent_optimizer
+        BIRD settings (``None`` = default: 100, 1, ..., ``TASK_DEFAULTS["ct"]``) (see :class:`ctbird.solvers.BIRD`);
+        ``n_samples > 1`` gives ``uncertainty``.
     seed : int
         Seed of the initial noise (and DPS noise).
     device : str or torch.device
@@ -288,6 +289,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
 
     defaults = TASK_DEFAULTS["ct"]
     bird = BIRD(model, radon, iters=iters or defaults["iters"], lr_latent=lr_latent or defaults["lr_latent"],
+                latent_optimizer=latent_optimizer or defaults["latent_optimizer"],
                 lr_operator=defaults["lr_operator"], delta_t=delta_t, grad_mode=grad_mode, n_samples=n_samples,
                 input_transform=measurement_input, early_stopping=early_stopping, callback=callback)
     out = bird.run(y, generator=generator)
@@ -338,7 +340,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             device: str | torch.device = "cpu", grad_mode: str = "detached",
             callback: Callable[[dict], None] | None = None, n_samples: int | None = 1, delta_t: int | None = 100,
             lr_latent: float | None = None, lr_operator: float | None = None,
-            early_stopping: int | None = None) -> Restoration:
+            early_stopping: int | None = None, latent_optimizer: str | None = None) -> Restoration:
     """Restore photographs with BIRD.
 
     Parameters
@@ -364,7 +366,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         Known blur kernel (non-blind deblurring), or a Gaussian sigma in pixels.
     mask : Tensor ``[H, W]`` or None
         Observed-pixel mask (required for ``inpaint``).
-    seed, device, grad_mode, callback, n_samples, delta_t, lr_latent, lr_operator, early_stopping
+    seed, device, grad_mode, callback, n_samples, delta_t, lr_latent, lr_operator, early_stopping, latent_optimizer
         As for :class:`ctbird.solvers.BIRD`.
 
     Returns
@@ -429,6 +431,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         return resize((x0 + 1.0) / 2.0, (out_h, out_w))
 
     bird = BIRD(model, operator, iters=iters or defaults["iters"], lr_latent=lr_latent or defaults["lr_latent"],
+                latent_optimizer=latent_optimizer or defaults["latent_optimizer"],
                 lr_operator=(lr_operator if lr_operator is not None else defaults["lr_operator"]) if learnable else 0.0,
                 delta_t=delta_t, grad_mode=grad_mode, n_samples=n_samples, input_transform=measurement_input,
                 early_stopping=early_stopping, callback=callback)

@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default TASK_DEFAULTS['ct'])")
     parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default 100)")
     parser.add_argument("--lr-latent", type=float, default=None, help="BIRD latent learning rate (default TASK_DEFAULTS['ct'])")
+    parser.add_argument("--latent-optimizer", choices=("adam", "normalized-gd"), default=None,
+                        help="how BIRD moves x_T (default TASK_DEFAULTS['ct'])")
     parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default METHOD_DEFAULTS['dps'])")
     parser.add_argument("--ablation", action="store_true",
                         help=f"run only the delta_t ablation of BIRD ({ABLATION_DELTA_T}, {ABLATION_VIEWS} views, parallel, noiseless)")
@@ -196,7 +198,8 @@ class Runner:
         from ctbird.units import unit_to_hu
 
         args = self.args
-        bird_kwargs = {"iters": args.iters, "delta_t": delta_t or args.delta_t, "lr_latent": args.lr_latent}
+        bird_kwargs = {"iters": args.iters, "delta_t": delta_t or args.delta_t, "lr_latent": args.lr_latent,
+                       "latent_optimizer": args.latent_optimizer}
 
         def images(tensor):
             return list(tensor[:, 0].detach().cpu().numpy())
@@ -257,6 +260,7 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
         "image_size": args.size, "prior": prior_label, "seed": args.seed, "batch_size": args.batch_size,
         "metric_data_range_hu": list(EVAL_HU_RANGE),
         "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t, "lr_latent": args.lr_latent or ct["lr_latent"],
+                 "latent_optimizer": args.latent_optimizer or ct["latent_optimizer"],
                  "task_defaults_ct": dict(ct)},
         "dps": {"steps": args.dps_steps or METHOD_DEFAULTS["dps"]["iters"], "zeta": METHOD_DEFAULTS["dps"]["zeta"]},
         "sirt_iters": METHOD_DEFAULTS["sirt"]["iters"], "tv_iters": METHOD_DEFAULTS["tv"]["iters"],
@@ -276,7 +280,8 @@ def settings_markdown(settings: dict, slices: list[str]) -> str:
         f"{settings['metric_data_range_hu'][1]:.0f}] (data range {settings['metric_data_range_hu'][1] - settings['metric_data_range_hu'][0]:.0f} HU); "
         "RMSE in HU over the whole grid; mean ± std over slices.",
         f"- BIRD: {bird['iters']} iterations (NFE = (iterations + 1) x DDIM steps: one more decode scores the "
-        f"result), delta_t {bird['delta_t']}, lr_latent {bird['lr_latent']} "
+        f"result), delta_t {bird['delta_t']}, lr_latent {bird['lr_latent']}, latent optimizer "
+        f"{bird.get('latent_optimizer', 'adam')} "
         f"(TASK_DEFAULTS['ct'] = {bird['task_defaults_ct']}); DPS: {settings['dps']['steps']} steps, zeta "
         f"{settings['dps']['zeta']}; SIRT {settings['sirt_iters']} and TV {settings['tv_iters']} iterations; "
         f"bird+dc: {settings['dc']}.",

@@ -1,15 +1,18 @@
-"""BIRD's PSNR against iterations on one CT slice: is the default budget converged?
+"""BIRD's PSNR against iterations on one CT slice, for each latent optimizer: is the budget converged?
 
-Simulates ``--views`` parallel-beam views of one DICOM slice (noiseless, matrix projector, the units of
+Simulates ``--views`` parallel-beam views of one slice (noiseless, matrix projector, the units of
 :func:`ctbird.reconstruct`), runs BIRD (detached gradients, ``TASK_DEFAULTS['ct']`` learning rate unless
-given) for ``--iters`` iterations and, every ``--every`` iterations, decodes the current latent (extra
-decodes, not counted in the timing) to score it against the slice: PSNR/SSIM on HU with data range
-``EVAL_HU_RANGE`` = [-1000, 1000] HU and the data loss. FBP, SIRT and TV on the same sinogram are the
-reference lines. Writes ``convergence_ct_<tag>.json`` / ``.md`` and ``figures/convergence_ct_<tag>.png``.
+given) with each of ``--optimizers`` for ``--iters`` iterations and, every ``--every`` iterations, decodes the
+current latent (extra decodes, not counted in the timing) to score it against the slice: PSNR/SSIM on HU with
+data range ``EVAL_HU_RANGE`` = [-1000, 1000] HU and the data loss. FBP, SIRT and TV on the same sinogram are
+the reference lines. The slice is a DICOM file, or ``STACK.npz:INDEX`` (a slice of an HU stack such as the
+training set, at ``--pixel-mm``), so that settings can be tuned away from the evaluation slices. Writes
+``convergence_ct_<tag>.json`` / ``.md`` and ``figures/convergence_ct_<tag>.png``.
 
-Example::
+Examples::
 
-    python scripts/bird_convergence.py --iters 400 --delta-t 250 --every 25 --tag cpu
+    python scripts/bird_convergence.py --iters 200 --delta-t 250 --every 25 --optimizers adam,normalized-gd --tag cpu
+    python scripts/bird_convergence.py --slice ../shared/data/ct/train/ct256_train_hu.npz:700 --tag cpu-train
 """
 
 from __future__ import annotations
@@ -19,19 +22,24 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import fmt, markdown_table, read_working_slice, record_markdown, start_run, write_outputs  # noqa: E402
+from bench_common import (fmt, markdown_table, parse_list, read_working_slice, record_markdown, start_run,  # noqa: E402
+                          write_outputs)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slice", type=Path, default=REPO / "data" / "samples" / "chest_tcga_0000.dcm",
-                        help="DICOM slice (default the shipped chest sample)")
+    parser.add_argument("--slice", default=str(REPO / "data" / "samples" / "chest_tcga_0000.dcm"),
+                        help="DICOM slice, or STACK.npz:INDEX (default the shipped chest sample)")
+    parser.add_argument("--pixel-mm", type=float, default=1.4,
+                        help="pixel spacing (mm) of a STACK.npz slice when the stack has no pixel_spacing_mm")
+    parser.add_argument("--optimizers", default="adam", help="latent optimizers to compare (adam, normalized-gd)")
     parser.add_argument("--views", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="working grid side N (default 256)")
     parser.add_argument("--iters", type=int, default=400)
@@ -45,9 +53,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default=None, help="file-name label (default the device type)")
     parser.add_argument("--no-figures", action="store_true")
     args = parser.parse_args(argv)
-    if min(args.views, args.iters, args.every, args.size) < 1:
-        parser.error("--views, --iters, --every and --size must be positive.")
+    if min(args.views, args.iters, args.every, args.size) < 1 or args.pixel_mm <= 0:
+        parser.error("--views, --iters, --every, --size and --pixel-mm must be positive.")
+    args.optimizers = parse_list(args.optimizers)
+    from ctbird.solvers.bird import LATENT_OPTIMIZERS
+
+    if not args.optimizers or set(args.optimizers) - set(LATENT_OPTIMIZERS):
+        parser.error(f"--optimizers takes some of {', '.join(LATENT_OPTIMIZERS)}, got {args.optimizers}.")
     return args
+
+
+def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float, str]:
+    """``(hu [size, size], pixel spacing mm, label)`` of a DICOM file or a ``STACK.npz:INDEX`` slice."""
+    from ctbird.errors import InputError
+    from ctbird.units import clip_hu
+
+    stack_path, _, index = spec.rpartition(":")
+    if not stack_path.endswith(".npz"):
+        path = Path(spec)
+        hu, spacing = read_working_slice(path, size)
+        label = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
+        return hu, spacing, str(label)
+    with np.load(stack_path) as stack:
+        image = clip_hu(stack["images"][int(index)].astype(np.float32))
+        if "pixel_spacing_mm" in stack.files:
+            pixel_mm = float(stack["pixel_spacing_mm"][int(index)])
+    if image.shape != (size, size):
+        raise InputError(f"{spec} is {image.shape[0]}x{image.shape[1]}, not --size {size}.")
+    return image, pixel_mm, f"{Path(stack_path).name}[{index}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.units import EVAL_HU_RANGE, hu_to_mu, mu_to_hu, unit_to_hu, unit_to_mu
 
     device, record = start_run(args, argv)
-    truth, spacing = read_working_slice(args.slice, args.size)
+    truth, spacing, slice_label = read_slice(args.slice, args.size, args.pixel_mm)
     geometry = ParallelBeam(views=args.views).resolved(args.size)
     radon = Radon(geometry, args.size, device=device)
     with torch.no_grad():
@@ -78,29 +111,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     prior = load_prior(args.prior, device=str(device))
     lr = args.lr_latent or TASK_DEFAULTS["ct"]["lr_latent"]
-    rows: list[dict] = []
-    scoring_seconds = 0.0
+    curves: dict[str, list[dict]] = {}
+    for optimizer in args.optimizers:
+        rows: list[dict] = curves.setdefault(optimizer, [])
+        scoring_seconds = 0.0
 
-    def callback(info: dict) -> None:
-        nonlocal scoring_seconds
-        if info["iteration"] % args.every and info["iteration"] != 1:
-            return
-        started = time.perf_counter()
-        nfe_before = prior.nfe
-        with torch.no_grad():
-            x0 = prior.decode(info["latent"], delta_t=args.delta_t)
-        prior.nfe = nfe_before  # scoring decodes are not part of BIRD's budget
-        rows.append({"iteration": info["iteration"], "loss": info["loss"], "nfe": info["nfe"],
-                     "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0))})
-        scoring_seconds += time.perf_counter() - started
-        print(f"iteration {info['iteration']}: loss {info['loss']:.4g}, PSNR {rows[-1]['psnr']:.2f} dB",
-              file=sys.stderr, flush=True)
+        def callback(info: dict, rows=rows, optimizer=optimizer) -> None:
+            nonlocal scoring_seconds
+            if info["iteration"] % args.every and info["iteration"] != 1:
+                return
+            started = time.perf_counter()
+            nfe_before = prior.nfe
+            with torch.no_grad():
+                x0 = prior.decode(info["latent"], delta_t=args.delta_t)
+            prior.nfe = nfe_before  # scoring decodes are not part of BIRD's budget
+            rows.append({"iteration": info["iteration"], "loss": info["loss"], "nfe": info["nfe"],
+                         "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0))})
+            scoring_seconds += time.perf_counter() - started
+            print(f"{optimizer} iteration {info['iteration']}: loss {info['loss']:.4g}, PSNR {rows[-1]['psnr']:.2f} dB",
+                  file=sys.stderr, flush=True)
 
-    bird = BIRD(prior, radon, iters=args.iters, lr_latent=lr, delta_t=args.delta_t, grad_mode="detached",
-                input_transform=lambda x0: unit_to_mu(x0) * spacing, callback=callback)
-    bird.run(sinogram, generator=torch.Generator().manual_seed(args.seed))
+        bird = BIRD(prior, radon, iters=args.iters, lr_latent=lr, delta_t=args.delta_t, grad_mode="detached",
+                    latent_optimizer=optimizer, input_transform=lambda x0: unit_to_mu(x0) * spacing,
+                    callback=callback)
+        bird.run(sinogram, generator=torch.Generator().manual_seed(args.seed))
 
-    settings = {"slice": str(args.slice.relative_to(REPO) if args.slice.is_relative_to(REPO) else args.slice),
+    settings = {"slice": slice_label, "pixel_spacing_mm": spacing, "optimizers": args.optimizers,
                 "views": args.views, "image_size": args.size, "delta_t": args.delta_t,
                 "ddim_steps": len(prior.timestep_pairs(args.delta_t)), "lr_latent": lr, "seed": args.seed,
                 "prior": str(args.prior) if args.prior else str(default_prior_path()),
@@ -114,34 +150,36 @@ def main(argv: list[str] | None = None) -> int:
 
         (args.out_dir / "figures").mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
-        ax.plot([r["iteration"] for r in rows], [r["psnr"] for r in rows], "o-", label="BIRD")
+        for optimizer, rows in curves.items():
+            ax.plot([r["iteration"] for r in rows], [r["psnr"] for r in rows], "o-", ms=3, label=f"BIRD, {optimizer}")
         for (name, ref), style in zip(references.items(), ("--", "-.", ":")):
             ax.axhline(ref["psnr"], color="gray", linestyle=style, label=name.upper())
         ax.set_xlabel("BIRD iteration")
         ax.set_ylabel("PSNR (dB, [-1000, 1000] HU)")
-        ax.set_title(f"{args.slice.name}: {args.views} parallel views, delta_t {args.delta_t}", fontsize=10)
+        ax.set_title(f"{slice_label}: {args.views} parallel views, delta_t {args.delta_t}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         name = f"convergence_ct_{args.tag}.png"
         fig.savefig(args.out_dir / "figures" / name, dpi=110)
         plt.close(fig)
         figures.append(name)
-    table = markdown_table(["iteration", "NFE", "data loss", "PSNR (dB)", "SSIM", "seconds"],
-                           [[r["iteration"], r["nfe"], f"{r['loss']:.4g}", fmt(r["psnr"]), fmt(r["ssim"], None, 3),
-                             fmt(r["seconds"], None, 1)] for r in rows])
+    table = markdown_table(["latent optimizer", "iteration", "NFE", "data loss", "PSNR (dB)", "SSIM", "seconds"],
+                           [[optimizer, r["iteration"], r["nfe"], f"{r['loss']:.4g}", fmt(r["psnr"]),
+                             fmt(r["ssim"], None, 3), fmt(r["seconds"], None, 1)]
+                            for optimizer, rows in curves.items() for r in rows])
     reference_line = ", ".join(f"{name.upper()} {fmt(ref['psnr'])} dB / {fmt(ref['ssim'], None, 3)}"
                                for name, ref in references.items())
     markdown = "\n".join([
         f"# BIRD convergence `{args.tag}`", "", "Generated by `scripts/bird_convergence.py`; do not edit by hand.", "",
         record_markdown(record),
-        f"- Setting: `{settings['slice']}` at {args.size}², {args.views} parallel views, noiseless; BIRD with "
+        f"- Setting: `{slice_label}` at {args.size}² ({spacing:.3g} mm pixels), {args.views} parallel views, noiseless; BIRD with "
         f"detached gradients, delta_t {args.delta_t} ({settings['ddim_steps']} DDIM steps), lr_latent {lr}, seed "
         f"{args.seed}; prior `{settings['prior']}`.",
         "- Metrics: PSNR/SSIM on HU clipped to [-1000, 1000] (data range 2000 HU); seconds exclude the scoring decodes.",
         f"- References on the same sinogram: {reference_line} (SIRT 100, TV 300 iterations).", "", table, ""]
         + [f"![{f}](figures/{f})" for f in figures])
     json_path, md_path = write_outputs(args.out_dir, f"convergence_ct_{args.tag}",
-                                       {"run": record, "settings": settings, "references": references, "rows": rows,
+                                       {"run": record, "settings": settings, "references": references, "curves": curves,
                                         "figures": [f"figures/{f}" for f in figures]}, markdown)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0

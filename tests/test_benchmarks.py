@@ -155,11 +155,17 @@ def test_bird_convergence_scores_the_latent_during_the_run(tmp_path, save_prior)
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("bird_convergence.py", "--size", str(SIZE), "--iters", "4", "--every", "2", "--delta-t", "500",
-         "--prior", str(prior), "--device", "cpu", "--tag", "t", "--out-dir", str(out), cwd=tmp_path)
+         "--optimizers", "adam,normalized-gd", "--prior", str(prior), "--device", "cpu", "--tag", "t",
+         "--out-dir", str(out), cwd=tmp_path)
     payload = json.loads((out / "convergence_ct_t.json").read_text())
-    assert [r["iteration"] for r in payload["rows"]] == [1, 2, 4]
-    assert [r["nfe"] for r in payload["rows"]] == [2, 4, 8]  # 2 DDIM steps per iteration; scoring not counted
-    assert all(_finite(r["psnr"]) and _finite(r["loss"]) for r in payload["rows"])
+    assert set(payload["curves"]) == {"adam", "normalized-gd"}
+    for rows in payload["curves"].values():
+        assert [r["iteration"] for r in rows] == [1, 2, 4]
+        assert [r["nfe"] for r in rows] == [2, 4, 8]  # 2 DDIM steps per iteration; scoring not counted
+        assert all(_finite(r["psnr"]) and _finite(r["loss"]) for r in rows)
+    # the same start, different steps: the two runs part after the first update
+    assert payload["curves"]["adam"][0]["loss"] == payload["curves"]["normalized-gd"][0]["loss"]
+    assert payload["curves"]["adam"][-1]["loss"] != payload["curves"]["normalized-gd"][-1]["loss"]
     assert set(payload["references"]) == {"fbp", "sirt", "tv"}
     assert payload["references"]["sirt"]["psnr"] > payload["references"]["fbp"]["psnr"] - 3.0
     assert (out / "figures" / "convergence_ct_t.png").stat().st_size > 1000

@@ -1,7 +1,8 @@
 """BIRD (Chihaoui, Lemkhenter & Favaro, NeurIPS 2024): blind inversion by optimizing the initial noise.
 
 ``min_{x_T on the sphere, phi} loss(H_phi(T(decode(x_T))), y)`` with Adam on ``x_T`` (renormalized to
-``||x_T|| = sqrt(D)`` after every step) and on the operator's learnable parameters ``phi``. ``decode`` is the
+``||x_T|| = sqrt(D)`` after every step) and on the operator's learnable parameters ``phi``. ``x_T`` can instead
+take normalized gradient steps (``latent_optimizer="normalized-gd"``; see :class:`BIRD`). ``decode`` is the
 prior's 10-step DDIM chain, ``T`` the measurement model's ``input_transform`` from the prior's ``[-1, 1]`` to the
 operator's input scale. See ``docs/method.md``.
 """
@@ -23,17 +24,20 @@ from operators.base import Operator
 from ..errors import ConfigError, InputError
 from ..priors.diffusion import GRAD_MODES, DiffusionPrior, randn
 
-#: Reference-derived defaults per task (BIRD ``configs/*.yml``); CT values are our own (docs/method.md).
+#: Reference-derived defaults per task (BIRD ``configs/*.yml``); CT values are our own measurements (docs/method.md),
+#: including the normalized-gradient latent steps (Adam elsewhere, as in the reference).
 TASK_DEFAULTS: dict[str, dict] = {
-    "gaussian-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 2e-4, "delta_t": 100},
-    "motion-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 5e-3, "delta_t": 100},
-    "denoise": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100},
-    "inpaint": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100},
-    "sr": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, "delta_t": 100},
-    "ct": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 1e-3, "delta_t": 100},
+    "gaussian-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 2e-4, "delta_t": 100, "latent_optimizer": "adam"},
+    "motion-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 5e-3, "delta_t": 100, "latent_optimizer": "adam"},
+    "denoise": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100, "latent_optimizer": "adam"},
+    "inpaint": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100, "latent_optimizer": "adam"},
+    "sr": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, "delta_t": 100, "latent_optimizer": "adam"},
+    "ct": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 1e-3, "delta_t": 100, "latent_optimizer": "normalized-gd"},
 }
 
 LossName = Literal["mse", "l1"]
+#: How ``x_T`` moves: Adam (the reference) or steps along the whole gradient normalized per sample.
+LATENT_OPTIMIZERS = ("adam", "normalized-gd")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,14 @@ def project_to_sphere(latent: torch.Tensor) -> torch.Tensor:
     return latent * (math.sqrt(d) / norms).view(-1, *([1] * (latent.dim() - 1)))
 
 
+def normalized_step(grad: torch.Tensor, lr: float) -> torch.Tensor:
+    """``lr * sqrt(D) * g / ||g||`` per sample ``[B, ...]`` (zero where ``g`` is zero): an RMS step of ``lr`` per entry."""
+    d = grad[0].numel()
+    norms = grad.flatten(1).norm(dim=1)
+    scale = torch.where(norms > 0, lr * math.sqrt(d) / norms.clamp_min(1e-30), torch.zeros_like(norms))
+    return grad * scale.view(-1, *([1] * (grad.dim() - 1)))
+
+
 def data_loss(pred: torch.Tensor, y: torch.Tensor, loss: LossName, mask: torch.Tensor | None) -> torch.Tensor:
     """Per-sample data loss ``[B]``: mean squared (``"mse"``) or absolute (``"l1"``) residual, mask-weighted."""
     r = pred - y
@@ -129,9 +141,15 @@ class BIRD:
         (for ``B == 1`` the best copy's state is loaded back into ``operator``); otherwise ``operator`` itself is
         updated in place.
     iters : int
-        Adam iterations (each costs ``1000 // delta_t`` UNet evaluations).
+        Iterations (each costs ``1000 // delta_t`` UNet evaluations).
     lr_latent, lr_operator : float
-        Adam learning rates of ``x_T`` and of the operator's parameters (``lr_operator=0`` keeps them fixed).
+        Learning rates of ``x_T`` and (Adam) of the operator's parameters (``lr_operator=0`` keeps them fixed).
+        For both latent optimizers ``lr_latent`` is about the RMS change of an ``x_T`` entry per iteration.
+    latent_optimizer : {"adam", "normalized-gd"}
+        ``"adam"``: the reference. ``"normalized-gd"``: ``x_T -= lr_latent * sqrt(D) * g / ||g||`` per sample, a step
+        along the whole gradient ``g``. Adam's per-entry normalization turns a gradient whose sign is the same over
+        most entries (e.g. when the prior's decode is biased bright everywhere) into a uniform step that discards
+        the gradient's structure; the normalized step keeps it (measured for CT in ``docs/results.md``).
     delta_t : int
         DDIM step (100: 10 steps at t = 900..0).
     grad_mode : {"detached", "exact"}
@@ -150,7 +168,7 @@ class BIRD:
         Plateau criterion (an int is the patience with ``rel_tol=1e-3``).
     callback : callable or None
         Called after every iteration with ``dict(iteration, iters, loss, losses, nfe, seconds, latent)``
-        (``latent``: the current ``x_T`` ``[B * n_samples, C, H, W]``, detached; read it, do not modify it).
+        (``latent``: the live ``x_T`` ``[B * n_samples, C, H, W]``, detached; read it or clone it, never modify it).
     compile : bool
         ``torch.compile`` the UNet first (GPU; first iterations are slower).
     checkpointing : bool
@@ -159,6 +177,7 @@ class BIRD:
 
     def __init__(self, prior: DiffusionPrior, operator: Operator, *, iters: int = 100, lr_latent: float = 3e-3,
                  lr_operator: float = 2e-4, delta_t: int = 100, grad_mode: str = "detached", loss: LossName = "mse",
+                 latent_optimizer: str = "adam",
                  loss_mask: torch.Tensor | None = None, n_samples: int = 1,
                  input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  early_stopping: EarlyStopping | int | None = None,
@@ -177,6 +196,8 @@ class BIRD:
             raise ConfigError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}.")
         if loss not in ("mse", "l1"):
             raise ConfigError(f"loss must be 'mse' or 'l1', got {loss!r}.")
+        if latent_optimizer not in LATENT_OPTIMIZERS:
+            raise ConfigError(f"latent_optimizer must be one of {LATENT_OPTIMIZERS}, got {latent_optimizer!r}.")
         prior.timestep_pairs(delta_t)  # validates delta_t
         if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping(patience=early_stopping)
@@ -188,6 +209,7 @@ class BIRD:
         self.delta_t = delta_t
         self.grad_mode = grad_mode
         self.loss = loss
+        self.latent_optimizer = latent_optimizer
         self.loss_mask = loss_mask
         self.n_samples = n_samples
         self.input_transform = input_transform
@@ -244,23 +266,29 @@ class BIRD:
         else:
             latent = init_latent.detach().to(device=device, dtype=torch.float32).clone()
         latent = nn.Parameter(project_to_sphere(latent))
-        groups = [{"params": [latent], "lr": self.lr_latent}]
+        adam_latent = self.latent_optimizer == "adam"
+        groups = [{"params": [latent], "lr": self.lr_latent}] if adam_latent else []
         if op_params:
             groups.append({"params": op_params, "lr": self.lr_operator})
-        optimizer = torch.optim.Adam(groups)
+        optimizer = torch.optim.Adam(groups) if groups else None
 
         nfe0, start = self.prior.nfe, time.perf_counter()
         history: list[float] = []
         best, stale, stopped = math.inf, 0, False
         it = 0
         for it in range(1, self.iters + 1):
-            optimizer.zero_grad(set_to_none=True)
+            latent.grad = None
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
             x0 = self.prior.decode(latent, delta_t=self.delta_t, grad_mode=self.grad_mode,
                                    checkpointing=self.checkpointing)
             losses = data_loss(self._forward(ops, x0), y_rep, self.loss, mask)
             losses.sum().backward()
-            optimizer.step()
+            if optimizer is not None:
+                optimizer.step()
             with torch.no_grad():
+                if not adam_latent:
+                    latent.sub_(normalized_step(latent.grad, self.lr_latent))
                 latent.copy_(project_to_sphere(latent))
             per_sample = losses.detach().cpu()
             mean_loss = float(per_sample.mean())
@@ -310,5 +338,6 @@ class BIRD:
             nfe=self.prior.nfe - nfe0, seconds=time.perf_counter() - start, grad_mode=self.grad_mode,
             delta_t=self.delta_t, iters_run=iters_run, stopped_early=stopped,
             info={"lr_latent": self.lr_latent, "lr_operator": self.lr_operator, "loss": self.loss,
+                  "latent_optimizer": self.latent_optimizer,
                   "n_samples": n, "iters": self.iters},
         )

@@ -74,6 +74,38 @@ def test_seeded_run_is_bitwise_reproducible(tiny_prior):
     assert not torch.equal(other.latent, runs[0].latent)
 
 
+def test_normalized_step_has_rms_lr_per_sample_and_keeps_direction():
+    from ctbird.solvers.bird import normalized_step
+
+    grad = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * torch.tensor([1e-6, 1.0, 1e3]).view(3, 1, 1, 1)
+    grad[2] = 0.0
+    step = normalized_step(grad, 0.01)
+    rms = step.flatten(1).pow(2).mean(dim=1).sqrt()
+    torch.testing.assert_close(rms[:2], torch.full((2,), 0.01))  # the gradient's scale does not matter
+    assert torch.equal(step[2], torch.zeros_like(step[2]))  # no gradient, no step
+    cosine = torch.nn.functional.cosine_similarity(step[:2].flatten(1), grad[:2].flatten(1))
+    torch.testing.assert_close(cosine, torch.ones(2))
+
+
+def test_normalized_gd_fits_a_reachable_image_on_the_sphere(gaussian_prior):
+    latent_true = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = gaussian_prior.decode(latent_true)
+    seen = []
+    result = BIRD(gaussian_prior, Identity(SHAPE), iters=60, lr_latent=5e-2, latent_optimizer="normalized-gd",
+                  callback=lambda info: seen.append(info["latent"].clone())).run(y, generator=torch.Generator().manual_seed(0))
+    assert float(result.final_loss) < 0.1 * result.loss_history[0]
+    assert result.info["latent_optimizer"] == "normalized-gd"
+    assert result.latent.flatten(1).norm(dim=1).item() == pytest.approx(16.0, rel=1e-5)
+    # each step moves x_T by about lr * sqrt(D) before the projection back onto the sphere
+    first, second = seen[0], seen[1]
+    assert 0.3 * 5e-2 * 16 < float((second - first).norm()) < 1.01 * 5e-2 * 16
+    adam = BIRD(gaussian_prior, Identity(SHAPE), iters=60, lr_latent=5e-2).run(y, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(adam.latent, result.latent)
+    with pytest.raises(ConfigError, match="latent_optimizer"):
+        BIRD(gaussian_prior, Identity(SHAPE), latent_optimizer="sgd")
+
+
 def test_sphere_projection_holds(tiny_prior):
     seen = []
     y = _smooth_image()
