@@ -309,7 +309,8 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     return Reconstruction(image=hu.to(torch.float32), method=method, mu=mu.detach(), uncertainty=uncertainty,
                           seconds=time.perf_counter() - start, nfe=out.nfe, loss_history=out.loss_history,
                           grad_mode=out.grad_mode, delta_t=out.delta_t, pixel_spacing_mm=spacing, solver_result=out,
-                          info={**info, "iters_run": out.iters_run, "final_loss": out.final_loss.tolist()})
+                          info={**info, "iters_run": out.iters_run, "final_loss": out.final_loss.tolist(),
+                                "latent_optimizer": bird.latent_optimizer, "lr_latent": bird.lr_latent})
 
 
 # ---------------------------------------------------------------------- photographs

@@ -414,14 +414,17 @@ def _reconstruct(input_path: Path, params: dict[str, Any]) -> None:
                 "seed": params["seed"], "device": device, "pixel_spacing_mm": pixel_mm, "callback": callback,
             })
         seconds = getattr(result, "seconds", None)
+        info = getattr(result, "info", None) or {}
         results[method] = {
             "image": _as_numpy(result.image).reshape(-1, size, size)[0],
             "uncertainty": _reshape_optional(getattr(result, "uncertainty", None), size),
             "nfe": getattr(result, "nfe", None),
             "seconds": float(seconds) if seconds is not None else time.perf_counter() - started,
-            "settings": {key: value for key, value in (("iters", (getattr(result, "info", None) or {}).get("iters_run") or iters),
+            "settings": {key: value for key, value in (("iters", info.get("iters_run") or iters),
                                                        ("delta_t", getattr(result, "delta_t", None)),
-                                                       ("grad_mode", getattr(result, "grad_mode", None)))
+                                                       ("grad_mode", getattr(result, "grad_mode", None)),
+                                                       ("latent_optimizer", info.get("latent_optimizer")),
+                                                       ("lr_latent", info.get("lr_latent")))
                          if value is not None},
         }
 

@@ -83,6 +83,10 @@ def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior
         entry = metrics["methods"][method]
         assert np.isfinite(entry["psnr"]) and -1 <= entry["ssim"] <= 1 and entry["rmse_hu"] >= 0
         assert np.load(out / f"{method}.npy").shape == (64, 64)
+    bird = metrics["methods"]["bird"]
+    assert (bird["iters"], bird["delta_t"], bird["grad_mode"]) == (2, 500, "detached")
+    assert bird["latent_optimizer"] == "normalized-gd" and bird["lr_latent"] == 3e-3  # TASK_DEFAULTS["ct"]
+    assert "latent_optimizer" not in metrics["methods"]["fbp"]
     config = tomllib.loads((out / "config.toml").read_text())
     assert config["method"] == "bird,fbp" and config["iters"] == 2 and config["dose"] == 1e5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
