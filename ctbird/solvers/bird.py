@@ -38,6 +38,9 @@ TASK_DEFAULTS: dict[str, dict] = {
 LossName = Literal["mse", "l1"]
 #: How ``x_T`` moves: Adam (the reference) or steps along the whole gradient normalized per sample.
 LATENT_OPTIMIZERS = ("adam", "normalized-gd")
+#: Rate of ``x_T`` over the iterations: constant (the reference) or cosine-decayed to ``COSINE_FLOOR`` of it.
+LATENT_LR_SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,9 @@ class BIRD:
         along the whole gradient ``g``. Adam's per-entry normalization turns a gradient whose sign is the same over
         most entries (e.g. when the prior's decode is biased bright everywhere) into a uniform step that discards
         the gradient's structure; the normalized step keeps it (measured for CT in ``docs/results.md``).
+    latent_lr_schedule : {"constant", "cosine"}
+        ``lr_latent`` throughout, or decayed along half a cosine from ``lr_latent`` to ``COSINE_FLOOR * lr_latent``
+        at the last iteration (either optimizer).
     delta_t : int
         DDIM step (100: 10 steps at t = 900..0).
     grad_mode : {"detached", "exact"}
@@ -177,7 +183,7 @@ class BIRD:
 
     def __init__(self, prior: DiffusionPrior, operator: Operator, *, iters: int = 100, lr_latent: float = 3e-3,
                  lr_operator: float = 2e-4, delta_t: int = 100, grad_mode: str = "detached", loss: LossName = "mse",
-                 latent_optimizer: str = "adam",
+                 latent_optimizer: str = "adam", latent_lr_schedule: str = "constant",
                  loss_mask: torch.Tensor | None = None, n_samples: int = 1,
                  input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  early_stopping: EarlyStopping | int | None = None,
@@ -198,6 +204,8 @@ class BIRD:
             raise ConfigError(f"loss must be 'mse' or 'l1', got {loss!r}.")
         if latent_optimizer not in LATENT_OPTIMIZERS:
             raise ConfigError(f"latent_optimizer must be one of {LATENT_OPTIMIZERS}, got {latent_optimizer!r}.")
+        if latent_lr_schedule not in LATENT_LR_SCHEDULES:
+            raise ConfigError(f"latent_lr_schedule must be one of {LATENT_LR_SCHEDULES}, got {latent_lr_schedule!r}.")
         prior.timestep_pairs(delta_t)  # validates delta_t
         if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping(patience=early_stopping)
@@ -210,6 +218,7 @@ class BIRD:
         self.grad_mode = grad_mode
         self.loss = loss
         self.latent_optimizer = latent_optimizer
+        self.latent_lr_schedule = latent_lr_schedule
         self.loss_mask = loss_mask
         self.n_samples = n_samples
         self.input_transform = input_transform
@@ -220,6 +229,13 @@ class BIRD:
             prior.compile()
 
     # ------------------------------------------------------------------
+    def latent_lr(self, iteration: int) -> float:
+        """Rate of ``x_T`` at ``iteration`` (1-based) under ``latent_lr_schedule``."""
+        if self.latent_lr_schedule == "constant" or self.iters == 1:
+            return self.lr_latent
+        progress = (iteration - 1) / (self.iters - 1)
+        return self.lr_latent * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def _forward(self, ops: list[Operator], x0: torch.Tensor) -> torch.Tensor:
         x = self.input_transform(x0) if self.input_transform is not None else x0
         if len(ops) == 1:
@@ -277,6 +293,9 @@ class BIRD:
         best, stale, stopped = math.inf, 0, False
         it = 0
         for it in range(1, self.iters + 1):
+            lr_now = self.latent_lr(it)
+            if adam_latent:
+                optimizer.param_groups[0]["lr"] = lr_now
             latent.grad = None
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -288,7 +307,7 @@ class BIRD:
                 optimizer.step()
             with torch.no_grad():
                 if not adam_latent:
-                    latent.sub_(normalized_step(latent.grad, self.lr_latent))
+                    latent.sub_(normalized_step(latent.grad, lr_now))
                 latent.copy_(project_to_sphere(latent))
             per_sample = losses.detach().cpu()
             mean_loss = float(per_sample.mean())
@@ -338,6 +357,6 @@ class BIRD:
             nfe=self.prior.nfe - nfe0, seconds=time.perf_counter() - start, grad_mode=self.grad_mode,
             delta_t=self.delta_t, iters_run=iters_run, stopped_early=stopped,
             info={"lr_latent": self.lr_latent, "lr_operator": self.lr_operator, "loss": self.loss,
-                  "latent_optimizer": self.latent_optimizer,
+                  "latent_optimizer": self.latent_optimizer, "latent_lr_schedule": self.latent_lr_schedule,
                   "n_samples": n, "iters": self.iters},
         )

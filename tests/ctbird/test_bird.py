@@ -106,6 +106,29 @@ def test_normalized_gd_fits_a_reachable_image_on_the_sphere(gaussian_prior):
         BIRD(gaussian_prior, Identity(SHAPE), latent_optimizer="sgd")
 
 
+def test_cosine_latent_rate_decays_to_its_floor(gaussian_prior):
+    from ctbird.solvers.bird import COSINE_FLOOR
+
+    bird = BIRD(gaussian_prior, Identity(SHAPE), iters=11, lr_latent=1e-2, latent_lr_schedule="cosine")
+    rates = [bird.latent_lr(it) for it in range(1, 12)]
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(COSINE_FLOOR * 1e-2)
+    assert rates[5] == pytest.approx(1e-2 * (COSINE_FLOOR + (1 - COSINE_FLOOR) / 2))
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    constant = BIRD(gaussian_prior, Identity(SHAPE), iters=11, lr_latent=1e-2)
+    assert {constant.latent_lr(it) for it in range(1, 12)} == {1e-2}
+    # the normalized steps follow the schedule: the last step is about COSINE_FLOOR times the first
+    y = _smooth_image()
+    seen = []
+    BIRD(gaussian_prior, Identity(SHAPE), iters=11, lr_latent=1e-2, latent_optimizer="normalized-gd",
+         latent_lr_schedule="cosine", callback=lambda info: seen.append(info["latent"].clone())).run(
+        y, generator=torch.Generator().manual_seed(0))
+    start = project_to_sphere(torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(0)))
+    first, last = float((seen[0] - start).norm()), float((seen[-1] - seen[-2]).norm())
+    assert last / first == pytest.approx(COSINE_FLOOR, rel=0.1)
+    with pytest.raises(ConfigError, match="latent_lr_schedule"):
+        BIRD(gaussian_prior, Identity(SHAPE), latent_lr_schedule="step")
+
+
 def test_sphere_projection_holds(tiny_prior):
     seen = []
     y = _smooth_image()
