@@ -177,7 +177,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                 grad_mode: str = "detached", callback: Callable[[dict], None] | None = None,
                 radon_backend: str = "matrix", lr_latent: float | None = None, early_stopping: int | None = None,
                 dc_weight: float | None = None, dc_iters: int | None = None, dps_zeta: float | None = None,
-                latent_optimizer: str | None = None) -> Reconstruction:
+                latent_optimizer: str | None = None, data_filter: float | None | str = "default") -> Reconstruction:
     """Reconstruct CT slices from a (sparse-view) sinogram.
 
     Units
@@ -218,6 +218,10 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
         ``callback(dict(iteration, iters, loss, ...))`` after each BIRD/DPS iteration.
     radon_backend : {"matrix", "astra", "torch"}
         Projector backend of :class:`operators.radon.Radon`.
+    data_filter : float, None or "default"
+        BIRD's data term is ``||F (A x - y)||^2`` with ``F`` = :class:`operators.SinogramFilter` of this exponent
+        (0.5: the square root of FBP's ramp); ``None`` = the plain ``||A x - y||^2`` of the reference;
+        ``"default"`` = ``TASK_DEFAULTS["ct"]["data_filter"]``.
     dc_weight, dc_iters : float, int or None
         ``bird+dc`` anchor weight (relative to ``||A||^2``) and CG iterations.
     dps_zeta : float or None
@@ -288,11 +292,18 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                               solver_result=out, info={"zeta": zeta, "steps": steps})
 
     defaults = TASK_DEFAULTS["ct"]
-    bird = BIRD(model, radon, iters=iters or defaults["iters"], lr_latent=lr_latent or defaults["lr_latent"],
+    exponent = defaults["data_filter"] if data_filter == "default" else data_filter
+    fitted, y_fitted = radon, y
+    if exponent is not None:
+        from operators import SinogramFilter
+
+        sinogram_filter = SinogramFilter(radon.out_shape, exponent=exponent).to(dev)
+        fitted, y_fitted = sinogram_filter @ radon, sinogram_filter(y)
+    bird = BIRD(model, fitted, iters=iters or defaults["iters"], lr_latent=lr_latent or defaults["lr_latent"],
                 latent_optimizer=latent_optimizer or defaults["latent_optimizer"],
                 lr_operator=defaults["lr_operator"], delta_t=delta_t, grad_mode=grad_mode, n_samples=n_samples,
                 input_transform=measurement_input, early_stopping=early_stopping, callback=callback)
-    out = bird.run(y, generator=generator)
+    out = bird.run(y_fitted, generator=generator)
     hu = to_hu(out.image)
     mu = out.transformed
     info: dict = {}
@@ -310,7 +321,8 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                           seconds=time.perf_counter() - start, nfe=out.nfe, loss_history=out.loss_history,
                           grad_mode=out.grad_mode, delta_t=out.delta_t, pixel_spacing_mm=spacing, solver_result=out,
                           info={**info, "iters_run": out.iters_run, "final_loss": out.final_loss.tolist(),
-                                "latent_optimizer": bird.latent_optimizer, "lr_latent": bird.lr_latent})
+                                "latent_optimizer": bird.latent_optimizer, "lr_latent": bird.lr_latent,
+                                "data_filter": exponent})
 
 
 # ---------------------------------------------------------------------- photographs

@@ -424,7 +424,8 @@ def _reconstruct(input_path: Path, params: dict[str, Any]) -> None:
                                                        ("delta_t", getattr(result, "delta_t", None)),
                                                        ("grad_mode", getattr(result, "grad_mode", None)),
                                                        ("latent_optimizer", info.get("latent_optimizer")),
-                                                       ("lr_latent", info.get("lr_latent")))
+                                                       ("lr_latent", info.get("lr_latent")),
+                                                       ("data_filter", info.get("data_filter")))
                          if value is not None},
         }
 

@@ -1,4 +1,4 @@
-"""Differentiable imaging operators: CT projection, blur, downsampling, masks, noise.
+"""Differentiable imaging operators: CT projection and sinogram filtering, blur, downsampling, masks, noise.
 
 Pure physics on torch tensors; this package never imports :mod:`ctbird`.
 """
@@ -11,12 +11,13 @@ from .mask import Mask
 from .noise import GaussianNoise, LogPoissonNoise, PoissonNoise, SpeckleGaussianNoise
 from .radon import Radon
 from .resample import Downsample
+from .sinogram_filter import SinogramFilter
 
 __all__ = [
     "Operator", "LinearOperator", "Adjoint", "Composed", "ComposedLinear", "Identity",
     "OperatorError", "ShapeError", "GeometryError", "BackendUnavailableError",
     "ParallelBeam", "FanBeam", "geometry_from_dict",
-    "Radon",
+    "Radon", "SinogramFilter",
     "Blur", "GaussianBlur", "Downsample", "Mask",
     "GaussianNoise", "PoissonNoise", "LogPoissonNoise", "SpeckleGaussianNoise",
 ]

@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pixel-mm", type=float, default=1.4,
                         help="pixel spacing (mm) of a STACK.npz slice when the stack has no pixel_spacing_mm")
     parser.add_argument("--optimizers", default="adam", help="latent optimizers to compare (adam, normalized-gd)")
+    parser.add_argument("--data-filter", default="default",
+                        help="exponent of the SinogramFilter in BIRD's data term, 'none' for the plain term "
+                             "(default TASK_DEFAULTS['ct'])")
     parser.add_argument("--latent-lr-schedule", choices=("constant", "cosine"), default="constant",
                         help="rate schedule of x_T for every optimizer (default constant)")
     parser.add_argument("--views", type=int, default=30)
@@ -58,7 +61,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.views, args.iters, args.every, args.size) < 1 or args.pixel_mm <= 0:
         parser.error("--views, --iters, --every, --size and --pixel-mm must be positive.")
     args.optimizers = parse_list(args.optimizers)
-    from ctbird.solvers.bird import LATENT_OPTIMIZERS
+    from ctbird.solvers.bird import LATENT_OPTIMIZERS, TASK_DEFAULTS
+
+    try:
+        if args.data_filter == "default":
+            args.data_filter = TASK_DEFAULTS["ct"]["data_filter"]
+        elif args.data_filter == "none":
+            args.data_filter = None
+        else:
+            args.data_filter = float(args.data_filter)
+    except ValueError:
+        parser.error(f"--data-filter takes a positive exponent, 'none' or 'default', got {args.data_filter!r}.")
 
     if not args.optimizers or set(args.optimizers) - set(LATENT_OPTIMIZERS):
         parser.error(f"--optimizers takes some of {', '.join(LATENT_OPTIMIZERS)}, got {args.optimizers}.")
@@ -87,7 +100,7 @@ def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from operators import ParallelBeam, Radon
+    from operators import ParallelBeam, Radon, SinogramFilter
     from ctbird import baselines
     from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
@@ -113,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     prior = load_prior(args.prior, device=str(device))
     lr = args.lr_latent or TASK_DEFAULTS["ct"]["lr_latent"]
+    fitted, y_fitted = radon, sinogram
+    if args.data_filter is not None:
+        sinogram_filter = SinogramFilter(radon.out_shape, exponent=args.data_filter).to(device)
+        fitted, y_fitted = sinogram_filter @ radon, sinogram_filter(sinogram)
     curves: dict[str, list[dict]] = {}
     for optimizer in args.optimizers:
         rows: list[dict] = curves.setdefault(optimizer, [])
@@ -133,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{optimizer} iteration {info['iteration']}: loss {info['loss']:.4g}, PSNR {rows[-1]['psnr']:.2f} dB",
                   file=sys.stderr, flush=True)
 
-        bird = BIRD(prior, radon, iters=args.iters, lr_latent=lr, delta_t=args.delta_t, grad_mode="detached",
+        bird = BIRD(prior, fitted, iters=args.iters, lr_latent=lr, delta_t=args.delta_t, grad_mode="detached",
                     latent_optimizer=optimizer, latent_lr_schedule=args.latent_lr_schedule, input_transform=lambda x0: unit_to_mu(x0) * spacing,
                     callback=callback)
-        bird.run(sinogram, generator=torch.Generator().manual_seed(args.seed))
+        bird.run(y_fitted, generator=torch.Generator().manual_seed(args.seed))
 
     settings = {"slice": slice_label, "pixel_spacing_mm": spacing, "optimizers": args.optimizers,
-                "latent_lr_schedule": args.latent_lr_schedule,
+                "latent_lr_schedule": args.latent_lr_schedule, "data_filter": args.data_filter,
                 "views": args.views, "image_size": args.size, "delta_t": args.delta_t,
                 "ddim_steps": len(prior.timestep_pairs(args.delta_t)), "lr_latent": lr, "seed": args.seed,
                 "prior": str(args.prior) if args.prior else str(default_prior_path()),
@@ -177,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         record_markdown(record),
         f"- Setting: `{slice_label}` at {args.size}² ({spacing:.3g} mm pixels), {args.views} parallel views, noiseless; BIRD with "
         f"detached gradients, delta_t {args.delta_t} ({settings['ddim_steps']} DDIM steps), lr_latent {lr} "
-        f"({args.latent_lr_schedule}), seed "
+        f"({args.latent_lr_schedule}), data filter exponent {args.data_filter}, seed "
         f"{args.seed}; prior `{settings['prior']}`.",
         "- Metrics: PSNR/SSIM on HU clipped to [-1000, 1000] (data range 2000 HU); seconds exclude the scoring decodes.",
         f"- References on the same sinogram: {reference_line} (SIRT 100, TV 300 iterations).", "", table, ""]

@@ -86,6 +86,7 @@ def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior
     bird = metrics["methods"]["bird"]
     assert (bird["iters"], bird["delta_t"], bird["grad_mode"]) == (2, 500, "detached")
     assert bird["latent_optimizer"] == "normalized-gd" and bird["lr_latent"] == 3e-3  # TASK_DEFAULTS["ct"]
+    assert bird["data_filter"] == 0.5
     assert "latent_optimizer" not in metrics["methods"]["fbp"]
     config = tomllib.loads((out / "config.toml").read_text())
     assert config["method"] == "bird,fbp" and config["iters"] == 2 and config["dose"] == 1e5

@@ -32,7 +32,8 @@ TASK_DEFAULTS: dict[str, dict] = {
     "denoise": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100, "latent_optimizer": "adam"},
     "inpaint": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, "delta_t": 100, "latent_optimizer": "adam"},
     "sr": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, "delta_t": 100, "latent_optimizer": "adam"},
-    "ct": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 1e-3, "delta_t": 100, "latent_optimizer": "normalized-gd"},
+    "ct": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 1e-3, "delta_t": 100, "latent_optimizer": "normalized-gd",
+           "data_filter": 0.5},
 }
 
 LossName = Literal["mse", "l1"]

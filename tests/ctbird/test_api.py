@@ -80,6 +80,23 @@ def test_bird_dc_fits_the_data_better_than_bird(prior_folder):
     assert residual["bird+dc"] < 0.5 * residual["bird"]
 
 
+def test_bird_data_filter_weighs_the_data_term(prior_folder):
+    from operators import SinogramFilter
+
+    geometry = ParallelBeam(views=8)
+    sino = _sinogram(_water_disk_hu(16), geometry)
+    runs = {f: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
+                                  iters=3, data_filter=f) for f in ("default", None, 1.0)}
+    assert runs["default"].info["data_filter"] == ctbird.solvers.TASK_DEFAULTS["ct"]["data_filter"] == 0.5
+    assert runs[None].info["data_filter"] is None and runs[1.0].info["data_filter"] == 1.0
+    assert not torch.equal(runs["default"].image, runs[None].image)
+    # the recorded loss is the filtered data term of the returned image
+    radon = Radon(geometry, 16)
+    weighting = SinogramFilter(radon.out_shape, exponent=0.5)
+    filtered = float((weighting(radon(runs["default"].mu) - sino)).pow(2).mean())
+    assert runs["default"].info["final_loss"][0] == pytest.approx(filtered, rel=1e-3)
+
+
 def test_prior_size_differs_from_image_size(prior_folder):
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(24), geometry)
