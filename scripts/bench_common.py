@@ -38,6 +38,33 @@ def require_positive(parser, args, names: Sequence[str]) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
 
 
+def add_data_filter_option(parser) -> None:
+    """``--data-filter``: the SinogramFilter exponent of BIRD's CT data term (``args.data_filter``: float or None).
+
+    ``default`` resolves to ``TASK_DEFAULTS['ct']['data_filter']``; ``none`` is the reference's plain term.
+    """
+    import argparse
+
+    def parse(text: str) -> float | None:
+        from ctbird.solvers.bird import TASK_DEFAULTS
+
+        if text == "default":
+            return TASK_DEFAULTS["ct"]["data_filter"]
+        if text == "none":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"takes a positive exponent, 'none' or 'default', got {text!r}")
+        return value
+
+    parser.add_argument("--data-filter", type=parse, default="default",
+                        help="SinogramFilter exponent of BIRD's data term, or 'none' for the plain term "
+                             "(default TASK_DEFAULTS['ct'])")
+
+
 def evenly_spread(items: Sequence, count: int | None) -> list:
     """``count`` items spread evenly over ``items`` (first and last included), in order; all when ``count`` is None."""
     if count is None or count >= len(items):

@@ -42,7 +42,7 @@ import torch
 # The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import (SHARED_DATA, require_positive, fmt, load_ct_slices, markdown_table, mean_std, parse_list,  # noqa: E402
+from bench_common import (SHARED_DATA, add_data_filter_option, require_positive, fmt, load_ct_slices, markdown_table, mean_std, parse_list,  # noqa: E402
                           progress, record_markdown, start_run, write_outputs)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
@@ -74,8 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-latent", type=float, default=None, help="BIRD latent learning rate (default TASK_DEFAULTS['ct'])")
     parser.add_argument("--latent-optimizer", choices=("adam", "normalized-gd"), default=None,
                         help="how BIRD moves x_T (default TASK_DEFAULTS['ct'])")
-    parser.add_argument("--data-filter", default="default",
-                        help="SinogramFilter exponent of BIRD's data term, or 'none' (default TASK_DEFAULTS['ct'])")
+    add_data_filter_option(parser)
     parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default METHOD_DEFAULTS['dps'])")
     parser.add_argument("--ablation", action="store_true",
                         help=f"run only the delta_t ablation of BIRD ({ABLATION_DELTA_T}, {ABLATION_VIEWS} views, parallel, noiseless)")
@@ -112,13 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.views or min(args.views) < 1 or any(n is not None and n <= 0 for n in args.noise):
         parser.error("--views must be positive integers and --noise 'none' or positive photon counts.")
     require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices", "batch_size"))
-    if args.data_filter not in ("default", "none"):
-        try:
-            args.data_filter = float(args.data_filter)
-        except ValueError:
-            parser.error(f"--data-filter takes a positive exponent, 'none' or 'default', got {args.data_filter!r}.")
-    elif args.data_filter == "none":
-        args.data_filter = None
     if args.size < 16:
         parser.error("--size must be >= 16.")
     return args
@@ -270,7 +262,7 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
         "metric_data_range_hu": list(EVAL_HU_RANGE),
         "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t, "lr_latent": args.lr_latent or ct["lr_latent"],
                  "latent_optimizer": args.latent_optimizer or ct["latent_optimizer"],
-                 "data_filter": ct["data_filter"] if args.data_filter == "default" else args.data_filter,
+                 "data_filter": args.data_filter,
                  "task_defaults_ct": dict(ct)},
         "dps": {"steps": args.dps_steps or METHOD_DEFAULTS["dps"]["iters"], "zeta": METHOD_DEFAULTS["dps"]["zeta"]},
         "sirt_iters": METHOD_DEFAULTS["sirt"]["iters"], "tv_iters": METHOD_DEFAULTS["tv"]["iters"],

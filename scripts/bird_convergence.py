@@ -27,8 +27,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import (fmt, markdown_table, parse_list, read_working_slice, record_markdown, start_run,  # noqa: E402
-                          write_outputs)
+from bench_common import (add_data_filter_option, fmt, markdown_table, parse_list, read_working_slice,  # noqa: E402
+                          record_markdown, start_run, write_outputs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,9 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pixel-mm", type=float, default=1.4,
                         help="pixel spacing (mm) of a STACK.npz slice when the stack has no pixel_spacing_mm")
     parser.add_argument("--optimizers", default="adam", help="latent optimizers to compare (adam, normalized-gd)")
-    parser.add_argument("--data-filter", default="default",
-                        help="exponent of the SinogramFilter in BIRD's data term, 'none' for the plain term "
-                             "(default TASK_DEFAULTS['ct'])")
+    add_data_filter_option(parser)
     parser.add_argument("--latent-lr-schedule", choices=("constant", "cosine"), default="constant",
                         help="rate schedule of x_T for every optimizer (default constant)")
     parser.add_argument("--views", type=int, default=30)
@@ -61,17 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.views, args.iters, args.every, args.size) < 1 or args.pixel_mm <= 0:
         parser.error("--views, --iters, --every, --size and --pixel-mm must be positive.")
     args.optimizers = parse_list(args.optimizers)
-    from ctbird.solvers.bird import LATENT_OPTIMIZERS, TASK_DEFAULTS
-
-    try:
-        if args.data_filter == "default":
-            args.data_filter = TASK_DEFAULTS["ct"]["data_filter"]
-        elif args.data_filter == "none":
-            args.data_filter = None
-        else:
-            args.data_filter = float(args.data_filter)
-    except ValueError:
-        parser.error(f"--data-filter takes a positive exponent, 'none' or 'default', got {args.data_filter!r}.")
+    from ctbird.solvers.bird import LATENT_OPTIMIZERS
 
     if not args.optimizers or set(args.optimizers) - set(LATENT_OPTIMIZERS):
         parser.error(f"--optimizers takes some of {', '.join(LATENT_OPTIMIZERS)}, got {args.optimizers}.")
