@@ -116,10 +116,7 @@ def project_to_sphere(latent: torch.Tensor) -> torch.Tensor:
 
 def normalized_step(grad: torch.Tensor, lr: float) -> torch.Tensor:
     """``lr * sqrt(D) * g / ||g||`` per sample ``[B, ...]`` (zero where ``g`` is zero): an RMS step of ``lr`` per entry."""
-    d = grad[0].numel()
-    norms = grad.flatten(1).norm(dim=1)
-    scale = torch.where(norms > 0, lr * math.sqrt(d) / norms.clamp_min(1e-30), torch.zeros_like(norms))
-    return grad * scale.view(-1, *([1] * (grad.dim() - 1)))
+    return lr * project_to_sphere(grad)
 
 
 def data_loss(pred: torch.Tensor, y: torch.Tensor, loss: LossName, mask: torch.Tensor | None) -> torch.Tensor:
