@@ -58,17 +58,27 @@ def _data_section(sources: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+STRETCH_KEYS = ("steps", "wall_minutes", "batch_size", "num_processes", "lr", "hardware", "final_loss", "command")
+
+
+def stretch_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """One training stretch of a prior (its ``training_info.json`` summary), as the lineage records it."""
+    summary = {key: info.get(key) for key in STRETCH_KEYS}
+    summary["data"] = [{"path": s.get("path"), "slices": s.get("slices"), "description": s.get("description")}
+                       for s in info.get("sources", [])]
+    return summary
+
+
+def training_stretches(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training stretch of a prior, oldest first, ending with the one ``info`` describes."""
+    return [*info.get("previous_stretches", []), stretch_summary(info)]
+
+
 def _stretches_section(info: dict[str, Any]) -> list[str]:
     """Table of every training stretch when the model continued earlier ones (``--init-from``)."""
-    previous = info.get("previous_stretches") or []
-    if not previous:
+    stretches = training_stretches(info)
+    if len(stretches) == 1:
         return []
-    current = {"steps": info["steps"], "wall_minutes": info["wall_minutes"], "batch_size": info["batch_size"],
-               "num_processes": info["num_processes"], "lr": info["lr"], "hardware": info["hardware"],
-               "final_loss": info["final_loss"],
-               "data": [{"path": s["path"], "slices": s["slices"], "description": s.get("description")}
-                        for s in info["sources"]]}
-    stretches = [*previous, current]
     lines = [f"Trained in {len(stretches)} stretches, each starting from the previous one's exported EMA weights "
              f"(`--init-from`; fresh optimizer and EMA): {sum(int(s['steps'] or 0) for s in stretches)} steps, "
              f"{sum(float(s['wall_minutes'] or 0) for s in stretches):.1f} min in all.", "",

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from ctbird.errors import ConfigError, CtbirdError, InputError
 from ctbird.io.atomic import atomic_file, write_text_atomic
+from ctbird.modelcard import training_stretches
 from ctbird.units import WINDOWS, clip_hu, hu_to_unit, unit_to_hu
 
 #: The training noise schedule (BIRD's DDIM runs on it).
@@ -475,17 +476,6 @@ def load_initial_weights(unet, prior_dir: Path) -> None:
     unet.load_state_dict(source.state_dict())
 
 
-STRETCH_KEYS = ("steps", "wall_minutes", "batch_size", "num_processes", "lr", "hardware", "final_loss", "command")
-
-
-def stretch_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """One training stretch of an exported prior (its ``training_info.json``), for the lineage of a continuation."""
-    summary = {key: info.get(key) for key in STRETCH_KEYS}
-    summary["data"] = [{"path": s.get("path"), "slices": s.get("slices"), "description": s.get("description")}
-                       for s in info.get("sources", [])]
-    return summary
-
-
 def prior_lineage(prior_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Earlier training stretches of ``prior_dir`` (oldest first, ending with its own) and its loss-log lines.
 
@@ -498,7 +488,7 @@ def prior_lineage(prior_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     log_path = prior_dir / "loss.jsonl"
     lines = [line for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()] \
         if log_path.is_file() else []
-    return [*info.get("previous_stretches", []), stretch_summary(info)], lines
+    return training_stretches(info), lines
 
 
 def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig | None = None) -> TrainResult:
