@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shlex
 import sys
 import time
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from ctbird.io import read_dicom, to_working_size
-from ctbird.modelcard import TCIA_ACKNOWLEDGEMENT, TCIA_COLLECTIONS
+from ctbird.modelcard import TCIA_ACKNOWLEDGEMENT, TCIA_COLLECTIONS, training_stretches
 from ctbird.priors import DiffusionPrior, default_prior_path
 from ctbird.units import EVAL_HU_RANGE, WINDOWS, clip_hu, hu_to_unit, unit_to_hu
 
@@ -329,9 +330,7 @@ def render_markdown(report: dict) -> str:
     gap = float(np.mean(held_err[:len(ts) // 2 + 1] / train_err[:len(ts) // 2 + 1]))
     collections = info["sources"][0]["collections"] if info.get("sources") else {}
     n_patients = len(info["sources"][0].get("patients", [])) if info.get("sources") else 0
-    stretches = [*info.get("previous_stretches", []),
-                 {"steps": info["steps"], "wall_minutes": info["wall_minutes"], "batch_size": info["batch_size"],
-                  "data": [{"slices": s["slices"]} for s in info.get("sources", [])]}]
+    stretches = training_stretches(info)
     total_steps = sum(int(st["steps"]) for st in stretches)
     total_minutes = sum(float(st["wall_minutes"]) for st in stretches)
     passes = sum(int(st["steps"]) * int(st["batch_size"]) / max(1, sum(d["slices"] for d in st["data"]))
@@ -450,7 +449,8 @@ def render_markdown(report: dict) -> str:
         "",
         "## Memorization check",
         "",
-        "For every sample, the nearest of all 1403 slices of the training stack (the 702 used for training "
+        f"For every sample, the nearest of all {mem['stack_slices']} slices of the training stack (the "
+        f"{mem['used_slices']} used for training "
         "and their neighbours) by RMSE in HU, images clipped to [-1000, 1000] HU. Two distances: the plain "
         "256² RMSE, and a search at 64² (4x4 block means) over shifts of up to ±8 px and left-right flips — "
         "the training augmentations, so a copy of a shifted or mirrored slice is found too. A sample much "
@@ -486,7 +486,7 @@ def render_markdown(report: dict) -> str:
         _corr_row("training slice vs other patients", ref["other_patient"]["corr"]),
         _corr_row("neighbouring slices (copy scale)", ref["neighbour"]["corr"]),
         "",
-        "Per sample (nearest training slice by the 256² RMSE; `used` = among the 702 training slices; the "
+        f"Per sample (nearest training slice by the 256² RMSE; `used` = among the {mem['used_slices']} training slices; the "
         "figure's third row shows the best-correlated slice, which the RMSE ranking misses because large, "
         "bright abdominal slices are closest in RMSE to almost any over-bright sample):",
         "",
@@ -506,7 +506,7 @@ def render_markdown(report: dict) -> str:
         f"{np.median(ref['heldout']['corr']):.2f}, 95 % below {held_corr_p95:.2f}). "
         "Honestly, this is a weak result: the samples are far from *every* real slice because they are poor "
         "(noise, brightness offset), so the check mainly guards future, longer-trained priors. Re-run it after "
-        "retraining: 702 slices of 11 patients is a small set, and diffusion models are known to memorize "
+        f"retraining: {mem['used_slices']} slices of {n_patients} patients is a small set, and diffusion models are known to memorize "
         "small sets when trained long."
         if not copying else
         f"At least one sample ({closest:.0f} HU) is as close to a training slice as neighbouring slices of one "
@@ -590,6 +590,23 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def training_slices_used(info: dict, stack_slices: int) -> np.ndarray:
+    """Mask ``[stack_slices]`` of the training-stack slices the prior saw, over all its training stretches.
+
+    A stretch trained on a subset made by ``scripts/pack_training_subset.py`` records ``--stride S --offset K``
+    in its data description; a stretch without one is taken to have used the whole stack.
+    """
+    used = np.zeros(stack_slices, bool)
+    for data in (stretch["data"] for stretch in training_stretches(info)):
+        subsets = [re.search(r"--stride (\d+) --offset (\d+)", d.get("description") or "") for d in data]
+        if not data or not all(subsets):
+            used[:] = True
+            continue
+        for match in subsets:
+            used[int(match.group(2))::int(match.group(1))] = True
+    return used
+
+
 def _reproducible_argv(argv: list[str]) -> list[str]:
     """``argv`` without ``--cache FILE`` (a local shortcut, not part of how the report is made)."""
     out, skip = [], False
@@ -638,8 +655,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_hu = metric_hu(train["hu"])
     eval_hu, eval_names = load_eval(eval_dir)
     print(f"data: {len(train_hu)} training slices, {len(eval_hu)} held-out slices", flush=True)
-    used = np.zeros(len(train_hu), bool)
-    used[::2] = True  # the shipped prior's training subset (scripts/pack_training_subset.py, stride 2)
+    used = training_slices_used(info, len(train_hu))
 
     rng = np.random.default_rng(args.seed)
     denoise_eval = np.linspace(0, len(eval_hu) - 1, args.denoise_slices).round().astype(int)
@@ -706,6 +722,7 @@ def main(argv: list[str] | None = None) -> dict:
         "prior": str(args.prior), "n_samples": args.n_samples, "delta_t": args.delta_t, "seed": args.seed,
         "training_info": info,
         "memorization": {
+            "used_slices": int(used.sum()), "stack_slices": len(train_hu),
             "metric": "RMSE in HU, images clipped to [-1000, 1000]; 'searched' = 64x64 block means, min over "
                       f"shifts <= {SHIFT_64} px (64x64) and left-right flips",
             "samples": {"full": s_nn["full"].tolist(), "searched": s_nn["searched"].tolist(),
