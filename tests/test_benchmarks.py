@@ -171,6 +171,23 @@ def test_bird_convergence_scores_the_latent_during_the_run(tmp_path, save_prior)
     assert (out / "figures" / "convergence_ct_t.png").stat().st_size > 1000
 
 
+def test_bird_convergence_compares_rates_and_schedules(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    _run("bird_convergence.py", "--size", str(SIZE), "--iters", "3", "--every", "3", "--delta-t", "500",
+         "--optimizers", "normalized-gd", "--lr-latent", "0.003,0.012", "--latent-lr-schedule", "constant,cosine",
+         "--prior", str(prior), "--device", "cpu", "--tag", "t", "--out-dir", str(out), "--no-figures", cwd=tmp_path)
+    payload = json.loads((out / "convergence_ct_t.json").read_text())
+    labels = [f"normalized-gd, lr {lr}, {s}" for lr in ("0.003", "0.012") for s in ("constant", "cosine")]
+    assert list(payload["curves"]) == labels
+    assert payload["settings"]["lr_latent"] == [0.003, 0.012]
+    first = {row["loss"] for rows in payload["curves"].values() for row in rows if row["iteration"] == 1}
+    assert len(first) == 1  # one start for every variant
+    last = [rows[-1]["loss"] for rows in payload["curves"].values()]
+    assert len(set(last)) == 4  # the rate and the schedule both change the iterates
+    assert "| normalized-gd, lr 0.012, cosine | 3 |" in (out / "convergence_ct_t.md").read_text()
+
+
 def test_benchmark_photo_quick_ct_domain(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
