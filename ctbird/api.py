@@ -177,7 +177,8 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                 grad_mode: str = "detached", callback: Callable[[dict], None] | None = None,
                 radon_backend: str = "matrix", lr_latent: float | None = None, early_stopping: int | None = None,
                 dc_weight: float | None = None, dc_iters: int | None = None, dps_zeta: float | None = None,
-                latent_optimizer: str | None = None, data_filter: float | None | str = "default") -> Reconstruction:
+                latent_optimizer: str | None = None, latent_lr_schedule: str | None = None,
+                data_filter: float | None | str = "default") -> Reconstruction:
     """Reconstruct CT slices from a (sparse-view) sinogram.
 
     Units
@@ -207,7 +208,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     iters : int or None
         BIRD iterations / SIRT or TV iterations / DPS steps; ``None`` = the method's default
         (``TASK_DEFAULTS["ct"]`` for BIRD, :data:`METHOD_DEFAULTS` otherwise).
-    delta_t, n_samples, grad_mode, lr_latent, early_stopping, latent_optimizer
+    delta_t, n_samples, grad_mode, lr_latent, early_stopping, latent_optimizer, latent_lr_schedule
         BIRD settings (``None`` = default: 100, 1, ..., ``TASK_DEFAULTS["ct"]``) (see :class:`ctbird.solvers.BIRD`);
         ``n_samples > 1`` gives ``uncertainty``.
     seed : int
@@ -301,6 +302,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
         fitted, y_fitted = sinogram_filter @ radon, sinogram_filter(y)
     bird = BIRD(model, fitted, iters=iters or defaults["iters"], lr_latent=lr_latent or defaults["lr_latent"],
                 latent_optimizer=latent_optimizer or defaults["latent_optimizer"],
+                latent_lr_schedule=latent_lr_schedule or defaults["latent_lr_schedule"],
                 lr_operator=defaults["lr_operator"], delta_t=delta_t, grad_mode=grad_mode, n_samples=n_samples,
                 input_transform=measurement_input, early_stopping=early_stopping, callback=callback)
     out = bird.run(y_fitted, generator=generator)
@@ -322,6 +324,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                           grad_mode=out.grad_mode, delta_t=out.delta_t, pixel_spacing_mm=spacing, solver_result=out,
                           info={**info, "iters_run": out.iters_run, "final_loss": out.final_loss.tolist(),
                                 "latent_optimizer": bird.latent_optimizer, "lr_latent": bird.lr_latent,
+                                "latent_lr_schedule": bird.latent_lr_schedule,
                                 "data_filter": exponent})
 
 
@@ -353,7 +356,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             device: str | torch.device = "cpu", grad_mode: str = "detached",
             callback: Callable[[dict], None] | None = None, n_samples: int | None = 1, delta_t: int | None = 100,
             lr_latent: float | None = None, lr_operator: float | None = None,
-            early_stopping: int | None = None, latent_optimizer: str | None = None) -> Restoration:
+            early_stopping: int | None = None, latent_optimizer: str | None = None,
+            latent_lr_schedule: str | None = None) -> Restoration:
     """Restore photographs with BIRD.
 
     Parameters
@@ -379,7 +383,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         Known blur kernel (non-blind deblurring), or a Gaussian sigma in pixels.
     mask : Tensor ``[H, W]`` or None
         Observed-pixel mask (required for ``inpaint``).
-    seed, device, grad_mode, callback, n_samples, delta_t, lr_latent, lr_operator, early_stopping, latent_optimizer
+    seed, device, grad_mode, callback, n_samples, delta_t, lr_latent, lr_operator, early_stopping, latent_optimizer,
+    latent_lr_schedule
         As for :class:`ctbird.solvers.BIRD`.
 
     Returns
@@ -445,6 +450,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
 
     bird = BIRD(model, operator, iters=iters or defaults["iters"], lr_latent=lr_latent or defaults["lr_latent"],
                 latent_optimizer=latent_optimizer or defaults["latent_optimizer"],
+                latent_lr_schedule=latent_lr_schedule or defaults["latent_lr_schedule"],
                 lr_operator=(lr_operator if lr_operator is not None else defaults["lr_operator"]) if learnable else 0.0,
                 delta_t=delta_t, grad_mode=grad_mode, n_samples=n_samples, input_transform=measurement_input,
                 early_stopping=early_stopping, callback=callback)

@@ -295,7 +295,7 @@ def _simulation_geometry(kind: str, views: int, size: int):
               help="TOML/JSON geometry: INPUT is then a measured .npy/.npz sinogram (docs/formats.md).")
 @click.option("--prior", default=None, help="Prior folder or Hugging Face hub id (default: the shipped CT prior).")
 @click.option("--delta-t", type=click.IntRange(min=1), default=None,
-              help="DDIM step of the BIRD chain (default 100; 200 with the CPU preset).")
+              help=f"DDIM step of the BIRD chain (default 100; {CPU_FAST_PRESET['delta_t']} with the CPU preset).")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Iterations (default: each method's own; BIRD on CPU uses a faster preset, see --preset).")
 @click.option("--preset", type=click.Choice(["auto", "full", "cpu-fast"]), default="auto", show_default=True,
@@ -425,6 +425,7 @@ def _reconstruct(input_path: Path, params: dict[str, Any]) -> None:
                                                        ("grad_mode", getattr(result, "grad_mode", None)),
                                                        ("latent_optimizer", info.get("latent_optimizer")),
                                                        ("lr_latent", info.get("lr_latent")),
+                                                       ("latent_lr_schedule", info.get("latent_lr_schedule")),
                                                        ("data_filter", info.get("data_filter")))
                          if value is not None},
         }

@@ -12,7 +12,7 @@ import platform
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,14 +81,16 @@ def dicom_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in skip)
 
 
-def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synthetic: bool
-                   ) -> list[tuple[str, np.ndarray, float]]:
+def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synthetic: bool,
+                   exclude: Collection[str] = ()) -> list[tuple[str, np.ndarray, float]]:
     """CT slices at the working size: ``[(label, hu [size, size] float32, pixel_spacing_mm), ...]``.
 
     Real data: one slice per DICOM file under ``data_dir`` (the middle frame of multi-frame files), an evenly
     spread deterministic subset of ``count`` files, ``read_dicom -> clip_hu -> to_working_size`` with the pixel
     spacing scaled accordingly; or a slice pack (``.npz`` from :func:`write_slice_pack`) holding such slices. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
     ``[0, 1]`` values span air to dense bone) and its mirror images, ``SYNTHETIC_FOV_MM`` across.
+    ``exclude``: labels (paths relative to ``data_dir``) left out before the subset is chosen, e.g. the slices
+    of an earlier run, for a disjoint replicate.
     """
     from ctbird.errors import InputError
 
@@ -101,13 +103,14 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
         return [(label, np.ascontiguousarray(image), SYNTHETIC_FOV_MM / size)
                 for label, image in variants[:count or len(variants)]]
     if data_dir is not None and data_dir.suffix == ".npz" and data_dir.is_file():
-        return _load_slice_pack(data_dir, count, size)
+        return _load_slice_pack(data_dir, count, size, exclude)
     if data_dir is None or not data_dir.is_dir():
         raise InputError(f"CT data folder {data_dir} not found; pass --data DIR (DICOM files, searched recursively) "
                          "or --synthetic for the phantom.")
-    files = dicom_files(data_dir)
+    files = [path for path in dicom_files(data_dir) if str(path.relative_to(data_dir)) not in exclude]
     if not files:
-        raise InputError(f"No DICOM files under {data_dir}; pass --data DIR or --synthetic.")
+        raise InputError(f"No DICOM files under {data_dir} (after the {len(exclude)} excluded); pass --data DIR or "
+                         "--synthetic.")
     return [(str(path.relative_to(data_dir)), *read_working_slice(path, size)) for path in evenly_spread(files, count)]
 
 
@@ -145,7 +148,8 @@ def write_slice_pack(path: Path, slices: list[tuple[str, np.ndarray, float]]) ->
     return path.stat().st_size
 
 
-def _load_slice_pack(path: Path, count: int | None, size: int) -> list[tuple[str, np.ndarray, float]]:
+def _load_slice_pack(path: Path, count: int | None, size: int, exclude: Collection[str]
+                     ) -> list[tuple[str, np.ndarray, float]]:
     from ctbird.errors import InputError
 
     with np.load(path) as pack:
@@ -155,7 +159,7 @@ def _load_slice_pack(path: Path, count: int | None, size: int) -> list[tuple[str
         labels, hu, spacing = pack["labels"], pack["hu"], pack["pixel_spacing_mm"]
     if hu.shape[1:] != (size, size):
         raise InputError(f"slice pack {path} holds {hu.shape[1]}x{hu.shape[2]} slices, not --size {size}.")
-    chosen = evenly_spread(list(range(len(labels))), count)
+    chosen = evenly_spread([i for i in range(len(labels)) if str(labels[i]) not in exclude], count)
     return [(str(labels[i]), hu[i].astype(np.float32), float(spacing[i])) for i in chosen]
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of evaluation DICOM files, searched recursively (default ../shared/data/ct/eval)")
     parser.add_argument("--synthetic", action="store_true", help="use Shepp-Logan phantom slices instead of --data")
     parser.add_argument("--max-slices", type=int, default=None, help="evenly spread subset of this many slices (default all)")
+    parser.add_argument("--exclude-slices-of", type=Path, action="append", default=[], metavar="RUN.json",
+                        help="leave out the slices of an earlier run (its results JSON) before choosing the subset: a "
+                             "disjoint replicate (repeatable)")
     parser.add_argument("--size", type=int, default=256, help="working grid side N (default 256)")
     parser.add_argument("--views", default=None, help=f"comma-separated view counts (default {FULL['views']})")
     parser.add_argument("--geometry", default=None, help="parallel and/or fan (default parallel,fan)")
@@ -74,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-latent", type=float, default=None, help="BIRD latent learning rate (default TASK_DEFAULTS['ct'])")
     parser.add_argument("--latent-optimizer", choices=("adam", "normalized-gd"), default=None,
                         help="how BIRD moves x_T (default TASK_DEFAULTS['ct'])")
+    parser.add_argument("--latent-lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="rate schedule of x_T (default TASK_DEFAULTS['ct'])")
     add_data_filter_option(parser)
     parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default METHOD_DEFAULTS['dps'])")
     parser.add_argument("--ablation", action="store_true",
@@ -200,7 +206,8 @@ class Runner:
 
         args = self.args
         bird_kwargs = {"iters": args.iters, "delta_t": delta_t or args.delta_t, "lr_latent": args.lr_latent,
-                       "latent_optimizer": args.latent_optimizer, "data_filter": args.data_filter}
+                       "latent_optimizer": args.latent_optimizer, "latent_lr_schedule": args.latent_lr_schedule,
+                       "data_filter": args.data_filter}
 
         def images(tensor):
             return list(tensor[:, 0].detach().cpu().numpy())
@@ -262,6 +269,7 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
         "metric_data_range_hu": list(EVAL_HU_RANGE),
         "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t, "lr_latent": args.lr_latent or ct["lr_latent"],
                  "latent_optimizer": args.latent_optimizer or ct["latent_optimizer"],
+                 "latent_lr_schedule": args.latent_lr_schedule or ct["latent_lr_schedule"],
                  "data_filter": args.data_filter,
                  "task_defaults_ct": dict(ct)},
         "dps": {"steps": args.dps_steps or METHOD_DEFAULTS["dps"]["iters"], "zeta": METHOD_DEFAULTS["dps"]["zeta"]},
@@ -283,7 +291,7 @@ def settings_markdown(settings: dict, slices: list[str]) -> str:
         "RMSE in HU over the whole grid; mean ± std over slices.",
         f"- BIRD: {bird['iters']} iterations (NFE = (iterations + 1) x DDIM steps: one more decode scores the "
         f"result), delta_t {bird['delta_t']}, lr_latent {bird['lr_latent']}, latent optimizer "
-        f"{bird.get('latent_optimizer', 'adam')}, data filter exponent {bird.get('data_filter')} "
+        f"{bird.get('latent_optimizer', 'adam')} ({bird.get('latent_lr_schedule', 'constant')} rate), data filter exponent {bird.get('data_filter')} "
         f"(TASK_DEFAULTS['ct'] = {bird['task_defaults_ct']}); DPS: {settings['dps']['steps']} steps, zeta "
         f"{settings['dps']['zeta']}; SIRT {settings['sirt_iters']} and TV {settings['tv_iters']} iterations; "
         f"bird+dc: {settings['dc']}.",
@@ -475,12 +483,26 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
 
 
+def excluded_slices(runs: list[Path]) -> set[str]:
+    """Slice labels of earlier runs' results JSON files (``"slices"``)."""
+    from ctbird.errors import InputError
+
+    labels: set[str] = set()
+    for run in runs:
+        try:
+            labels.update(json.loads(run.read_text())["slices"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"--exclude-slices-of {run}: not a benchmark_ct results JSON ({exc}).") from exc
+    return labels
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ctbird.priors import default_prior_path, load_prior
 
     device, record = start_run(args, argv)
-    slices = load_ct_slices(None if args.synthetic else args.data, args.max_slices, args.size, synthetic=args.synthetic)
+    slices = load_ct_slices(None if args.synthetic else args.data, args.max_slices, args.size, synthetic=args.synthetic,
+                            exclude=excluded_slices(args.exclude_slices_of))
     needs_prior = args.ablation or bool(PRIOR_METHODS.intersection(args.methods))
     prior, prior_label = None, None
     if needs_prior:

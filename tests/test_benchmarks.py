@@ -137,6 +137,25 @@ def test_slice_pack_round_trip(tmp_path):
         load_ct_slices(pack, None, 2 * SIZE, synthetic=False)
 
 
+def test_benchmark_ct_excludes_the_slices_of_an_earlier_run(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from bench_common import load_ct_slices, write_slice_pack
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    pack = tmp_path / "pack.npz"
+    write_slice_pack(pack, load_ct_slices(None, 4, SIZE, synthetic=True))
+    common = ("--data", str(pack), "--size", str(SIZE), "--views", "8", "--geometry", "parallel", "--noise", "none",
+              "--methods", "fbp", "--device", "cpu", "--no-figures", "--out-dir", str(tmp_path))
+    _run("benchmark_ct.py", *common, "--max-slices", "2", "--tag", "first", cwd=tmp_path)
+    first = json.loads((tmp_path / "results_ct_first.json").read_text())["slices"]
+    _run("benchmark_ct.py", *common, "--exclude-slices-of", str(tmp_path / "results_ct_first.json"), "--tag", "second",
+         cwd=tmp_path)
+    second = json.loads((tmp_path / "results_ct_second.json").read_text())["slices"]
+    assert first == ["shepp-logan", "shepp-logan-rot"]  # the evenly spread pair: first and last
+    assert second == ["shepp-logan-lr", "shepp-logan-ud"]  # all the others, none of the first run's
+
+
 def test_time_bird_reports_both_modes(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"

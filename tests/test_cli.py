@@ -16,11 +16,10 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
 from ctbird.cli import main
+from ctbird.solvers import TASK_DEFAULTS
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 REPO = Path(__file__).resolve().parents[1]
-needs_api = pytest.mark.skipif(
-    not (REPO / "ctbird" / "api.py").is_file(), reason="ctbird.api (helper H4) not written yet")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,6 @@ def test_help_in_a_real_subprocess():
     assert done.returncode == 0 and "--views" in done.stdout
 
 
-@needs_api
 def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior_dir, phantom_npy):
     out = tmp_path / "results"
     result = _invoke("reconstruct", phantom_npy, "--prior", tiny_prior_dir, "--method", "bird,fbp", "--iters", 2,
@@ -85,7 +83,10 @@ def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior
         assert np.load(out / f"{method}.npy").shape == (64, 64)
     bird = metrics["methods"]["bird"]
     assert (bird["iters"], bird["delta_t"], bird["grad_mode"]) == (2, 500, "detached")
-    assert bird["latent_optimizer"] == "normalized-gd" and bird["lr_latent"] == 3e-3  # TASK_DEFAULTS["ct"]
+    ct_defaults = TASK_DEFAULTS["ct"]
+    assert bird["latent_optimizer"] == ct_defaults["latent_optimizer"] == "normalized-gd"
+    assert bird["lr_latent"] == ct_defaults["lr_latent"]
+    assert bird["latent_lr_schedule"] == ct_defaults["latent_lr_schedule"] == "cosine"
     assert bird["data_filter"] == 0.5
     assert "latent_optimizer" not in metrics["methods"]["fbp"]
     config = tomllib.loads((out / "config.toml").read_text())
@@ -93,7 +94,6 @@ def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
-@needs_api
 def test_dicom_reconstruct_writes_derived_dicom_matching_the_npy(tmp_path):
     out = tmp_path / "out"
     result = _invoke("reconstruct", CT_SMALL, "--method", "fbp", "--views", 12, "--window", "soft-tissue",
@@ -111,7 +111,6 @@ def test_dicom_reconstruct_writes_derived_dicom_matching_the_npy(tmp_path):
     np.testing.assert_allclose(hu, np.load(out / "fbp.npy"), atol=0.5 * float(derived.RescaleSlope) + 1e-3)
 
 
-@needs_api
 def test_sinogram_input_with_geometry_file(tmp_path):
     geometry = tmp_path / "inputs" / "geometry.toml"
     geometry.parent.mkdir()
@@ -192,7 +191,6 @@ def test_option_errors(tmp_path, phantom_npy):
     assert not (tmp_path / "o").exists()
 
 
-@needs_api
 def test_force_semantics_and_config_file(tmp_path, phantom_npy):
     out = tmp_path / "out"
     out.mkdir()
@@ -210,7 +208,6 @@ def test_force_semantics_and_config_file(tmp_path, phantom_npy):
     assert json.loads((out / "metrics.json").read_text())["views"] == 9
 
 
-@needs_api
 def test_full_reconstruct_in_a_real_subprocess(tmp_path, phantom_npy):
     out = tmp_path / "sub-out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -234,7 +231,6 @@ def tiny_rgb_prior_dir(tmp_path_factory):
     return DiffusionPrior.from_config(config, seed=0).save_pretrained(tmp_path_factory.mktemp("rgb") / "tiny")
 
 
-@needs_api
 @pytest.mark.parametrize("task, blind, extra", [
     ("denoise", False, []), ("gaussian-deblur", True, []), ("gaussian-deblur", False, ["--kernel", "1.5"]),
     ("inpaint", False, ["--mask", "mask.png"]), ("sr", True, ["--sr-factor", "2"]),

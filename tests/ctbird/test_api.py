@@ -97,6 +97,18 @@ def test_bird_data_filter_weighs_the_data_term(prior_folder):
     assert runs["default"].info["final_loss"][0] == pytest.approx(filtered, rel=1e-3)
 
 
+def test_bird_latent_rate_schedule_defaults_to_the_ct_setting_and_can_be_overridden(prior_folder):
+    geometry = ParallelBeam(views=8)
+    sino = _sinogram(_water_disk_hu(16), geometry)
+    runs = {s: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
+                                  iters=4, latent_lr_schedule=s) for s in (None, "constant")}
+    assert runs[None].info["latent_lr_schedule"] == ctbird.solvers.TASK_DEFAULTS["ct"]["latent_lr_schedule"]
+    assert runs["constant"].info["latent_lr_schedule"] == "constant"
+    # same start, same first step; the decayed rate changes the later iterates
+    assert runs[None].loss_history[:2] == runs["constant"].loss_history[:2]
+    assert not torch.equal(runs[None].image, runs["constant"].image)
+
+
 def test_prior_size_differs_from_image_size(prior_folder):
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(24), geometry)
