@@ -26,6 +26,7 @@ Examples::
     python scripts/benchmark_ct.py --tag gpu --device cuda
     python scripts/benchmark_ct.py --tag cpu --max-slices 4 --views 8,30,60 --methods fbp,sirt,tv,bird,bird+dc --iters 30
     python scripts/benchmark_ct.py --ablation --tag cpu --max-slices 2 --iters 3
+    python scripts/benchmark_ct.py --rerender docs/results_ct_cpu.json     # the markdown again, from the JSON
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="tiny run: 2 slices, 30 views, parallel, noiseless, fbp/sirt/bird, 3 iterations, delta_t 250")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--rerender", type=Path, default=None, metavar="RUN.json",
+                        help="only rewrite RUN.md from an earlier run's RUN.json with this version's layout, then exit")
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
@@ -425,9 +428,52 @@ def ct_markdown(record, settings, slices, results, methods, figures, args) -> st
              fmt(r["seconds_mean"], None, 2), fmt(r["nfe_mean"], None, 0)] for r in results]
     lines += [markdown_table(["geometry", "noise", "views", "method", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice",
                               "NFE / slice"], rows), ""]
+    lines += per_slice_markdown(results, methods)
     if figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
     return "\n".join(lines)
+
+
+def per_slice_markdown(results: list[dict], methods: list[str]) -> list[str]:
+    """Per setting: each slice's PSNR by method, and BIRD's per-slice margin over each other method."""
+    lines = ["## Per slice", ""]
+    settings = list(dict.fromkeys((r["geometry"], r["noise"], r["views"]) for r in results))
+    for setting in settings:
+        by_method = {r["method"]: r["per_slice"] for r in results if (r["geometry"], r["noise"], r["views"]) == setting}
+        names = [row["slice"] for row in next(iter(by_method.values()))]
+        lines += [f"### {setting[0]} beam, {setting[1]}, {setting[2]} views: PSNR (dB)", ""]
+        rows = [[name] + [fmt(by_method[m][i]["psnr"]) for m in methods] for i, name in enumerate(names)]
+        lines += [markdown_table(["slice"] + methods, rows), ""]
+        if "bird" in by_method:
+            bird = np.array([row["psnr"] for row in by_method["bird"]])
+            for other in (m for m in methods if m != "bird"):
+                margin = bird - np.array([row["psnr"] for row in by_method[other]])
+                lines.append(f"- BIRD − {other}: {fmt(float(margin.mean()), float(margin.std()))} dB (min "
+                             f"{fmt(float(margin.min()))}); BIRD above on {int((margin > 0).sum())} of {len(margin)} "
+                             f"slices, by 5 dB or more on {int((margin >= 5).sum())}.")
+            lines.append("")
+    return lines
+
+
+def rerender(path: Path) -> Path:
+    """Rewrite the markdown of an earlier run from its results JSON (no computation)."""
+    import argparse as _argparse
+
+    payload = json.loads(path.read_text())
+    results = payload["results"]
+    args = _argparse.Namespace(
+        tag=path.stem.removeprefix("results_ct_"),
+        geometry=list(dict.fromkeys(r["geometry"] for r in results)),
+        noise=list(dict.fromkeys(r["I0"] for r in results)),
+        views=sorted({r["views"] for r in results}))
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    figures = [f.removeprefix("figures/") for f in payload.get("figures", [])]
+    markdown = ct_markdown(payload["run"], payload["settings"], payload["slices"], results, methods, figures, args)
+    from ctbird.io import write_text_atomic
+
+    md_path = path.with_suffix(".md")
+    write_text_atomic(md_path, markdown.rstrip() + "\n")
+    return md_path
 
 
 def ablation(args, slices, prior, prior_label, device, record) -> None:
@@ -498,6 +544,13 @@ def excluded_slices(runs: list[Path]) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rerender is not None:
+        try:
+            print(f"wrote {rerender(args.rerender)}", file=sys.stderr)
+        except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+            print(f"error: --rerender {args.rerender}: not a benchmark_ct results JSON ({exc!r})", file=sys.stderr)
+            return 2
+        return 0
     from ctbird.priors import default_prior_path, load_prior
 
     device, record = start_run(args, argv)

@@ -71,6 +71,11 @@ def test_benchmark_ct_quick(tmp_path, save_prior):
     assert rows[("parallel", 30, "noiseless", "bird")]["nfe_mean"] == (3 + 1) * 4
     # bird+dc shares the BIRD stage with bird: the same UNet work, then data-consistency steps
     assert rows[("parallel", 30, "noiseless", "bird+dc")]["nfe_mean"] == rows[("parallel", 30, "noiseless", "bird")]["nfe_mean"]
+    # the per-slice section states BIRD's margin over each other method, from the per-slice values
+    margin = [b["psnr"] - f["psnr"] for b, f in zip(rows[("parallel", 30, "noiseless", "bird")]["per_slice"],
+                                                     rows[("parallel", 30, "noiseless", "fbp")]["per_slice"])]
+    page = (out / "results_ct_test.md").read_text()
+    assert f"BIRD above on {sum(m > 0 for m in margin)} of 2 slices" in page.split("- BIRD − fbp:")[1].split("\n")[0]
     # 30 noiseless views of a smooth phantom: SIRT is well above chance and beats plain FBP
     assert rows[("parallel", 30, "noiseless", "sirt")]["psnr_mean"] > 25.0
     assert rows[("parallel", 30, "noiseless", "sirt")]["psnr_mean"] > rows[("parallel", 30, "noiseless", "fbp")]["psnr_mean"]
@@ -154,6 +159,13 @@ def test_benchmark_ct_excludes_the_slices_of_an_earlier_run(tmp_path):
     second = json.loads((tmp_path / "results_ct_second.json").read_text())["slices"]
     assert first == ["shepp-logan", "shepp-logan-rot"]  # the evenly spread pair: first and last
     assert second == ["shepp-logan-lr", "shepp-logan-ud"]  # all the others, none of the first run's
+    # the markdown is a pure function of the JSON: --rerender writes the same page again
+    page = tmp_path / "results_ct_second.md"
+    written = page.read_text()
+    assert "### parallel beam, noiseless, 8 views: PSNR (dB)" in written and "| shepp-logan-ud |" in written
+    page.unlink()
+    _run("benchmark_ct.py", "--rerender", str(tmp_path / "results_ct_second.json"), cwd=tmp_path)
+    assert page.read_text() == written
 
 
 def test_time_bird_reports_both_modes(tmp_path, save_prior):
