@@ -109,8 +109,11 @@ def test_save_pretrained_round_trip(tiny_prior, tmp_path, generator, monkeypatch
     folder = tiny_prior.save_pretrained(tmp_path / "prior")
     assert (folder / "unet" / "config.json").is_file() and (folder / "scheduler" / "scheduler_config.json").is_file()
     loaded = DiffusionPrior.from_pretrained(folder)
+    saved, reloaded = tiny_prior.unet.state_dict(), loaded.unet.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)  # bit for bit
     x_T = torch.randn(1, 1, 16, 16, generator=generator)
-    torch.testing.assert_close(loaded.decode(x_T), tiny_prior.decode(x_T), atol=0, rtol=0)
+    # the same weights in two module instances may take different CPU kernel paths (seen on AMD EPYC: 3e-6)
+    torch.testing.assert_close(loaded.decode(x_T), tiny_prior.decode(x_T), atol=1e-5, rtol=0)
     assert loaded.scheduler_config["beta_end"] == pytest.approx(0.02)
 
 
