@@ -122,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices", "batch_size"))
     if args.size < 16:
         parser.error("--size must be >= 16.")
+    try:
+        args.excluded_slices = excluded_slices(args.exclude_slices_of)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -457,20 +461,19 @@ def per_slice_markdown(results: list[dict], methods: list[str]) -> list[str]:
 
 def rerender(path: Path) -> Path:
     """Rewrite the markdown of an earlier run from its results JSON (no computation)."""
-    import argparse as _argparse
+    from ctbird.io import write_text_atomic
 
     payload = json.loads(path.read_text())
     results = payload["results"]
-    args = _argparse.Namespace(
+    # the run's option lists, in the order its results were written (geometry, then views, then noise)
+    args = argparse.Namespace(
         tag=path.stem.removeprefix("results_ct_"),
         geometry=list(dict.fromkeys(r["geometry"] for r in results)),
         noise=list(dict.fromkeys(r["I0"] for r in results)),
-        views=sorted({r["views"] for r in results}))
+        views=list(dict.fromkeys(r["views"] for r in results)))
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     figures = [f.removeprefix("figures/") for f in payload.get("figures", [])]
     markdown = ct_markdown(payload["run"], payload["settings"], payload["slices"], results, methods, figures, args)
-    from ctbird.io import write_text_atomic
-
     md_path = path.with_suffix(".md")
     write_text_atomic(md_path, markdown.rstrip() + "\n")
     return md_path
@@ -530,15 +533,13 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
 
 
 def excluded_slices(runs: list[Path]) -> set[str]:
-    """Slice labels of earlier runs' results JSON files (``"slices"``)."""
-    from ctbird.errors import InputError
-
+    """Slice labels of earlier runs' results JSON files (``"slices"``); ValueError names an unreadable one."""
     labels: set[str] = set()
     for run in runs:
         try:
             labels.update(json.loads(run.read_text())["slices"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"--exclude-slices-of {run}: not a benchmark_ct results JSON ({exc}).") from exc
+            raise ValueError(f"--exclude-slices-of {run}: not a benchmark_ct results JSON ({exc}).") from exc
     return labels
 
 
@@ -555,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device, record = start_run(args, argv)
     slices = load_ct_slices(None if args.synthetic else args.data, args.max_slices, args.size, synthetic=args.synthetic,
-                            exclude=excluded_slices(args.exclude_slices_of))
+                            exclude=args.excluded_slices)
     needs_prior = args.ablation or bool(PRIOR_METHODS.intersection(args.methods))
     prior, prior_label = None, None
     if needs_prior:
