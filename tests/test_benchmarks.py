@@ -285,3 +285,69 @@ def test_motion_kernel_and_kernel_error():
     shifted = torch.roll(g, shifts=(2, -1), dims=(0, 1))
     assert kernel_error(shifted, g) < 0.05  # shift-invariant up to k // 4 (tails cut by the roll)
     assert kernel_error(torch.full((21, 21), 1.0), g) > 0.5
+
+
+def _disk_slices(radii: list[float]) -> list[tuple[str, np.ndarray, float]]:
+    """Water disks (0 HU) of the given radii (pixels) in air (-1000 HU) on the SIZE grid, 1 mm pixels."""
+    yy, xx = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2
+    return [(f"disk-{radius:g}", np.where(np.hypot(yy, xx) <= radius, 0.0, -1000.0).astype(np.float32), 1.0)
+            for radius in radii]
+
+
+def test_bird_margins_relates_each_margin_to_the_field_of_view(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from bench_common import write_slice_pack
+        from bird_margins import slice_features
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    radii = [4, 8, 12, 20]  # the last disk runs off the grid's edge
+    slices = _disk_slices(radii)
+    pack = tmp_path / "pack.npz"
+    write_slice_pack(pack, slices)
+    features = [slice_features(hu, spacing) for _, hu, spacing in slices]
+    assert features[0]["border_contact"] == 0 and features[-1]["border_contact"] > 0.5
+    assert features[1]["tissue_fraction"] == pytest.approx(np.pi * 8**2 / SIZE**2, rel=0.1)
+    assert features[0]["fov_mm"] == SIZE
+    # a benchmark record where BIRD's margin over SIRT shrinks as the disk grows, and its margin over FBP is flat
+    labels = [label for label, _, _ in slices]
+    bird, sirt = [30.0, 29.0, 27.0, 24.0], [25.0, 25.0, 25.0, 25.0]
+
+    def result(method, psnr):
+        return {"geometry": "parallel", "noise": "noiseless", "views": 8, "method": method,
+                "per_slice": [{"slice": label, "psnr": value} for label, value in zip(labels, psnr)]}
+
+    run = {"run": {"command": "python scripts/benchmark_ct.py --tag fake"},
+           "settings": {"data": str(pack), "image_size": SIZE},
+           "results": [result("bird", bird), result("sirt", sirt), result("fbp", [b - 3 for b in bird]),
+                       result("bird+dc", [b + 1 for b in bird])]}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    train = tmp_path / "train.npz"
+    np.savez(train, images=np.stack([hu for _, hu, _ in _disk_slices([6, 10])]).astype(np.int16),
+             pixel_spacing_mm=np.ones(2, np.float32))
+    _run("bird_margins.py", str(tmp_path / "run.json"), "--train", str(train), "--tag", "t", "--out-dir",
+         str(tmp_path), cwd=tmp_path)
+    payload = json.loads((tmp_path / "margins_t.json").read_text())
+    margins = {(row["slice"], row["baseline"]): row for row in payload["margins"]}
+    assert {baseline for _, baseline in margins} == {"sirt", "fbp"}  # bird+dc is BIRD, not a baseline
+    assert [margins[(label, "sirt")]["margin_db"] for label in labels] == [5.0, 4.0, 2.0, -1.0]
+    # the smallest disk has less tissue than both training disks, the largest more
+    assert margins[("disk-4", "sirt")]["tissue_fraction_train_rank"] == 0
+    assert margins[("disk-20", "sirt")]["tissue_fraction_train_rank"] == 1
+    rho = {(c["baseline"], c["feature"]): c["spearman"] for c in payload["correlations"]}
+    assert rho[("sirt", "tissue_fraction")] == pytest.approx(-1.0)
+    assert math.isnan(rho[("fbp", "fov_mm")])  # every slice has the same field of view: undefined, shown as a dash
+    page = (tmp_path / "margins_t.md").read_text()
+    assert page.index("| disk-20 |") < page.index("| disk-4 |")  # worst margin over SIRT first
+    assert "| sirt | -1.00 (p < 0.001) |" in page
+    assert (tmp_path / "figures" / "margins_t.png").stat().st_size > 1000
+
+
+def test_bird_margins_refuses_a_run_without_bird(tmp_path):
+    run = {"run": {"command": "x"}, "settings": {"data": "synthetic", "image_size": SIZE},
+           "results": [{"geometry": "parallel", "noise": "noiseless", "views": 8, "method": "fbp", "per_slice": []}]}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    completed = subprocess.run([sys.executable, str(SCRIPTS / "bird_margins.py"), str(tmp_path / "run.json"),
+                                "--tag", "t", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0 and "no 'bird' results" in completed.stderr
+    assert "Traceback" not in completed.stderr and not (tmp_path / "margins_t.md").exists()
