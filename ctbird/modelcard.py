@@ -127,7 +127,10 @@ def render_model_card(info: dict[str, Any]) -> str:
     lines += [
         "Preprocessing and augmentation: slices larger than the model size are reduced by 2x2 block averaging "
         "when exactly twice the size (as the shipped set was made from 512² DICOM), otherwise by "
-        "antialiased bilinear resizing; random translations (padding with air, then "
+        "antialiased bilinear resizing; "
+        + (f"random zooms about the centre by a factor in [1/{info['max_zoom']:g}, {info['max_zoom']:g}], "
+           if info.get("max_zoom", 1.0) > 1.0 else "")
+        + "random translations (padding with air, then "
         f"cropping, up to {info['max_shift_px']} px) and horizontal (left-right) flips only: CT anatomy "
         "is not symmetric top-bottom (table, patient orientation), so vertical flips and rotations would "
         "teach the prior impossible images.",

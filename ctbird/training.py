@@ -10,7 +10,7 @@ Design (for speed on one GPU and correctness on several):
 
 * The whole (resized) training set is held as one float16 tensor on the accelerator's device;
   every process draws its own random batches there with a per-rank generator and augments them
-  on the device (random translation by padding with air and cropping, left-right flips).  No
+  on the device (random zoom, random translation by padding with air and cropping, left-right flips).  No
   data-loader workers are needed.
 * ``accelerate`` runs the loop: ``accelerate launch -m ctbird.training ...`` trains data-parallel
   on several GPUs (gradients all-reduced, loss gathered, only the main process writes files).
@@ -105,6 +105,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_power: float = 2 / 3
     max_shift_px: int = 8
+    max_zoom: float = 1.0  # 1: off; z > 1: scales drawn log-uniformly from [1/z, z]
     seed: int = 0
     max_minutes: float | None = None
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, no on CPU) | "no" | "bf16" | "fp16"
@@ -256,14 +257,23 @@ def load_slices(paths: list[Path | str], size: int) -> tuple[torch.Tensor, list[
     return torch.cat(stacks), sources
 
 
-def augment(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Random translation (pad with air = -1, crop) and left-right flips of ``[B, 1, H, W]``.
+def augment(batch: torch.Tensor, max_shift: int, generator: torch.Generator, max_zoom: float = 1.0) -> torch.Tensor:
+    """Random zoom, translation (pad with air = -1, crop) and left-right flips of ``[B, 1, H, W]`` on [-1, 1].
 
-    Vertical flips and rotations are deliberately absent: CT anatomy and the table are not
-    top-bottom symmetric.
+    ``max_zoom`` z > 1 scales each slice about its centre by a factor drawn log-uniformly from [1/z, z]
+    (bilinear; zooming in crops the body at the edges, as a tight reconstruction field of view does; zooming
+    out pads with air). Vertical flips and rotations are deliberately absent: CT anatomy and the table are
+    not top-bottom symmetric.
     """
     b, _, h, w = batch.shape
     device = batch.device
+    if max_zoom > 1.0:
+        scale = torch.exp((2 * torch.rand(b, device=device, generator=generator) - 1) * math.log(max_zoom))
+        theta = torch.zeros(b, 2, 3, device=device)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale  # output point p samples the input at p / scale
+        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        # shift air to 0 so that grid_sample's zero padding is air
+        batch = F.grid_sample(batch + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
     flip = torch.rand(b, device=device, generator=generator) < 0.5
     batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
     if max_shift <= 0:
@@ -276,12 +286,12 @@ def augment(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
     return padded[torch.arange(b, device=device)[:, None, None], 0, rows, cols][:, None]
 
 
-def random_batches(data: torch.Tensor, batch_size: int, max_shift: int,
-                   generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless float32 augmented batches drawn (with replacement) from ``data`` on its device."""
+def random_batches(data: torch.Tensor, batch_size: int, max_shift: int, generator: torch.Generator,
+                   max_zoom: float = 1.0) -> Iterator[torch.Tensor]:
+    """Endless float32 augmented batches drawn (with replacement) from ``data`` on its device (see :func:`augment`)."""
     while True:
         index = torch.randint(0, data.shape[0], (batch_size,), device=data.device, generator=generator)
-        yield augment(data[index].float(), max_shift, generator)
+        yield augment(data[index].float(), max_shift, generator, max_zoom)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -523,6 +533,8 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
     if config.steps < 1 or config.batch_size < 1 or config.lr <= 0:
         raise ConfigError(f"--steps, --batch-size must be >= 1 and --lr > 0 (got {config.steps}, "
                           f"{config.batch_size}, {config.lr})")
+    if not config.max_zoom >= 1.0:
+        raise ConfigError(f"--max-zoom must be >= 1 (1 turns zoom off), got {config.max_zoom}")
     if config.lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"--lr-schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
     precision = config.mixed_precision
@@ -583,7 +595,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
 
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed * 1009 + accelerator.process_index * 7919 + state.step)
-    batches = random_batches(slices, config.batch_size, config.max_shift_px, generator)
+    batches = random_batches(slices, config.batch_size, config.max_shift_px, generator, config.max_zoom)
     log_path = out_dir / "loss.jsonl"
     n_params = sum(p.numel() for p in accelerator.unwrap_model(unet).parameters())
     base_info = {
@@ -591,7 +603,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
         "unet_config": dict(accelerator.unwrap_model(unet).config), "ema_decay": config.ema_decay,
         "batch_size": config.batch_size, "num_processes": accelerator.num_processes, "lr": config.lr,
         "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps, "mixed_precision": precision,
-        "max_shift_px": config.max_shift_px, "sources": sources, "compiled": config.compile,
+        "max_shift_px": config.max_shift_px, "max_zoom": config.max_zoom, "sources": sources, "compiled": config.compile,
         "hardware": _hardware(device, accelerator.num_processes),
         "command": config.command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "initialized_from": str(config.init_from) if config.init_from is not None else None,
@@ -726,6 +738,9 @@ def _remove_tree(path: Path) -> None:
 @click.option("--warmup-steps", default=200, show_default=True)
 @click.option("--ema-decay", default=0.9999, show_default=True, help="Maximum EMA decay (reached after warm-up).")
 @click.option("--max-shift", "max_shift_px", default=8, show_default=True, help="Random translation (pixels).")
+@click.option("--max-zoom", default=1.0, show_default=True,
+              help="Random zoom about the centre by a factor in [1/Z, Z] (log-uniform); 1 turns it off. Zooming in "
+                   "shows the prior tight fields of view where the body runs off the image.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", type=float, default=None,
               help="Time budget of this run (data loading included); stops cleanly (checkpoint + export) when reached.")

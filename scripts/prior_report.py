@@ -425,7 +425,9 @@ def render_markdown(report: dict) -> str:
         "(the schedule BIRD's DDIM expects).",
         f"- Optimisation: AdamW, lr {info['lr']:g} ({info['lr_schedule']}, {info['warmup_steps']} warm-up steps), "
         f"batch {info['batch_size']}, {info['mixed_precision']} autocast, EMA (max decay {info['ema_decay']}); "
-        f"random shifts up to {info['max_shift_px']} px (air padding) and left-right flips.",
+        + (f"random zooms in [1/{info['max_zoom']:g}, {info['max_zoom']:g}], " if info.get("max_zoom", 1.0) > 1.0
+           else "")
+        + f"random shifts up to {info['max_shift_px']} px (air padding) and left-right flips.",
         f"- Training loss (epsilon MSE, batch mean): {report['loss_summary']}",
         "",
         "![training loss](figures/prior_loss.png)",

@@ -10,7 +10,8 @@
 # EXPORT_MIN minutes while training, so a run killed at its time limit still returns a model.
 # Everything (install + training + export) is kept within MINUTES.
 # Overridable: PYTHON, DATA, PRESET, SIZE, BATCH, LR, WORK, EXPORT_MIN, RESERVE_MIN, COMPILE=1 (torch.compile the
-# training step), and INIT (a prior folder to
+# training step), ZOOM (train-prior --max-zoom, e.g. 1.3: tight fields of view, see docs/margins_cpu-defaults.md),
+# and INIT (a prior folder to
 # continue from, e.g. INIT=data/priors/ctbird-ct-256: the device machine keeps no checkpoints between sessions;
 # pack with `scripts/pack_training_subset.py --stride 3 --offset 1` so the tree + .gpu stay under 64 MiB).
 set -uo pipefail
@@ -48,7 +49,7 @@ rm -rf "$WORK"
   --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 --steps 1000000 --max-minutes "$TRAIN_MIN" \
   --mixed-precision auto --log-every 25 --sample-every 1500 --checkpoint-every 2000 \
   --export-every-minutes "$EXPORT_MIN" --archive "$OUT/prior.tar" --num-samples 16 --seed 0 \
-  ${INIT:+--init-from "$INIT"} ${COMPILE:+--compile}
+  ${INIT:+--init-from "$INIT"} ${COMPILE:+--compile} ${ZOOM:+--max-zoom "$ZOOM"}
 STATUS=$?
 cp "$WORK/samples.png" "$WORK/loss.png" "$OUT/" 2>/dev/null
 ls -la "$OUT" && tar tvf "$OUT/prior.tar"

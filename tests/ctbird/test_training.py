@@ -219,3 +219,32 @@ def test_cli_reports_missing_data(tmp_path):
     result = CliRunner().invoke(train_prior_command, [str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o"),
                                                       "--model-preset", "tiny", "--size", "16"])
     assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_augment_zoom_crops_or_pads_with_air_about_the_centre():
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    disk = torch.where(torch.hypot(yy - 15.5, xx - 15.5) <= 8, 0.0, -1.0)  # water-ish disk in air
+    batch = disk.expand(256, 1, 32, 32).clone()
+    out = augment(batch, max_shift=0, generator=torch.Generator().manual_seed(0), max_zoom=1.5)
+    tissue = (out > -0.5).float().mean((1, 2, 3))
+    base = float((disk > -0.5).float().mean())
+    # log-uniform scales in [1/1.5, 1.5]: the disk's area ranges over about [base / 2.25, base * 2.25]
+    assert tissue.min() < base / 1.6 and tissue.max() > base * 1.6
+    assert tissue.min() > base / 2.6 and tissue.max() < base * 2.6
+    assert float(out.min()) >= -1.0 - 1e-6 and float(out.max()) <= 1e-6  # no value outside the input's range
+    assert torch.allclose(out[:, :, 0, :], torch.tensor(-1.0))  # the border stays air: padding is air, not 0
+    # zoom 1 is off: only flips remain, and a centred disk is its own mirror image
+    same = augment(batch[:4], max_shift=0, generator=torch.Generator().manual_seed(0), max_zoom=1.0)
+    assert torch.equal(same, batch[:4])
+
+
+def test_max_zoom_below_one_is_a_config_error(stack_path, tmp_path):
+    with pytest.raises(ConfigError, match="max-zoom"):
+        train_prior([stack_path], tmp_path / "o", _config(max_zoom=0.5))
+
+
+def test_zoomed_training_records_its_zoom_in_the_card(stack_path, tmp_path):
+    train_prior([stack_path], tmp_path / "z", _config(steps=1, max_zoom=1.3))
+    info = json.loads((tmp_path / "z" / "training_info.json").read_text())
+    assert info["max_zoom"] == 1.3
+    assert "random zooms about the centre by a factor in [1/1.3, 1.3]" in (tmp_path / "z" / "README.md").read_text()
