@@ -12,7 +12,7 @@ import platform
 import shlex
 import subprocess
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +257,18 @@ def write_outputs(out_dir: Path, stem: str, payload: dict, markdown: str) -> tup
     write_text_atomic(json_path, json.dumps(payload, indent=1, allow_nan=True) + "\n")
     write_text_atomic(md_path, markdown.rstrip() + "\n")
     return json_path, md_path
+
+
+def run_script(main: Callable[[], int]) -> int:
+    """Run a script's ``main()``: a user error (:class:`ctbird.errors.CtbirdError`: a missing data folder or prior,
+    an unreadable file) ends in one ``error:`` line on stderr and exit status 2 instead of a traceback."""
+    from ctbird.errors import CtbirdError
+
+    try:
+        return main()
+    except CtbirdError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def progress(iterable=None, **kwargs):

@@ -44,8 +44,9 @@ import torch
 # The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import (SHARED_DATA, add_data_filter_option, require_positive, fmt, load_ct_slices, markdown_table, mean_std, parse_list,  # noqa: E402
-                          progress, record_markdown, start_run, write_outputs)
+from bench_common import (SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,  # noqa: E402
+                          mean_std, parse_list, progress, record_markdown, require_positive, run_script, start_run,
+                          write_outputs)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
 PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
@@ -77,9 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default TASK_DEFAULTS['ct'])")
     parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default 100)")
     parser.add_argument("--lr-latent", type=float, default=None, help="BIRD latent learning rate (default TASK_DEFAULTS['ct'])")
-    parser.add_argument("--latent-optimizer", choices=("adam", "normalized-gd"), default=None,
+    from ctbird.solvers.bird import LATENT_LR_SCHEDULES, LATENT_OPTIMIZERS
+
+    parser.add_argument("--latent-optimizer", choices=LATENT_OPTIMIZERS, default=None,
                         help="how BIRD moves x_T (default TASK_DEFAULTS['ct'])")
-    parser.add_argument("--latent-lr-schedule", choices=("constant", "cosine"), default=None,
+    parser.add_argument("--latent-lr-schedule", choices=LATENT_LR_SCHEDULES, default=None,
                         help="rate schedule of x_T (default TASK_DEFAULTS['ct'])")
     add_data_filter_option(parser)
     parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default METHOD_DEFAULTS['dps'])")
@@ -570,4 +573,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -43,8 +43,9 @@ import torch
 # The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import (SHARED_DATA, require_positive, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,  # noqa: E402
-                          parse_list, progress, record_markdown, start_run, write_outputs)
+from bench_common import (SHARED_DATA, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,  # noqa: E402
+                          parse_list, progress, record_markdown, require_positive, run_script, start_run,
+                          write_outputs)
 
 TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 BLIND_DEBLUR = ("gaussian-deblur", "motion-deblur")
@@ -392,4 +393,4 @@ def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

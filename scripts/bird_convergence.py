@@ -29,7 +29,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from bench_common import (add_data_filter_option, fmt, markdown_table, parse_list, read_working_slice,  # noqa: E402
-                          record_markdown, start_run, write_outputs)
+                          record_markdown, run_script, start_run, write_outputs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,4 +208,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

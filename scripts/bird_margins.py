@@ -33,7 +33,7 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from bench_common import (SHARED_DATA, fmt, load_ct_slices, markdown_table, read_working_slice,  # noqa: E402
-                          write_outputs)
+                          run_script, write_outputs)
 
 #: HU above which a pixel counts as tissue (between lung, about -850, and fat, about -100).
 TISSUE_HU = -500.0
@@ -134,17 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = [json.loads(path.read_text()) for path in args.runs]
     except (OSError, ValueError) as error:
-        raise SystemExit(f"bird_margins.py: cannot read a results JSON: {error}") from None
+        raise InputError(f"cannot read a results JSON: {error}") from None
     rows, features, commands = [], {}, []
     for path, run in zip(args.runs, runs):
         run_rows = margins_of_run(run)
         if not run_rows:
-            raise SystemExit(f"bird_margins.py: {path} has no 'bird' results to compare.")
+            raise InputError(f"{path} has no 'bird' results to compare.")
         labels = sorted({row["slice"] for row in run_rows} - set(features))
-        try:
-            slices = read_slices(args.data or run["settings"]["data"], labels, run["settings"]["image_size"])
-        except InputError as error:
-            raise SystemExit(f"bird_margins.py: {error}") from None
+        slices = read_slices(args.data or run["settings"]["data"], labels, run["settings"]["image_size"])
         features.update({label: slice_features(*slices[label]) for label in labels})
         rows += run_rows
         commands.append(run["run"]["command"])
@@ -256,4 +253,4 @@ def plot(path: Path, groups: dict, train: dict | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

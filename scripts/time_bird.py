@@ -24,7 +24,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import fmt, markdown_table, parse_list, read_working_slice, record_markdown, start_run, write_outputs  # noqa: E402
+from bench_common import (fmt, markdown_table, parse_list, read_working_slice, record_markdown,  # noqa: E402
+                          run_script, start_run, write_outputs)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "samples" / "chest_tcga_0000.dcm"
@@ -126,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -351,3 +351,16 @@ def test_bird_margins_refuses_a_run_without_bird(tmp_path):
                                 "--tag", "t", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert completed.returncode != 0 and "no 'bird' results" in completed.stderr
     assert "Traceback" not in completed.stderr and not (tmp_path / "margins_t.md").exists()
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("benchmark_ct.py", ["--data", "no-such-folder", "--methods", "fbp"], "CT data folder no-such-folder not found"),
+    ("benchmark_photo.py", ["--domain", "ct", "--data", "no-such-folder", "--prior", "no-such-prior"], "prior"),
+    ("bird_convergence.py", ["--slice", "no-such.dcm", "--iters", "1"], "no-such.dcm"),
+])
+def test_scripts_report_user_errors_in_one_line(tmp_path, script, args, message):
+    completed = subprocess.run([sys.executable, str(SCRIPTS / script), *args, "--device", "cpu", "--out-dir",
+                                str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "Traceback" not in completed.stderr and message in completed.stderr.splitlines()[-1]
+    assert not list(tmp_path.glob("*.md"))
