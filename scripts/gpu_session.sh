@@ -9,7 +9,8 @@
 # data/priors/ctbird-ct-256 on this machine; 0 skips training (a later call on the warm machine reuses the
 # kept prior). Then each PART, in order, each capped in seconds (a part past its cap is killed, the rest go on):
 #   timing     scripts/time_bird.py: batch 1/16, detached/exact                                  (cap 90)
-#   main       scripts/benchmark_ct.py: 30 parallel views, noiseless, all but bird-exact, EVAL_SLICES (cap 200)
+#   main       scripts/benchmark_ct.py: 30 parallel views, noiseless, all but bird-exact, EVAL_SLICES
+#              (cap 100 + 3 s per slice: 196 s for 32 slices, 430 s for all 110)
 #   exact      the same for bird-exact (backpropagation through the UNet) on 16 slices             (cap 150)
 #   ablation   scripts/benchmark_ct.py --ablation: delta_t 20..250 on 8 slices                       (cap 150)
 #   views      scripts/benchmark_ct.py: 8/18/60 parallel views, noiseless, fbp/sirt/tv/bird/bird+dc  (cap 150)
@@ -85,7 +86,7 @@ for name in "$@"; do
   case $name in
     timing) part 90 python3 scripts/time_bird.py --device "$DEVICE" --tag gpu --batch-sizes 1,16 \
               --iters "${BIRD_ITERS:-10}" --out-dir "$RESULTS/docs" ;;
-    main) part 200 "${BENCH[@]}" --tag gpu --max-slices "$EVAL_SLICES" --batch-size "$BATCH" --views 30 \
+    main) part $(( 100 + 3 * EVAL_SLICES )) "${BENCH[@]}" --tag gpu --max-slices "$EVAL_SLICES" --batch-size "$BATCH" --views 30 \
             --geometry parallel --noise none --methods fbp,sirt,tv,dps,bird,bird+dc ;;
     exact) part 150 "${BENCH[@]}" --tag gpu_exact --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
              --batch-size 16 --views 30 --geometry parallel --noise none --methods fbp,bird-exact ;;
