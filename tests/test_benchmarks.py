@@ -364,3 +364,23 @@ def test_scripts_report_user_errors_in_one_line(tmp_path, script, args, message)
     assert completed.returncode == 2, completed.stderr[-2000:]
     assert "Traceback" not in completed.stderr and message in completed.stderr.splitlines()[-1]
     assert not list(tmp_path.glob("*.md"))
+
+
+def test_tune_dps_scores_each_guidance_step(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    stack = tmp_path / "stack.npz"
+    np.savez(stack, images=np.stack([hu for _, hu, _ in _disk_slices([6, 10])]).astype(np.int16),
+             pixel_spacing_mm=np.full(2, 1.5, np.float32))
+    _run("tune_dps.py", "--slice", f"{stack}:0", "--slice", f"{stack}:1", "--zeta", "0.5,2", "--steps", "2",
+         "--views", "8", "--size", str(SIZE), "--prior", str(prior), "--device", "cpu", "--tag", "t",
+         "--out-dir", str(tmp_path), cwd=tmp_path)
+    payload = json.loads((tmp_path / "tuning_dps_t.json").read_text())
+    settings = [(r["method"], r["relative_zeta"], r["steps"]) for r in payload["results"]]
+    assert settings == [("fbp", None, None), ("sirt", None, None), ("dps", 0.5, 2), ("dps", 2.0, 2)]
+    for row in payload["results"]:
+        assert [s["slice"] for s in row["per_slice"]] == ["stack.npz[0]", "stack.npz[1]"]
+        assert all(_finite(s["psnr"]) for s in row["per_slice"])
+        assert all(s["nfe"] == (2 if row["method"] == "dps" else 0) for s in row["per_slice"])
+    dps = {r["relative_zeta"]: r["psnr_mean"] for r in payload["results"] if r["method"] == "dps"}
+    assert dps[0.5] != dps[2.0]  # the guidance step reaches the result
+    assert "| dps | 0.5 | 2 |" in (tmp_path / "tuning_dps_t.md").read_text()
