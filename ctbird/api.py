@@ -178,7 +178,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                 radon_backend: str = "matrix", lr_latent: float | None = None, early_stopping: int | None = None,
                 dc_weight: float | None = None, dc_iters: int | None = None, dps_zeta: float | None = None,
                 latent_optimizer: str | None = None, latent_lr_schedule: str | None = None,
-                data_filter: float | None | str = "default") -> Reconstruction:
+                keep_best: bool | None = None, data_filter: float | None | str = "default") -> Reconstruction:
     """Reconstruct CT slices from a (sparse-view) sinogram.
 
     Units
@@ -208,7 +208,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     iters : int or None
         BIRD iterations / SIRT or TV iterations / DPS steps; ``None`` = the method's default
         (``TASK_DEFAULTS["ct"]`` for BIRD, :data:`METHOD_DEFAULTS` otherwise).
-    delta_t, n_samples, grad_mode, lr_latent, early_stopping, latent_optimizer, latent_lr_schedule
+    delta_t, n_samples, grad_mode, lr_latent, early_stopping, latent_optimizer, latent_lr_schedule, keep_best
         BIRD settings (``None`` = default: 100, 1, ..., ``TASK_DEFAULTS["ct"]``) (see :class:`ctbird.solvers.BIRD`);
         ``n_samples > 1`` gives ``uncertainty``.
     seed : int
@@ -304,7 +304,8 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                 latent_optimizer=latent_optimizer or defaults["latent_optimizer"],
                 latent_lr_schedule=latent_lr_schedule or defaults["latent_lr_schedule"],
                 lr_operator=defaults["lr_operator"], delta_t=delta_t, grad_mode=grad_mode, n_samples=n_samples,
-                input_transform=measurement_input, early_stopping=early_stopping, callback=callback)
+                input_transform=measurement_input, early_stopping=early_stopping, callback=callback,
+                keep_best=defaults["keep_best"] if keep_best is None else keep_best)
     out = bird.run(y_fitted, generator=generator)
     hu = to_hu(out.image)
     mu = out.transformed
@@ -324,7 +325,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                           grad_mode=out.grad_mode, delta_t=out.delta_t, pixel_spacing_mm=spacing, solver_result=out,
                           info={**info, "iters_run": out.iters_run, "final_loss": out.final_loss.tolist(),
                                 "latent_optimizer": bird.latent_optimizer, "lr_latent": bird.lr_latent,
-                                "latent_lr_schedule": bird.latent_lr_schedule,
+                                "latent_lr_schedule": bird.latent_lr_schedule, "keep_best": bird.keep_best,
                                 "data_filter": exponent})
 
 
@@ -357,7 +358,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             callback: Callable[[dict], None] | None = None, n_samples: int | None = 1, delta_t: int | None = 100,
             lr_latent: float | None = None, lr_operator: float | None = None,
             early_stopping: int | None = None, latent_optimizer: str | None = None,
-            latent_lr_schedule: str | None = None) -> Restoration:
+            latent_lr_schedule: str | None = None, keep_best: bool | None = None) -> Restoration:
     """Restore photographs with BIRD.
 
     Parameters
@@ -384,8 +385,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     mask : Tensor ``[H, W]`` or None
         Observed-pixel mask (required for ``inpaint``).
     seed, device, grad_mode, callback, n_samples, delta_t, lr_latent, lr_operator, early_stopping, latent_optimizer,
-    latent_lr_schedule
-        As for :class:`ctbird.solvers.BIRD`.
+    latent_lr_schedule, keep_best
+        As for :class:`ctbird.solvers.BIRD` (``None``: ``TASK_DEFAULTS[task]``).
 
     Returns
     -------
@@ -453,7 +454,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                 latent_lr_schedule=latent_lr_schedule or defaults["latent_lr_schedule"],
                 lr_operator=(lr_operator if lr_operator is not None else defaults["lr_operator"]) if learnable else 0.0,
                 delta_t=delta_t, grad_mode=grad_mode, n_samples=n_samples, input_transform=measurement_input,
-                early_stopping=early_stopping, callback=callback)
+                early_stopping=early_stopping, callback=callback,
+                keep_best=defaults["keep_best"] if keep_best is None else keep_best)
     out = bird.run(y.to(dev), generator=_generator(seed))
     kernel_out = out.kernel
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out.uncertainty is not None else None

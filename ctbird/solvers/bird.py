@@ -27,7 +27,7 @@ from ..priors.diffusion import GRAD_MODES, DiffusionPrior, randn
 #: Reference-derived defaults per task (BIRD ``configs/*.yml``); CT values are our own measurements (docs/method.md),
 #: including the normalized-gradient latent steps with a cosine-decayed rate (Adam at a constant rate elsewhere, as in
 #: the reference).
-_REFERENCE = {"delta_t": 100, "latent_optimizer": "adam", "latent_lr_schedule": "constant"}
+_REFERENCE = {"delta_t": 100, "latent_optimizer": "adam", "latent_lr_schedule": "constant", "keep_best": False}
 TASK_DEFAULTS: dict[str, dict] = {
     "gaussian-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 2e-4, **_REFERENCE},
     "motion-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 5e-3, **_REFERENCE},
@@ -35,7 +35,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     "inpaint": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE},
     "sr": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, **_REFERENCE},
     "ct": {"iters": 100, "lr_latent": 1.2e-2, "lr_operator": 1e-3, "delta_t": 100,
-           "latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "data_filter": 0.5},
+           "latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "data_filter": 0.5, "keep_best": True},
 }
 
 LossName = Literal["mse", "l1"]
@@ -65,13 +65,14 @@ class BirdResult:
     Attributes
     ----------
     image : Tensor ``[B, C, H, W]``
-        Best-fitting ``x0`` on the prior's scale ``[-1, 1]`` (lowest final data loss among the ``n_samples`` restarts).
+        Best-fitting ``x0`` on the prior's scale ``[-1, 1]`` (lowest final data loss among the ``n_samples`` restarts;
+        with ``keep_best``, each restart's lowest-loss iterate).
     transformed : Tensor
         ``input_transform(image)``: the reconstruction on the operator's input scale.
     latent : Tensor ``[B, C, H, W]``
         Optimized ``x_T`` of the best restart.
     final_loss : Tensor ``[B]``
-        Data loss of the best restart, evaluated after the last step.
+        Data loss of the returned ``image`` (after the last step; with ``keep_best``, of the kept iterate).
     loss_history : list of float
         Mean data loss (over batch and restarts) at every iteration.
     operator_state : list of dict
@@ -131,6 +132,46 @@ def data_loss(pred: torch.Tensor, y: torch.Tensor, loss: LossName, mask: torch.T
     return (r * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp_min(1.0)
 
 
+class _KeptIterates:
+    """Each latent's lowest-loss iterate so far: loss ``[L]``, ``x0`` and ``x_T`` ``[L, C, H, W]``, operator parameters."""
+
+    def __init__(self, count: int) -> None:
+        self.loss = torch.full((count,), math.inf)
+        self.x0: torch.Tensor | None = None
+        self.latent: torch.Tensor | None = None
+        self.states: list[dict | None] = [None] * count
+
+    def offer(self, losses: torch.Tensor, x0: torch.Tensor, latent: torch.Tensor, ops: list[Operator]) -> None:
+        """Keep the entries of this iterate whose loss beats the kept one (``losses`` ``[L]``, one op or ``L``)."""
+        better = losses.cpu() < self.loss
+        if not bool(better.any()):
+            return
+        if self.x0 is None:
+            self.x0, self.latent = x0.clone(), latent.clone()
+        index = better.nonzero().flatten()
+        self.loss[index] = losses.cpu()[index]
+        self.x0[index.to(x0.device)] = x0[index.to(x0.device)]
+        self.latent[index.to(x0.device)] = latent[index.to(x0.device)]
+        for i in index.tolist():
+            op = ops[i] if len(ops) > 1 else ops[0]
+            self.states[i] = {name: p.detach().clone() for name, p in op.named_parameters()} or None
+
+    def settle(self, final: torch.Tensor, x0: torch.Tensor, latent: torch.Tensor, ops: list[Operator]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The final iterate where it fits best, else the kept one (operators reloaded): ``(x0, latent, loss)``."""
+        use_kept = (self.loss < final.cpu()).to(final.device)
+        if not bool(use_kept.any()):
+            return x0, latent, final
+        pick = use_kept.view(-1, *([1] * (x0.dim() - 1)))
+        for i in use_kept.nonzero().flatten().tolist():
+            if self.states[i] is not None:
+                with torch.no_grad():
+                    for name, p in (ops[i] if len(ops) > 1 else ops[0]).named_parameters():
+                        p.copy_(self.states[i][name])
+        return (torch.where(pick, self.x0, x0), torch.where(pick, self.latent, latent),
+                torch.where(use_kept, self.loss.to(final.device), final))
+
+
 class BIRD:
     """Blind image restoration/reconstruction by optimizing a diffusion prior's initial noise.
 
@@ -170,6 +211,11 @@ class BIRD:
     input_transform : callable or None
         Maps ``x0`` in ``[-1, 1]`` to the operator's input (e.g. photos: ``(x + 1) / 2``; CT: attenuation times
         pixel spacing). ``None`` = identity.
+    keep_best : bool
+        Return each restart's iterate with the lowest data loss (and the operator state it was scored with) instead
+        of the last one. Every iterate is already decoded and scored, so this costs no UNet evaluation. The CT
+        default: late in a run the iterate still jumps now and then to a decode that fits the data ten times worse
+        and scores several dB lower (docs/method.md §3); the last iterate can be such a jump.
     early_stopping : EarlyStopping, int or None
         Plateau criterion (an int is the patience with ``rel_tol=1e-3``).
     callback : callable or None
@@ -185,7 +231,7 @@ class BIRD:
                  lr_operator: float = 2e-4, delta_t: int = 100, grad_mode: str = "detached", loss: LossName = "mse",
                  latent_optimizer: str = "adam", latent_lr_schedule: str = "constant",
                  loss_mask: torch.Tensor | None = None, n_samples: int = 1,
-                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, keep_best: bool = False,
                  early_stopping: EarlyStopping | int | None = None,
                  callback: Callable[[dict], None] | None = None, compile: bool = False,
                  checkpointing: bool = True) -> None:
@@ -222,6 +268,7 @@ class BIRD:
         self.loss_mask = loss_mask
         self.n_samples = n_samples
         self.input_transform = input_transform
+        self.keep_best = bool(keep_best)
         self.early_stopping = early_stopping
         self.callback = callback
         self.checkpointing = checkpointing
@@ -291,6 +338,7 @@ class BIRD:
         nfe0, start = self.prior.nfe, time.perf_counter()
         history: list[float] = []
         best, stale, stopped = math.inf, 0, False
+        kept = _KeptIterates(total) if self.keep_best else None
         it = 0
         for it in range(1, self.iters + 1):
             lr_now = self.latent_lr(it)
@@ -302,6 +350,8 @@ class BIRD:
             x0 = self.prior.decode(latent, delta_t=self.delta_t, grad_mode=self.grad_mode,
                                    checkpointing=self.checkpointing)
             losses = data_loss(self._forward(ops, x0), y_rep, self.loss, mask)
+            if kept is not None:  # before any step: x0, latent and operators are the ones the loss scored
+                kept.offer(losses.detach(), x0.detach(), latent.detach(), ops)
             losses.sum().backward()
             if optimizer is not None:
                 optimizer.step()
@@ -330,7 +380,10 @@ class BIRD:
         with torch.no_grad():
             x0 = self.prior.decode(latent.detach(), delta_t=self.delta_t)
             final = data_loss(self._forward(ops, x0), y_rep, self.loss, mask)
-        return self._result(x0, latent.detach(), final, ops, history, batch, n, nfe0, start, it, stopped)
+        latent = latent.detach()
+        if kept is not None:
+            x0, latent, final = kept.settle(final, x0, latent, ops)
+        return self._result(x0, latent, final, ops, history, batch, n, nfe0, start, it, stopped)
 
     def _result(self, x0, latent, final, ops, history, batch, n, nfe0, start, iters_run, stopped) -> BirdResult:
         shape = self.prior.shape
@@ -358,5 +411,5 @@ class BIRD:
             delta_t=self.delta_t, iters_run=iters_run, stopped_early=stopped,
             info={"lr_latent": self.lr_latent, "lr_operator": self.lr_operator, "loss": self.loss,
                   "latent_optimizer": self.latent_optimizer, "latent_lr_schedule": self.latent_lr_schedule,
-                  "n_samples": n, "iters": self.iters},
+                  "keep_best": self.keep_best, "n_samples": n, "iters": self.iters},
         )

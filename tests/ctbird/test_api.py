@@ -164,3 +164,15 @@ def test_restore_validation(rgb_prior_folder):
         ctbird.restore(image, task="colorize", prior=rgb_prior_folder)
     with pytest.raises(ConfigError, match="kernel"):
         ctbird.restore(image, task="motion-deblur", blind=False, prior=rgb_prior_folder, iters=1)
+
+
+def test_ct_keeps_the_best_fitting_iterate_by_default_and_photos_the_last(prior_folder):
+    geometry = ParallelBeam(views=8)
+    sino = _sinogram(_water_disk_hu(16), geometry)
+    runs = {k: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
+                                  iters=4, lr_latent=0.2, keep_best=k) for k in (None, False)}
+    assert runs[None].info["keep_best"] is ctbird.solvers.TASK_DEFAULTS["ct"]["keep_best"] is True
+    assert runs[False].info["keep_best"] is False
+    assert runs[None].loss_history == runs[False].loss_history  # same trajectory
+    assert runs[None].info["final_loss"][0] <= runs[False].info["final_loss"][0]
+    assert all(ctbird.solvers.TASK_DEFAULTS[task]["keep_best"] is False for task in ctbird.api.RESTORE_TASKS)

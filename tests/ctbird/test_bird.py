@@ -255,3 +255,42 @@ def test_gpu_bf16_channels_last_matches_fp32_and_runs(tiny_unet_config_factory, 
                       input_transform=lambda x: (x + 1) / 2).run(y)
         assert result.image.is_cuda and torch.isfinite(result.image).all()
         assert result.loss_history[-1] < result.loss_history[0]
+
+
+def test_keep_best_returns_each_latents_lowest_loss_iterate(tiny_prior):
+    """A large constant rate makes the iterates jump; keep_best returns the best-fitting one seen, per latent."""
+    op = Blur(kernel_size=3, image_shape=SHAPE, learnable=True)
+    with torch.no_grad():
+        y = op(torch.cat([_smooth_image(), -_smooth_image()]))
+
+    def run(keep_best):
+        seen = []
+        blur = Blur(kernel_size=3, image_shape=SHAPE, learnable=True)
+        result = BIRD(tiny_prior, blur, iters=12, lr_latent=0.3, lr_operator=5e-2, latent_optimizer="normalized-gd",
+                      n_samples=2, keep_best=keep_best, callback=lambda info: seen.append(info["losses"])).run(
+            y, generator=torch.Generator().manual_seed(3))
+        return result, torch.tensor(seen)  # [iterations, B * n_samples], each the loss before that step
+
+    last, seen = run(False)
+    kept, seen_kept = run(True)
+    assert torch.equal(seen, seen_kept)  # keeping the best changes what is returned, not the trajectory
+    # per item: the best of its restarts' iterates, those scored during the run and those after the last step
+    scored_best = seen.min(dim=0).values.view(2, 2).min(dim=1).values
+    torch.testing.assert_close(kept.final_loss, torch.minimum(scored_best, last.final_loss))
+    assert bool((kept.final_loss < last.final_loss).any())  # the jumps are real at this rate: not a vacuous test
+    assert kept.info["keep_best"] is True and last.info["keep_best"] is False
+
+
+def test_keep_best_restores_the_operator_it_was_scored_with(tiny_prior):
+    op = Blur(kernel_size=3, image_shape=SHAPE, learnable=True)
+    with torch.no_grad():
+        y = op(_smooth_image())
+    blur = Blur(kernel_size=3, image_shape=SHAPE, learnable=True)
+    result = BIRD(tiny_prior, blur, iters=10, lr_latent=0.3, lr_operator=5e-2, latent_optimizer="normalized-gd",
+                  keep_best=True).run(y, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        refit = float((blur(result.image) - y).pow(2).mean())
+        decoded = tiny_prior.decode(result.latent)
+    assert refit == pytest.approx(float(result.final_loss[0]), rel=1e-5)  # image, kernel and loss belong together
+    torch.testing.assert_close(decoded, result.image)  # and the latent decodes to the image
+    assert torch.equal(result.kernel[0], blur.kernel.detach().reshape(3, 3))
