@@ -144,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             nfe_before = prior.nfe
             with torch.no_grad():
                 x0 = prior.decode(info["latent"], delta_t=args.delta_t)
+                # the loss of this iterate (info["loss"] is the one before the step that made it)
+                loss = float((fitted(unit_to_mu(x0) * spacing) - y_fitted).pow(2).mean())
             prior.nfe = nfe_before  # scoring decodes are not part of BIRD's budget
-            rows.append({"iteration": info["iteration"], "loss": info["loss"], "nfe": info["nfe"],
+            rows.append({"iteration": info["iteration"], "loss": loss, "nfe": info["nfe"],
                          "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0))})
             scoring_seconds += time.perf_counter() - started
-            print(f"{label} iteration {info['iteration']}: loss {info['loss']:.4g}, PSNR {rows[-1]['psnr']:.2f} dB",
+            print(f"{label} iteration {info['iteration']}: loss {loss:.4g}, PSNR {rows[-1]['psnr']:.2f} dB",
                   file=sys.stderr, flush=True)
 
         bird = BIRD(prior, fitted, iters=args.iters, lr_latent=lr, delta_t=args.delta_t, grad_mode="detached",
