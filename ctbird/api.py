@@ -28,7 +28,7 @@ RESTORE_TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 METHOD_DEFAULTS: dict[str, dict] = {
     "sirt": {"iters": 100},
     "tv": {"iters": 300},
-    "dps": {"iters": 100, "zeta": 1.0},
+    "dps": {"iters": 100, "zeta": 10.0},  # measured on training slices: docs/tuning_dps_cpu-train.md
     "dc": {"weight": 0.002, "iters": 30},
 }
 #: Reference kernel size at 256 x 256 (BIRD's blind deblurring); scaled with the image for other sizes.
