@@ -426,6 +426,7 @@ def _reconstruct(input_path: Path, params: dict[str, Any]) -> None:
                                                        ("latent_optimizer", info.get("latent_optimizer")),
                                                        ("lr_latent", info.get("lr_latent")),
                                                        ("latent_lr_schedule", info.get("latent_lr_schedule")),
+                                                       ("keep_best", info.get("keep_best")),
                                                        ("data_filter", info.get("data_filter")))
                          if value is not None},
         }

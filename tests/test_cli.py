@@ -87,6 +87,7 @@ def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior
     assert bird["latent_optimizer"] == ct_defaults["latent_optimizer"] == "normalized-gd"
     assert bird["lr_latent"] == ct_defaults["lr_latent"]
     assert bird["latent_lr_schedule"] == ct_defaults["latent_lr_schedule"] == "cosine"
+    assert bird["keep_best"] is ct_defaults["keep_best"] is True
     assert bird["data_filter"] == 0.5
     assert "latent_optimizer" not in metrics["methods"]["fbp"]
     config = tomllib.loads((out / "config.toml").read_text())
