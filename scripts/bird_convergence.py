@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird import baselines
     from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
-    from ctbird.solvers.bird import BIRD
+    from ctbird.solvers.bird import BIRD, data_loss
     from ctbird.units import EVAL_HU_RANGE, hu_to_mu, mu_to_hu, unit_to_hu, unit_to_mu
 
     device, record = start_run(args, argv)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 x0 = prior.decode(info["latent"], delta_t=args.delta_t)
                 # the loss of this iterate (info["loss"] is the one before the step that made it)
-                loss = float((fitted(unit_to_mu(x0) * spacing) - y_fitted).pow(2).mean())
+                loss = float(data_loss(fitted(unit_to_mu(x0) * spacing), y_fitted, "mse", None))
             prior.nfe = nfe_before  # scoring decodes are not part of BIRD's budget
             rows.append({"iteration": info["iteration"], "loss": loss, "nfe": info["nfe"],
                          "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0))})
