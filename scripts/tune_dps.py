@@ -20,13 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench_common import fmt, markdown_table, mean_std, parse_list, progress, record_markdown, run_script, start_run, \
+from bench_common import fmt, markdown_table, parse_list, progress, record_markdown, run_script, start_run, \
     write_outputs  # noqa: E402
+from benchmark_ct import score, simulate, simulation_geometry, summarize  # noqa: E402
 from bird_convergence import read_slice  # noqa: E402
 
 
@@ -60,16 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from operators import ParallelBeam, Radon
     from ctbird.api import reconstruct
-    from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
-    from ctbird.units import EVAL_HU_RANGE, hu_to_mu
 
     device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
-    geometry = ParallelBeam(views=args.views).resolved(args.size)
-    radon = Radon(geometry, args.size, device=device)
+    geometry = simulation_geometry("parallel", args.views, args.size)
     settings = [("fbp", None, None), ("sirt", None, None)] + [("dps", z, s) for s in args.steps for z in args.zeta]
     rows = {setting: [] for setting in settings}
     labels = []
@@ -77,25 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.slice:
             truth, spacing, label = read_slice(spec, args.size, args.pixel_mm)
             labels.append(label)
-            with torch.no_grad():
-                sinogram = radon(torch.from_numpy(hu_to_mu(truth) * spacing).float()[None, None].to(device))
+            sinogram = simulate(truth, spacing, geometry, None, args.seed, device)
             for method, zeta, steps in settings:
                 bar.set_description(f"{label} {method}" + (f" zeta {zeta:g}, {steps} steps" if zeta else ""))
                 result = reconstruct(sinogram, geometry, image_size=args.size, pixel_spacing_mm=spacing,
                                      prior=prior, method=method, iters=steps, dps_zeta=zeta, seed=args.seed,
                                      device=device)
-                image = result.image[0, 0].cpu().numpy()
-                rows[(method, zeta, steps)].append({
-                    "slice": label, "psnr": float(psnr(image, truth, data_range=EVAL_HU_RANGE)),
-                    "ssim": float(ssim(image, truth, data_range=EVAL_HU_RANGE)), "seconds": result.seconds,
-                    "nfe": result.nfe})
+                rows[(method, zeta, steps)].append({"slice": label, **score(result.image[0, 0].cpu().numpy(), truth),
+                                                    "seconds": result.seconds, "nfe": result.nfe})
                 bar.update(1)
-    results = []
-    for (method, zeta, steps), per_slice in rows.items():
-        psnr_mean, psnr_std = mean_std([r["psnr"] for r in per_slice])
-        results.append({"method": method, "relative_zeta": zeta, "steps": steps, "psnr_mean": psnr_mean,
-                        "psnr_std": psnr_std, "ssim_mean": mean_std([r["ssim"] for r in per_slice])[0],
-                        "seconds_mean": mean_std([r["seconds"] for r in per_slice])[0], "per_slice": per_slice})
+    results = [{"method": method, "relative_zeta": zeta, "steps": steps, **summarize(per_slice), "per_slice": per_slice}
+               for (method, zeta, steps), per_slice in rows.items()]
     payload = {"run": record, "slices": labels, "views": args.views, "image_size": args.size, "seed": args.seed,
                "prior": str(args.prior) if args.prior else str(default_prior_path()), "results": results}
     table = [[r["method"], "–" if r["relative_zeta"] is None else f"{r['relative_zeta']:g}",
