@@ -143,15 +143,17 @@ class _KeptIterates:
 
     def offer(self, losses: torch.Tensor, x0: torch.Tensor, latent: torch.Tensor, ops: list[Operator]) -> None:
         """Keep the entries of this iterate whose loss beats the kept one (``losses`` ``[L]``, one op or ``L``)."""
-        better = losses.cpu() < self.loss
+        losses = losses.cpu()
+        better = losses < self.loss
         if not bool(better.any()):
             return
         if self.x0 is None:
             self.x0, self.latent = x0.clone(), latent.clone()
         index = better.nonzero().flatten()
-        self.loss[index] = losses.cpu()[index]
-        self.x0[index.to(x0.device)] = x0[index.to(x0.device)]
-        self.latent[index.to(x0.device)] = latent[index.to(x0.device)]
+        self.loss[index] = losses[index]
+        on_device = index.to(x0.device)
+        self.x0[on_device] = x0[on_device]
+        self.latent[on_device] = latent[on_device]
         for i in index.tolist():
             op = ops[i] if len(ops) > 1 else ops[0]
             self.states[i] = {name: p.detach().clone() for name, p in op.named_parameters()} or None
