@@ -4,20 +4,8 @@ All three map a sinogram ``[B, C, views, detectors]`` to images ``[B, C, N, N]``
 the sinogram's device and dtype, batched, without gradients. Units follow
 :class:`operators.radon.Radon`: the sinogram holds line integrals in *pixel length
 units* (a pixel has side 1), so the reconstruction has the image's own unit
-(e.g. attenuation per pixel length, or the ``[0, 1]`` of a phantom).
-
-Geometry conventions (ASTRA's, shared with :class:`operators.radon.Radon`)
--------------------------------------------------------------------------
-* Image ``[..., row, col]``; pixel centres at ``x = col - (N - 1) / 2`` (right) and
-  ``y = (N - 1) / 2 - row`` (up), i.e. row 0 is the top of the image.
-* Parallel beam, angle ``theta``: detector axis ``u = (cos theta, sin theta)``, rays
-  along ``(sin theta, -cos theta)``; a point ``(x, y)`` projects onto detector
-  coordinate ``s = x cos theta + y sin theta``, and cell ``i`` is centred at
-  ``s = (i - (D - 1) / 2) * detector_spacing``.
-* Fan beam (flat detector), source angle ``beta``: source at
-  ``SOD * (sin beta, -cos beta)``, detector centre at ``ODD * (-sin beta, cos beta)``,
-  detector axis ``(cos beta, sin beta)``; cell ``i`` at
-  ``u = (i - (D - 1) / 2) * detector_spacing`` on the detector.
+(e.g. attenuation per pixel length, or the ``[0, 1]`` of a phantom). FBP itself,
+its ramp filter and the geometry conventions live in :mod:`operators.fbp`.
 
 Each optional ``callback(iteration, x)`` is called after every iteration (1-based)
 with the current estimate ``[B, C, N, N]``.
@@ -32,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from operators import fbp as filtered_backprojection
 from operators.base import LinearOperator, check_shape
 from operators.geometry import FanBeam, ParallelBeam
 
@@ -42,172 +30,19 @@ from .errors import ConfigError, ShapeError
 FilterName = Literal["ram-lak", "shepp-logan", "cosine", "hann", "hamming"]
 Callback = Callable[[int, torch.Tensor], object]
 
-#: Frequency windows applied to the band-limited ramp; ``f`` in cycles per detector
-#: cell, ``0 <= f <= 1/2``.
-FILTERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "ram-lak": lambda f: torch.ones_like(f),
-    "shepp-logan": lambda f: torch.sinc(f),
-    "cosine": lambda f: torch.cos(math.pi * f),
-    "hann": lambda f: 0.5 * (1.0 + torch.cos(2.0 * math.pi * f)),
-    "hamming": lambda f: 0.54 + 0.46 * torch.cos(2.0 * math.pi * f),
-}
-
 #: Default TV weight relative to the data: ``lam = TV_WEIGHT * ||A||^2 * s`` (see :func:`tv`).
 TV_WEIGHT: float = 0.002
 
-# Backprojection works on at most this many values per chunk of views.
-_CHUNK_ELEMENTS = 1 << 24
-
 
 # --------------------------------------------------------------------------- FBP
+@torch.no_grad()
 def fbp(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: int,
         filter: FilterName = "ram-lak") -> torch.Tensor:
-    """Filtered backprojection for parallel beams and flat-detector fan beams.
+    """Filtered backprojection without gradients: :func:`operators.fbp.fbp` (parameters and errors there).
 
-    The band-limited ramp of Kak & Slaney (spatial kernel ``h(0) = 1/(4 tau^2)``,
-    ``h(n odd) = -1/(n pi tau)^2``, which avoids the DC offset of a sampled
-    ``|f|``) is applied by zero-padded FFT (to at least ``2 D``), multiplied by the
-    chosen window; a pixel-driven backprojection follows, with linear
-    interpolation on the detector. Fan beams are rebinned to the virtual detector
-    through the rotation axis, pre-weighted by ``SOD / sqrt(SOD^2 + s^2)`` and
-    backprojected with the ``(SOD / L)^2`` distance weight (Kak & Slaney, 3.4.2).
-
-    Each view is weighted by its angular spacing (from ``geometry.angles_rad()``;
-    uneven explicit angles get trapezoid weights) times ``pi / max(coverage, pi)``:
-    the factor ``1/2`` of a full ``2 pi`` scan. Short fan scans get no Parker
-    weights (approximate).
-
-    Parameters
-    ----------
-    sinogram : torch.Tensor
-        ``[B, C, views, detectors]`` line integrals in pixel length units, as
-        produced by ``Radon(geometry, image_size)``.
-    geometry : ParallelBeam or FanBeam
-        The acquisition geometry (``detectors=None`` resolves to ``ceil(N sqrt 2)``).
-    image_size : int
-        Side ``N`` of the reconstructed image.
-    filter : {"ram-lak", "shepp-logan", "cosine", "hann", "hamming"}
-        Window multiplying the ramp (``ram-lak`` = none); smoother windows trade
-        resolution for less noise and streaking.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[B, C, image_size, image_size]`` on the sinogram's device and dtype.
+    ``filter`` is a window of ``operators.fbp.FILTERS`` multiplying the ramp; returns ``[B, C, image_size, image_size]``.
     """
-    if filter not in FILTERS:
-        raise ConfigError(f"fbp: unknown filter {filter!r}; choose one of {sorted(FILTERS)}.")
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ConfigError(f"fbp: image_size must be a positive integer, got {image_size!r}.")
-    if not isinstance(geometry, (ParallelBeam, FanBeam)):
-        raise ConfigError(f"fbp: geometry must be a ParallelBeam or FanBeam, got {type(geometry).__name__}.")
-    image_size = int(image_size)
-    if isinstance(geometry, FanBeam):
-        geometry.check_image_fits(image_size)
-    geom = geometry.in_pixels().resolved(image_size)
-    views, detectors = geom.views, geom.detectors
-    if not isinstance(sinogram, torch.Tensor) or sinogram.dim() != 4 or tuple(sinogram.shape[2:]) != (views, detectors):
-        got = list(sinogram.shape) if isinstance(sinogram, torch.Tensor) else type(sinogram).__name__
-        raise ShapeError(
-            f"fbp: expected a sinogram [B, C, {views}, {detectors}] (views x detectors of the geometry for a "
-            f"{image_size}x{image_size} image), got {got}. Pass the geometry and image_size the sinogram was simulated with."
-        )
-    if not sinogram.is_floating_point():
-        raise ShapeError(f"fbp: the sinogram must be a floating-point tensor, got dtype {sinogram.dtype}.")
-
-    with torch.no_grad():
-        device, dtype = sinogram.device, sinogram.dtype
-        angles = torch.as_tensor(geom.angles_rad(), dtype=torch.float64, device=device)
-        view_weights = torch.as_tensor(_angular_weights(geom), dtype=torch.float64, device=device)
-        cells = torch.arange(detectors, dtype=torch.float64, device=device) - (detectors - 1) / 2.0
-        coords = torch.arange(image_size, dtype=torch.float64, device=device) - (image_size - 1) / 2.0
-        x, y = coords[None, :], -coords[:, None]  # [1, N] (columns), [N, 1] (rows, pointing up)
-
-        if isinstance(geom, ParallelBeam):
-            tau = float(geom.detector_spacing)
-            filtered = _ramp_filter(sinogram, tau, filter)
-
-            def locate(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-                s = x * torch.cos(a)[:, None, None] + y * torch.sin(a)[:, None, None]
-                return s / tau + (detectors - 1) / 2.0, None
-        else:
-            sod = float(geom.source_distance)
-            sdd = sod + float(geom.detector_distance)
-            tau = float(geom.detector_spacing) * sod / sdd  # cell width on the virtual detector at the axis
-            s = cells * tau
-            weighted = sinogram * (sod / torch.sqrt(sod * sod + s * s)).to(dtype)
-            filtered = _ramp_filter(weighted, tau, filter)
-
-            def locate(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-                cos, sin = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
-                depth = sod - x * sin + y * cos  # distance from the source along the central ray
-                lateral = x * cos + y * sin
-                return lateral * (sod / depth) / tau + (detectors - 1) / 2.0, (sod / depth) ** 2
-
-        return _backproject(filtered, angles, view_weights, locate, image_size)
-
-
-def _angular_weights(geom: ParallelBeam | FanBeam) -> np.ndarray:
-    """Per-view quadrature weights (radians), including the redundancy factor ``pi / max(coverage, pi)``."""
-    angles = geom.angles_rad()
-    if geom.angles is None or geom.views == 1:
-        start, stop = geom.angle_range
-        weights = np.full(geom.views, (stop - start) / geom.views)
-    else:
-        order = np.argsort(angles)
-        gaps = np.diff(angles[order])
-        sorted_weights = np.empty(geom.views)
-        sorted_weights[0], sorted_weights[-1] = gaps[0], gaps[-1]
-        sorted_weights[1:-1] = 0.5 * (gaps[:-1] + gaps[1:])
-        weights = np.empty(geom.views)
-        weights[order] = sorted_weights
-    coverage = float(weights.sum())
-    return weights * (math.pi / max(coverage, math.pi))
-
-
-def _ramp_filter(sinogram: torch.Tensor, tau: float, filter: str) -> torch.Tensor:
-    """Convolve every view with the windowed band-limited ramp (detector cell width ``tau``)."""
-    detectors = sinogram.shape[-1]
-    padded = max(64, 1 << math.ceil(math.log2(2 * detectors)))
-    n = torch.arange(padded, dtype=torch.float64, device=sinogram.device)
-    n = torch.where(n <= padded // 2, n, n - padded)
-    kernel = torch.zeros(padded, dtype=torch.float64, device=sinogram.device)
-    kernel[n == 0] = 0.25
-    odd = (n.remainder(2) == 1)
-    kernel[odd] = -1.0 / (math.pi * n[odd]) ** 2
-    response = torch.fft.rfft(kernel).real  # = tau^2 * DFT(h); times tau for the quadrature -> 1/tau overall
-    freq = torch.fft.rfftfreq(padded, dtype=torch.float64, device=sinogram.device)
-    response = (response * FILTERS[filter](freq) / tau).to(sinogram.dtype)
-    spectrum = torch.fft.rfft(sinogram, n=padded, dim=-1)
-    return torch.fft.irfft(spectrum * response, n=padded, dim=-1)[..., :detectors]
-
-
-def _backproject(filtered: torch.Tensor, angles: torch.Tensor, view_weights: torch.Tensor,
-                 locate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
-                 image_size: int) -> torch.Tensor:
-    """Pixel-driven weighted backprojection with linear interpolation on the detector.
-
-    ``locate(angles[v])`` gives each pixel's fractional detector index ``[v, N, N]``
-    and an optional per-pixel weight ``[v, N, N]``.
-    """
-    batch, channels, views, detectors = filtered.shape
-    dtype = filtered.dtype
-    # grid_sample input: one 1 x D "image" per view, the B*C sinograms as channels.
-    rows = filtered.reshape(batch * channels, views, detectors).permute(1, 0, 2)[:, :, None, :]
-    out = torch.zeros(batch * channels, image_size, image_size, dtype=dtype, device=filtered.device)
-    chunk = max(1, _CHUNK_ELEMENTS // (image_size * image_size * max(batch * channels, 2)))
-    for start in range(0, views, chunk):
-        stop = min(views, start + chunk)
-        index, pixel_weight = locate(angles[start:stop])
-        # align_corners=False: normalized coordinate (2 i + 1) / D - 1 samples cell i exactly.
-        grid_x = ((2.0 * index + 1.0) / detectors - 1.0).to(dtype)
-        grid = torch.stack([grid_x, torch.zeros_like(grid_x)], dim=-1)
-        samples = F.grid_sample(rows[start:stop], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        weight = view_weights[start:stop, None, None]
-        if pixel_weight is not None:
-            weight = weight * pixel_weight
-        out += torch.einsum("vchw,vhw->chw", samples, weight.to(dtype))
-    return out.reshape(batch, channels, image_size, image_size)
+    return filtered_backprojection.fbp(sinogram, geometry, image_size, filter)
 
 
 # -------------------------------------------------------------------- iterative
@@ -422,4 +257,4 @@ def tv(sinogram: torch.Tensor, radon: LinearOperator, lam: float | torch.Tensor 
     return x
 
 
-__all__ = ["fbp", "sirt", "tv", "operator_norm", "default_tv_weight", "FILTERS", "TV_WEIGHT"]
+__all__ = ["fbp", "sirt", "tv", "operator_norm", "default_tv_weight", "TV_WEIGHT"]

@@ -1,6 +1,7 @@
-"""Differentiable imaging operators: CT projection and sinogram filtering, blur, downsampling, masks, noise.
+"""Differentiable imaging operators: CT projection, filtered backprojection, blur, downsampling, masks, noise.
 
-Pure physics on torch tensors; this package never imports :mod:`ctbird`.
+Pure physics on torch tensors; this package never imports :mod:`ctbird`. Filtered backprojection is
+:func:`operators.fbp.fbp`.
 """
 
 from .base import Adjoint, Composed, ComposedLinear, Identity, LinearOperator, Operator
@@ -10,8 +11,8 @@ from .blur import Blur, GaussianBlur
 from .mask import Mask
 from .noise import GaussianNoise, LogPoissonNoise, PoissonNoise, SpeckleGaussianNoise
 from .radon import Radon
+from .fbp import SinogramFilter
 from .resample import Downsample
-from .sinogram_filter import SinogramFilter
 
 __all__ = [
     "Operator", "LinearOperator", "Adjoint", "Composed", "ComposedLinear", "Identity",

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctbird.baselines import FILTERS, TV_WEIGHT, default_tv_weight, fbp, sirt, tv
+from ctbird.baselines import TV_WEIGHT, default_tv_weight, fbp, sirt, tv
 from ctbird.metrics import psnr, ssim
 from ctbird.phantoms import shepp_logan
+from operators.fbp import FILTERS
 from operators.geometry import ParallelBeam
 from operators.radon import Radon
 
