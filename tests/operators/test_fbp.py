@@ -129,15 +129,27 @@ def test_fbp_rejects_bad_input():
         fbp(torch.zeros(1, 1, 30, 46), geometry, 32, filter="butterworth")
 
 
-def test_ramp_response_is_the_band_limited_ramp():
+def test_ramp_responses():
     padded = padded_length(40)
-    assert padded == 128 and padded_length(10) == 64
-    response = ramp_response(padded)
+    assert padded == 80
     frequencies = torch.fft.rfftfreq(padded, dtype=torch.float64)
-    # |f| away from zero; a small positive mean term (2 / (pi^2 padded)) instead of a sampled |f|'s 0
-    assert float(response.min()) > 0
-    assert float(response[0]) == pytest.approx(2 / (math.pi**2 * padded), rel=0.05)
-    torch.testing.assert_close(response[8:], frequencies[8:], rtol=0.02, atol=0)
+    band_limited, sampled = ramp_response(padded, "band-limited"), ramp_response(padded, "sampled")
+    torch.testing.assert_close(sampled, frequencies, rtol=0, atol=0)  # exactly |f|: the view's mean is removed
+    # |f| away from zero; a small positive mean term (2 / (pi^2 padded)) instead of 0
+    assert float(band_limited.min()) > 0
+    assert float(band_limited[0]) == pytest.approx(2 / (math.pi**2 * padded), rel=0.05)
+    torch.testing.assert_close(band_limited[8:], frequencies[8:], rtol=0.02, atol=0)
+
+
+def test_band_limited_filtering_does_not_depend_on_the_padding():
+    """With at least 2 D - 1 samples the filtering is the linear convolution with the band-limited kernel."""
+    view = torch.randn(1, 1, 2, 21, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for padded in (41, 42, 64, 256):
+        response = ramp_response(padded, "band-limited")
+        outputs.append(torch.fft.irfft(torch.fft.rfft(view, n=padded) * response, n=padded)[..., :21])
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], rtol=0, atol=1e-13)
 
 
 def test_sinogram_filter_is_the_ramp_to_a_power():
@@ -150,8 +162,8 @@ def test_sinogram_filter_is_the_ramp_to_a_power():
     k = 16
     cosine = torch.cos(2 * math.pi * k / (2 * detectors) * torch.arange(detectors, dtype=torch.float64))
     middle = slice(detectors // 4, 3 * detectors // 4)
-    for exponent, spacing in ((0.5, 1.0), (1.0, 1.0), (1.0, 2.0)):
-        op = SinogramFilter((1, views, detectors), exponent=exponent, detector_spacing=spacing)
+    for exponent, spacing, ramp in ((0.5, 1.0, "sampled"), (1.0, 1.0, "band-limited"), (1.0, 2.0, "sampled")):
+        op = SinogramFilter((1, views, detectors), exponent=exponent, detector_spacing=spacing, ramp=ramp)
         out = op(cosine.expand(1, 1, views, detectors))[0, 0, 0]
         ratio = float(out[middle].norm() / cosine[middle].norm())
         assert ratio == pytest.approx((k / (2 * detectors) / spacing) ** exponent, rel=0.1)
@@ -164,7 +176,7 @@ def test_sinogram_filter_is_the_ramp_to_a_power():
 
 def test_sinogram_filter_rejects_bad_settings():
     for kwargs in ({"exponent": 0}, {"exponent": True}, {"window": "butterworth"}, {"detector_spacing": 0.0},
-                   {"detector_spacing": math.inf}):
+                   {"detector_spacing": math.inf}, {"ramp": "shepp-logan"}):
         with pytest.raises(GeometryError):
             SinogramFilter((1, 3, 8), **kwargs)
     assert set(FILTERS) == {"ram-lak", "shepp-logan", "cosine", "hann", "hamming"}

@@ -106,7 +106,8 @@ OPERATORS: dict[str, Case] = {
     "radon_matrix_at_blur": Case(_fixed(lambda: _radon(PARALLEL_NARROW, 12, "matrix")()
                                         @ Blur(_kernel(3, 7), image_shape=(1, 12, 12)))),
     "sinogram_filter": Case(_fixed(lambda: SinogramFilter((2, 5, 17), exponent=0.5))),
-    "sinogram_filter_windowed": Case(_fixed(lambda: SinogramFilter((1, 4, 9), window="hann", detector_spacing=1.5))),
+    "sinogram_filter_windowed": Case(_fixed(lambda: SinogramFilter((1, 4, 9), window="hann", detector_spacing=1.5,
+                                                                        ramp="band-limited"))),
     "sinogram_filter_at_radon": Case(_fixed(lambda: SinogramFilter((1, 5, 17), exponent=1.0)
                                             @ _radon(PARALLEL, 12, "matrix")())),
 }
