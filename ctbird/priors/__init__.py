@@ -1,4 +1,4 @@
-"""Diffusion priors: :class:`DiffusionPrior` and the location of the shipped default CT prior."""
+"""Diffusion priors: :class:`DiffusionPrior`, the noise schedule (:mod:`.schedule`) and the shipped default CT prior."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..errors import PriorError
-from .diffusion import DEFAULT_SCHEDULER_CONFIG, GRAD_MODES, DiffusionPrior
+from .diffusion import GRAD_MODES, DiffusionPrior
+from .schedule import SCHEDULER_CONFIG, NoiseSchedule
 
 #: Environment variable that overrides :func:`default_prior_path`.
 DEFAULT_PRIOR_ENV = "CTBIRD_DEFAULT_PRIOR"
@@ -40,4 +41,4 @@ def load_prior(prior: DiffusionPrior | str | os.PathLike | None, device: str | N
     return DiffusionPrior.from_pretrained(source, device=device)
 
 
-__all__ = ["DiffusionPrior", "DEFAULT_SCHEDULER_CONFIG", "GRAD_MODES", "default_prior_path", "load_prior"]
+__all__ = ["DiffusionPrior", "NoiseSchedule", "SCHEDULER_CONFIG", "GRAD_MODES", "default_prior_path", "load_prior"]

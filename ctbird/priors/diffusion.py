@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -21,37 +20,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, PriorError
+from .schedule import NoiseSchedule, randn
 
 GradMode = Literal["detached", "exact"]
 GRAD_MODES: tuple[str, ...] = ("detached", "exact")
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
-
-#: Schedule used when a folder holds a bare UNet without a scheduler config (the BIRD/DDPM default).
-DEFAULT_SCHEDULER_CONFIG: dict = {
-    "num_train_timesteps": 1000,
-    "beta_start": 1e-4,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "prediction_type": "epsilon",
-}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
-    """``alphas_cumprod`` (float32, as diffusers computes it) for any DDPM/DDIM scheduler config."""
-    from diffusers import DDIMScheduler
-
-    known = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    try:
-        scheduler = DDIMScheduler.from_config(known)
-    except (ValueError, NotImplementedError, TypeError) as exc:
-        raise PriorError(f"Cannot build a noise schedule from the scheduler config {known}: {exc}") from exc
-    return scheduler.alphas_cumprod.to(torch.float32)
 
 
 class DiffusionPrior(nn.Module):
@@ -63,10 +41,11 @@ class DiffusionPrior(nn.Module):
         The denoiser; it is put in ``eval()`` mode and frozen (``requires_grad_(False)``).
     scheduler_config : dict or None
         A diffusers DDPM/DDIM scheduler config (``num_train_timesteps``, ``beta_start``, ``beta_end``,
-        ``beta_schedule`` or ``trained_betas``, ``prediction_type``). ``None`` means
-        :data:`DEFAULT_SCHEDULER_CONFIG` (linear betas 1e-4..0.02 over 1000 steps, epsilon prediction).
-        Only the schedule and the prediction type are read: the clamping / ``alpha_prev = 1`` choices
-        of :meth:`decode` are BIRD's and fixed.
+        ``beta_schedule`` or ``trained_betas``, ``prediction_type``), read by
+        :class:`~ctbird.priors.schedule.NoiseSchedule`. ``None`` means
+        :data:`~ctbird.priors.schedule.SCHEDULER_CONFIG` (linear betas 1e-4..0.02 over 1000 steps, epsilon
+        prediction). Only the schedule and the prediction type are read: the clamping / ``alpha_prev = 1``
+        choices of :meth:`decode` are BIRD's and fixed.
     bf16 : bool
         Run the UNet under ``torch.autocast(bfloat16)`` when the input is on CUDA (ignored on CPU).
     channels_last : bool
@@ -80,14 +59,14 @@ class DiffusionPrior(nn.Module):
 
     Attributes
     ----------
+    schedule : NoiseSchedule
+        The noise schedule and DDIM update (``schedule.alphas_cumprod``, ``schedule.timestep_pairs``...).
     image_size : int
         Side of the square images :meth:`decode` expects (the trained ``sample_size`` unless overridden).
     trained_image_size : int
         The UNet config's ``sample_size``.
     channels : int
         Image channels (1 for CT, 3 for photographs).
-    prediction_type : str
-        ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
     nfe : int
         Running count of UNet evaluations (one batched call counts once).
     """
@@ -95,22 +74,13 @@ class DiffusionPrior(nn.Module):
     def __init__(self, unet: nn.Module, scheduler_config: dict | None = None, *, bf16: bool = False,
                  channels_last: bool = False, image_size: int | None = None) -> None:
         super().__init__()
-        config = dict(DEFAULT_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
-        prediction_type = config.get("prediction_type", "epsilon")
-        if prediction_type not in PREDICTION_TYPES:
-            raise PriorError(f"Unsupported prediction_type {prediction_type!r} in the scheduler config; "
-                             f"expected one of {PREDICTION_TYPES}.")
+        self.schedule = NoiseSchedule(scheduler_config)
         in_ch, out_ch = int(unet.config.in_channels), int(unet.config.out_channels)
         if in_ch != out_ch:
             raise PriorError(f"The UNet must map C channels to C channels (unconditional denoiser); got "
                              f"in_channels={in_ch}, out_channels={out_ch}. Learned-variance UNets are not supported.")
         self.unet = unet.eval().requires_grad_(False)
         self._image_size = self._check_image_size(image_size)
-        self.scheduler_config = config
-        self.prediction_type: str = prediction_type
-        self.num_train_timesteps = int(config.get("num_train_timesteps", 1000))
-        # python floats: no device syncs inside the DDIM loop, and unaffected by .to(dtype)
-        self.alphas_cumprod: list[float] = [float(a) for a in _alphas_cumprod(config)]
         self.bf16 = bool(bf16)
         self.channels_last = bool(channels_last)
         if self.channels_last:
@@ -152,7 +122,7 @@ class DiffusionPrior(nn.Module):
         * a pipeline folder (``save_pretrained`` of ``DDPMPipeline``/``DDIMPipeline``, or :meth:`save_pretrained`):
           ``unet/`` (``config.json`` + weights) and ``scheduler/scheduler_config.json``, optionally ``model_index.json``;
         * a bare UNet folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (a
-          ``scheduler_config.json`` next to it is used if present, else :data:`DEFAULT_SCHEDULER_CONFIG`).
+          ``scheduler_config.json`` next to it is used if present, else ctbird's :data:`~ctbird.priors.schedule.SCHEDULER_CONFIG`).
 
         Anything else that looks like ``owner/name`` is treated as a Hugging Face Hub id. Offline
         (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``) only the local cache is used. ``kwargs`` go to the
@@ -231,14 +201,30 @@ class DiffusionPrior(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the pipeline layout ``unet/`` + ``scheduler/scheduler_config.json``; returns the folder."""
-        from diffusers import DDIMScheduler
-
         path = Path(path)
         self.unet.save_pretrained(path / "unet")
-        DDIMScheduler.from_config(self.scheduler_config).save_config(path / "scheduler")
+        self.schedule.save(path / "scheduler")
         return path
 
     # ------------------------------------------------------------------ properties / speed
+    @property
+    def scheduler_config(self) -> dict:
+        """The diffusers scheduler config of :attr:`schedule`."""
+        return self.schedule.config
+
+    @property
+    def prediction_type(self) -> str:
+        """``"epsilon"``, ``"v_prediction"`` or ``"sample"``."""
+        return self.schedule.prediction_type
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.schedule.num_train_timesteps
+
+    @property
+    def alphas_cumprod(self) -> tuple[float, ...]:
+        return self.schedule.alphas_cumprod
+
     @property
     def trained_image_size(self) -> int:
         size = self.unet.config.sample_size
@@ -295,22 +281,8 @@ class DiffusionPrior(nn.Module):
 
     # ------------------------------------------------------------------ DDIM
     def timestep_pairs(self, delta_t: int = 100) -> list[tuple[int, int]]:
-        """``(t, t_prev)`` pairs of the "leading" DDIM schedule with step ``delta_t``.
-
-        As the reference's ``set_timesteps(T // delta_t)`` with ``steps_offset=0``: ``n = T // delta_t`` steps,
-        ratio ``T // n``, ``t = (n-1)*ratio, ..., ratio, 0`` and ``t_prev = t - ratio`` (negative means
-        ``alpha_prev = 1``). ``delta_t=100`` with ``T=1000`` gives ``t = 900, 800, ..., 0``.
-        """
-        T = self.num_train_timesteps
-        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or not 1 <= delta_t <= T:
-            raise ConfigError(f"delta_t must be an integer in [1, {T}] (the DDIM step), got {delta_t!r}. "
-                              "BIRD uses delta_t=100 (10 steps).")
-        n = T // delta_t
-        ratio = T // n
-        return [(i * ratio, i * ratio - ratio) for i in reversed(range(n))]
-
-    def _alpha(self, t: int) -> float:
-        return self.alphas_cumprod[t] if t >= 0 else 1.0
+        """``(t, t_prev)`` pairs of the DDIM chain with step ``delta_t`` (:meth:`NoiseSchedule.timestep_pairs`)."""
+        return self.schedule.timestep_pairs(delta_t)
 
     def _model_output(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """One UNet evaluation at integer timestep ``t`` (output in ``x``'s dtype)."""
@@ -324,24 +296,9 @@ class DiffusionPrior(nn.Module):
             out = self._unet_fn(inp, timestep).sample
         return out.to(x.dtype)
 
-    def _clamped_x0(self, x: torch.Tensor, model_output: torch.Tensor, t: int) -> torch.Tensor:
-        """``x0`` implied by the UNet output at timestep ``t`` (any prediction type), clamped to [-1, 1]."""
-        a_t = self._alpha(t)
-        if self.prediction_type == "epsilon":
-            x0 = (x - math.sqrt(1.0 - a_t) * model_output) / math.sqrt(a_t)
-        elif self.prediction_type == "v_prediction":
-            x0 = math.sqrt(a_t) * x - math.sqrt(1.0 - a_t) * model_output
-        else:
-            x0 = model_output
-        return x0.clamp(-1.0, 1.0)
-
     def _ddim_update(self, x: torch.Tensor, model_output: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
         """One eta=0 DDIM step with ``x0`` clamped to [-1, 1] and eps re-derived from the clamped ``x0``."""
-        a_t, a_prev = self._alpha(t), self._alpha(t_prev)
-        sqrt_a, sqrt_1ma = math.sqrt(a_t), math.sqrt(1.0 - a_t)
-        x0 = self._clamped_x0(x, model_output, t)
-        eps = (x - sqrt_a * x0) / sqrt_1ma
-        return math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps
+        return self.schedule.ddim_step(x, self.schedule.predict_x0(x, model_output, t), t, t_prev)
 
     def _step(self, x: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
         return self._ddim_update(x, self._model_output(x, t), t, t_prev)
@@ -350,7 +307,7 @@ class DiffusionPrior(nn.Module):
         """Tweedie estimate ``x0_hat(x_t)`` clamped to [-1, 1] (differentiable through the UNet; used by DPS)."""
         out = self._model_output(x_t, t)
         self.nfe += 1
-        return self._clamped_x0(x_t, out, t)
+        return self.schedule.predict_x0(x_t, out, t)
 
     def decode(self, x_T: torch.Tensor, delta_t: int = 100, grad_mode: GradMode = "detached",
                checkpointing: bool = True) -> torch.Tensor:
@@ -403,9 +360,3 @@ class DiffusionPrior(nn.Module):
         x_T = randn((n, *self.shape), generator=generator, device=device or self.device)
         return self.decode(x_T, delta_t=delta_t)
 
-
-def randn(shape: tuple[int, ...], *, generator: torch.Generator | None, device: torch.device | str,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device`` (reproducible across devices)."""
-    gen_device = generator.device if generator is not None else torch.device(device)
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)

@@ -111,13 +111,7 @@ class DPS:
             residual = (self._measure(x0) - y).flatten(1).norm(dim=1)
             grad, = torch.autograd.grad(residual.sum(), x)
             with torch.no_grad():
-                a_t, a_prev = prior._alpha(t), prior._alpha(t_prev)
-                eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
-                sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-                x_next = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
-                if sigma > 0:
-                    x_next = x_next + sigma * randn(tuple(x.shape), generator=generator, device=device)
-                x = x_next - self.zeta * grad
+                x = prior.schedule.ddim_step(x, x0, t, t_prev, eta=self.eta, generator=generator) - self.zeta * grad
             history.append(float(residual.detach().mean()))
             if self.callback is not None:
                 self.callback({"iteration": i, "iters": len(pairs), "loss": history[-1], "nfe": prior.nfe - nfe0,
