@@ -1,10 +1,11 @@
 """Train ctbird's CT diffusion prior (``ctbird train-prior``).
 
 A diffusers ``UNet2DModel`` learns to predict the noise (epsilon) of axial CT slices under the
-DDPM schedule BIRD's DDIM expects: 1000 steps, linear betas 1e-4 .. 0.02.  Slices come from
-``.npz``/``.npy`` stacks of HU values (key ``images`` in ``.npz``, ``[S, H, W]`` or ``[H, W]``) or
-DICOM files / series folders, and are brought onto the prior's [-1, 1] scale by the one shared
-conversion, :func:`ctbird.units.clip_hu` + :func:`ctbird.units.hu_to_unit`.
+DDPM schedule BIRD's DDIM expects (:data:`ctbird.priors.schedule.SCHEDULER_CONFIG`: 1000 steps, linear betas
+1e-4 .. 0.02).  Slices come from HU stacks (:mod:`ctbird.stacks`: ``.npz`` with ``images`` ``[S, H, W]``, or
+``.npy``) or DICOM files / series folders; they get the pre-processing of inference
+(:func:`ctbird.stacks.working_slices`) and the one shared conversion to the prior's [-1, 1] scale,
+:func:`ctbird.units.hu_to_unit`.
 
 Design (for speed on one GPU and correctness on several):
 
@@ -51,19 +52,9 @@ import torch.nn.functional as F
 from ctbird.errors import ConfigError, CtbirdError, InputError
 from ctbird.io.atomic import atomic_file, write_text_atomic
 from ctbird.modelcard import training_stretches
-from ctbird.units import WINDOWS, clip_hu, hu_to_unit, unit_to_hu
-
-#: The training noise schedule (BIRD's DDIM runs on it).
-NOISE_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 1e-4,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "prediction_type": "epsilon",
-    "clip_sample": True,
-}
-#: DDIM configuration written to ``OUT/scheduler/scheduler_config.json``.
-DDIM_CONFIG: dict[str, Any] = {**NOISE_SCHEDULE, "set_alpha_to_one": True, "steps_offset": 0}
+from ctbird.priors import DiffusionPrior, NoiseSchedule
+from ctbird.stacks import SliceStack, read_slice_stack, working_slices
+from ctbird.units import WINDOWS, hu_to_unit, unit_to_hu
 
 #: UNet presets. "small" is the shipped prior (about 5.5 M parameters, 11 MB in fp16, about
 #: 0.3 s per 256² forward pass on 2 CPU threads); "tiny" is for tests.  Attention runs only at
@@ -138,60 +129,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-def _resize_hu(stack: torch.Tensor, size: int) -> tuple[torch.Tensor, str]:
-    """[S, H, W] HU -> [S, size, size] HU; returns the tensor and a description of what was done.
-
-    Non-square slices are centre-cropped to a square first.  Exactly twice the size: 2x2 block
-    averaging (how the shipped training set was made from 512² DICOM); otherwise antialiased
-    bilinear resizing.
-    """
-    s, h, w = stack.shape
-    steps = []
-    if h != w:
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        stack = stack[:, top:top + side, left:left + side]
-        steps.append(f"centre crop to {side}x{side}")
-    side = stack.shape[-1]
-    if side == size:
-        return stack, ", ".join(steps) or "none"
-    if side == 2 * size:
-        stack = F.avg_pool2d(stack[:, None], 2)[:, 0]
-        steps.append("2x2 block average")
-    else:
-        stack = F.interpolate(stack[:, None], size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False)[:, 0]
-        steps.append(f"bilinear resize {side}->{size}")
-    return stack, ", ".join(steps)
-
-
-def _read_array_file(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """HU stack and per-slice metadata from an ``.npy``/``.npz`` file."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a NumPy file: {exc}") from exc
-    meta: dict[str, Any] = {}
-    if isinstance(loaded, np.ndarray):
-        images = loaded
-    else:
-        with loaded:
-            if "images" in loaded.files:
-                key = "images"
-            elif len(loaded.files) == 1:
-                key = loaded.files[0]
-            else:
-                raise InputError(f"{path} holds arrays {loaded.files}; expected one named 'images' "
-                                 "(int/float HU, [slices, H, W]). Rename the HU stack to 'images'.")
-            images = loaded[key]
-            for name in ("patient", "collection"):
-                if name in loaded.files and loaded[name].shape[:1] == images.shape[:1]:
-                    meta[name] = loaded[name]
-            if "description" in loaded.files and loaded["description"].ndim == 0:
-                meta["description"] = str(loaded["description"])
-    return images, meta
-
-
 def _read_dicom_file(path: Path) -> np.ndarray:
     try:
         from ctbird.io.dicom import read_dicom
@@ -204,18 +141,22 @@ def _read_dicom_file(path: Path) -> np.ndarray:
 def load_slices(paths: list[Path | str], size: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Read CT slices and bring them onto the prior's scale.
 
+    Every slice goes through :func:`ctbird.stacks.working_slices`, the pre-processing inference uses too
+    (clip to the prior window, pad non-square slices with air, resample to ``size``), then
+    :func:`ctbird.units.hu_to_unit`.
+
     Parameters
     ----------
     paths : list of paths
-        ``.npy``/``.npz`` HU stacks (``[S, H, W]`` or ``[H, W]``; npz key ``images``), DICOM files
-        or DICOM series folders.
+        HU stacks (:func:`ctbird.stacks.read_slice_stack`: ``.npz`` with ``images`` ``[S, H, W]``, or ``.npy``),
+        DICOM files or DICOM series folders.
     size : int
         Side of the square training slices.
 
     Returns
     -------
     slices : torch.Tensor
-        float16 ``[N, 1, size, size]`` in [-1, 1] (HU clipped to ``PRIOR_HU_WINDOW``).
+        float16 ``[N, 1, size, size]`` in [-1, 1].
     sources : list of dict
         Per input: path, slice count, original shape, preprocessing, collections/patients if known.
     """
@@ -226,33 +167,24 @@ def load_slices(paths: list[Path | str], size: int) -> tuple[torch.Tensor, list[
         path = Path(raw)
         if not path.exists():
             raise InputError(f"training data {path} does not exist; pass existing .npz/.npy/DICOM paths")
-        meta: dict[str, Any] = {}
         if path.suffix.lower() in (".npy", ".npz"):
-            images, meta = _read_array_file(path)
+            stack = read_slice_stack(path)
         elif path.is_dir() or path.suffix.lower() in DICOM_SUFFIXES:
-            images = _read_dicom_file(path)
+            stack = SliceStack(images=_read_dicom_file(path))
         else:
             raise InputError(f"unsupported training file {path}: expected .npz/.npy HU stacks, "
                              "DICOM files (.dcm) or DICOM series folders")
-        if images.ndim == 2:
-            images = images[None]
-        if images.ndim != 3 or 0 in images.shape:
-            raise InputError(f"{path}: expected non-empty HU slices [slices, H, W] or [H, W], "
-                             f"got an array of shape {tuple(images.shape)}")
-        if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
-            raise InputError(f"{path}: expected real HU values, got dtype {images.dtype}")
-        hu = clip_hu(torch.from_numpy(np.ascontiguousarray(images)).float())
-        hu, preprocessing = _resize_hu(hu, size)
-        stacks.append(hu_to_unit(hu).to(torch.float16)[:, None])
-        source: dict[str, Any] = {"path": str(path), "slices": int(images.shape[0]),
-                                  "original_shape": list(images.shape[1:]), "preprocessing": preprocessing}
-        if "collection" in meta:
-            names, counts = np.unique(meta["collection"].astype(str), return_counts=True)
+        hu, preprocessing = working_slices(stack.images, size)
+        stacks.append(hu_to_unit(torch.from_numpy(hu)).to(torch.float16)[:, None])
+        source: dict[str, Any] = {"path": str(path), "slices": len(stack),
+                                  "original_shape": list(stack.images.shape[1:]), "preprocessing": preprocessing}
+        if stack.collection is not None:
+            names, counts = np.unique(stack.collection.astype(str), return_counts=True)
             source["collections"] = {str(n): int(c) for n, c in zip(names, counts)}
-        if "patient" in meta:
-            source["patients"] = sorted({str(p) for p in meta["patient"]})
-        if "description" in meta:
-            source["description"] = meta["description"]
+        if stack.patient is not None:
+            source["patients"] = sorted({str(p) for p in stack.patient})
+        if stack.description is not None:
+            source["description"] = stack.description
         sources.append(source)
     return torch.cat(stacks), sources
 
@@ -308,27 +240,6 @@ def build_unet(preset: str, size: int):
     if size % 2 ** (levels - 1):
         raise ConfigError(f"--size {size} must be divisible by {2 ** (levels - 1)} for preset {preset!r}")
     return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, **config)
-
-
-def ddim_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(**DDIM_CONFIG)
-
-
-@torch.no_grad()
-def ddim_sample(unet, n: int, steps: int, generator: torch.Generator, device: torch.device,
-                autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """``n`` DDIM samples (eta 0) in [-1, 1], float32 ``[n, 1, S, S]`` on the CPU."""
-    scheduler = ddim_scheduler()
-    scheduler.set_timesteps(steps)
-    size = unet.config.sample_size
-    x = torch.randn((n, 1, size, size), generator=generator, device=device)
-    for t in scheduler.timesteps:
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            eps = unet(x, t).sample
-        x = scheduler.step(eps.float(), t, x, eta=0.0).prev_sample
-    return x.clamp(-1, 1).float().cpu()
 
 
 def save_sample_grid(samples: torch.Tensor, path: Path) -> None:
@@ -424,7 +335,7 @@ def export_model(unet, ema, out_dir: Path, info: dict[str, Any], fp16: bool, sam
         file.chmod(0o644)
         os.replace(file, out_dir / "unet" / file.name)
     tmp_unet.rmdir()
-    ddim_scheduler().save_pretrained(out_dir / "scheduler")
+    NoiseSchedule().save(out_dir / "scheduler")
     _write_json(out_dir / "model_index.json", {
         "_class_name": "DDIMPipeline", "_diffusers_version": _diffusers_version(),
         "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"],
@@ -522,7 +433,6 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -590,8 +500,7 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
         accelerator.load_state(str(checkpoint))
         ema.to(device)
         accelerator.print(f"resumed from {checkpoint} at step {state.step}")
-    noise_scheduler = DDPMScheduler(**NOISE_SCHEDULE)
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    schedule = NoiseSchedule()
 
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed * 1009 + accelerator.process_index * 7919 + state.step)
@@ -610,7 +519,6 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
         "previous_stretches": previous_stretches,
         "torch": torch.__version__, "diffusers": _diffusers_version(), "seed": config.seed,
     }
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     recent: list[float] = []
 
     def summary() -> dict[str, Any]:
@@ -635,13 +543,15 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
                          samples, config.archive)
 
     def _ema_samples() -> torch.Tensor:
+        """DDIM samples of the EMA weights by the prior's own chain (bf16 autocast when training in bf16)."""
         from diffusers import UNet2DModel
 
-        sampler = UNet2DModel.from_config(accelerator.unwrap_model(unet).config).to(device).eval()
+        sampler = UNet2DModel.from_config(accelerator.unwrap_model(unet).config).to(device)
         ema.copy_to(sampler.parameters())
+        prior = DiffusionPrior(sampler, schedule.config, bf16=precision == "bf16")
         sample_generator = torch.Generator(device=device).manual_seed(config.seed)
-        return ddim_sample(sampler, config.num_samples, config.sample_steps, sample_generator, device,
-                           autocast_dtype)
+        delta_t = schedule.num_train_timesteps // config.sample_steps
+        return prior.sample(config.num_samples, generator=sample_generator, delta_t=delta_t).float().cpu()
 
     def log_loss(loss: torch.Tensor, now: float) -> None:
         value = accelerator.gather(loss[None]).mean().item()
@@ -669,10 +579,8 @@ def train_prior(data: list[Path | str], out_dir: Path | str, config: TrainConfig
                 break
             x0 = next(batches).contiguous(memory_format=torch.channels_last)
             noise = torch.randn(x0.shape, device=device, generator=generator)
-            t = torch.randint(0, NOISE_SCHEDULE["num_train_timesteps"], (x0.shape[0],), device=device,
-                              generator=generator)
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), device=device, generator=generator)
+            noisy = schedule.add_noise(x0, noise, t)
             with accelerator.autocast():
                 pred = model_fn(noisy, t).sample
             loss = F.mse_loss(pred.float(), noise)

@@ -175,6 +175,21 @@ def test_load_slices_resizes_other_sizes(tmp_path):
     assert "bilinear" in sources[0]["preprocessing"]
 
 
+def test_load_slices_pads_non_square_slices_as_inference_does(tmp_path):
+    """Training sees slices exactly as inference prepares them (ctbird.stacks.working_slices): padded, not cropped."""
+    from ctbird.stacks import working_slices
+    from ctbird.units import hu_to_unit
+
+    wide = np.full((2, 12, 32), -1000, dtype=np.int16)
+    wide[:, 4:8, :3] = 500  # at the far left: a centre crop would cut it away
+    np.save(tmp_path / "wide.npy", wide)
+    slices, sources = load_slices([tmp_path / "wide.npy"], 16)
+    expected, description = working_slices(wide, 16)
+    torch.testing.assert_close(slices[:, 0].float(), hu_to_unit(torch.from_numpy(expected)), atol=1e-3, rtol=0)
+    assert sources[0]["preprocessing"] == description == "pad to 32x32 with air, 2x2 block average"
+    assert float(slices[:, 0, :, 0].max()) > float(hu_to_unit(torch.tensor(0.0)))
+
+
 def test_dicom_input(tmp_path):
     pytest.importorskip("ctbird.io.dicom", reason="H5's DICOM reader (ctbird.io.dicom) is not available")
     from pydicom.data import get_testdata_file
