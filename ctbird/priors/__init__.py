@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import PriorError
+from ..shipped import shipped_path
 from .diffusion import GRAD_MODES, DiffusionPrior
 from .schedule import SCHEDULER_CONFIG, NoiseSchedule
 
@@ -15,7 +16,9 @@ DEFAULT_PRIOR_NAME = "ctbird-ct-256"
 
 
 def default_prior_path(must_exist: bool = True) -> Path:
-    """Folder of the default CT prior: ``$CTBIRD_DEFAULT_PRIOR`` or ``<repo>/data/priors/ctbird-ct-256``.
+    """Folder of the default CT prior: ``$CTBIRD_DEFAULT_PRIOR`` or the shipped ``priors/ctbird-ct-256``
+    (:func:`ctbird.shipped.shipped_path`: ``data/priors/ctbird-ct-256`` in the repository, inside the package
+    once installed).
 
     Raises
     ------
@@ -23,7 +26,7 @@ def default_prior_path(must_exist: bool = True) -> Path:
         If ``must_exist`` and the folder is missing.
     """
     override = os.environ.get(DEFAULT_PRIOR_ENV)
-    path = Path(override).expanduser() if override else Path(__file__).resolve().parents[2] / "data" / "priors" / DEFAULT_PRIOR_NAME
+    path = Path(override).expanduser() if override else shipped_path("priors", DEFAULT_PRIOR_NAME)
     if must_exist and not path.is_dir():
         raise PriorError(
             f"The default CT prior was not found at {path}. Pass prior= (CLI: --prior) a diffusers folder "
