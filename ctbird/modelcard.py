@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ctbird.priors.schedule import SCHEDULER_CONFIG
 from ctbird.units import PRIOR_HU_WINDOW
 
 #: Licence and citation of each TCIA collection of the shipped training set
@@ -95,6 +96,7 @@ def _stretches_section(info: dict[str, Any]) -> list[str]:
 def render_model_card(info: dict[str, Any]) -> str:
     """Markdown model card from the training summary ``info`` (see ``ctbird.training``)."""
     lo, hi = PRIOR_HU_WINDOW
+    schedule = SCHEDULER_CONFIG
     lines = [
         "---",
         "library_name: diffusers",
@@ -113,13 +115,16 @@ def render_model_card(info: dict[str, Any]) -> str:
         f"{info['weights_dtype']} ({info['weights_mb']:.1f} MB); EMA weights (max decay {info['ema_decay']}).",
         f"- block_out_channels {tuple(info['unet_config']['block_out_channels'])}, layers_per_block "
         f"{info['unet_config']['layers_per_block']}, down blocks {tuple(info['unet_config']['down_block_types'])}.",
-        "- Noise schedule: 1000 steps, linear betas 1e-4 .. 0.02, epsilon prediction (the schedule BIRD's "
-        "10-step DDIM expects); `scheduler/` holds the DDIMScheduler config (clip_sample, set_alpha_to_one).",
+        f"- Noise schedule: {schedule['num_train_timesteps']} steps, {schedule['beta_schedule']} betas "
+        f"{schedule['beta_start']:g} .. {schedule['beta_end']:g}, {schedule['prediction_type']} prediction "
+        "(`ctbird.priors.schedule.SCHEDULER_CONFIG`, the schedule BIRD's 10-step DDIM expects); `scheduler/` holds "
+        "the DDIMScheduler config (clip_sample, set_alpha_to_one).",
         "",
         "## Intensity scaling",
         "",
-        f"HU are clipped to [{lo:g}, {hi:g}] and mapped linearly onto [-1, 1] "
-        "(`ctbird.units.clip_hu` + `ctbird.units.hu_to_unit`; inverse `unit_to_hu`). Air is about -0.99, "
+        f"Slices are prepared as at inference (`ctbird.stacks.working_slices`: HU clipped to [{lo:g}, {hi:g}], "
+        "non-square slices padded with air, resampled to the working size), then mapped linearly onto [-1, 1] "
+        "(`ctbird.units.hu_to_unit`; inverse `unit_to_hu`). Air is about -0.99, "
         "water about -0.5.",
         "",
     ]
