@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
 from ctbird.cli import main
-from ctbird.solvers import TASK_DEFAULTS
+from ctbird.config import BirdConfig
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 REPO = Path(__file__).resolve().parents[1]
@@ -83,11 +83,11 @@ def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior
         assert np.load(out / f"{method}.npy").shape == (64, 64)
     bird = metrics["methods"]["bird"]
     assert (bird["iters"], bird["delta_t"], bird["grad_mode"]) == (2, 500, "detached")
-    ct_defaults = TASK_DEFAULTS["ct"]
-    assert bird["latent_optimizer"] == ct_defaults["latent_optimizer"] == "normalized-gd"
-    assert bird["lr_latent"] == ct_defaults["lr_latent"]
-    assert bird["latent_lr_schedule"] == ct_defaults["latent_lr_schedule"] == "cosine"
-    assert bird["keep_best"] is ct_defaults["keep_best"] is True
+    ct_defaults = BirdConfig()
+    assert bird["latent_optimizer"] == ct_defaults.latent_optimizer == "normalized-gd"
+    assert bird["lr_latent"] == ct_defaults.lr_latent
+    assert bird["latent_lr_schedule"] == ct_defaults.latent_lr_schedule == "cosine"
+    assert bird["keep_best"] is ct_defaults.keep_best is True
     assert bird["data_filter"] == 0.5
     assert "latent_optimizer" not in metrics["methods"]["fbp"]
     config = tomllib.loads((out / "config.toml").read_text())
