@@ -141,13 +141,14 @@ def _apply_config_file(ctx: click.Context, config_path: str | None,
     for key, value in data.items():
         if isinstance(value, dict):
             if key not in tables:
-                raise ConfigError(f"Unknown table [{key}] in {path}; settings tables: {', '.join(tables) or 'none'}.")
+                headers = ", ".join(f"[{_toml_key(t)}]" for t in tables) or "none"
+                raise ConfigError(f"Unknown table [{_toml_key(key)}] in {path}; settings tables: {headers}.")
             found[key] = value
             continue
         name = key.replace("-", "_")
         if name not in by_name or name == "config":
             raise ConfigError(f"Unknown key {key!r} in {path}; allowed keys: {', '.join(allowed)}"
-                              + (f", and the tables {', '.join(f'[{t}]' for t in tables)}." if tables else "."))
+                              + (f", and the tables {', '.join(f'[{_toml_key(t)}]' for t in tables)}." if tables else "."))
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             continue
         try:
