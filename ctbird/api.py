@@ -151,8 +151,9 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
         ``None`` = its defaults (e.g. ``BirdConfig.preset("cpu-fast")`` for a quick CPU run).
     **settings
         Single settings of that class overriding ``config`` (``iters=50, delta_t=333, n_samples=4,
-        data_filter=None...``); ``None`` keeps a setting unless ``None`` is one of its values. A name the method
-        does not have raises :class:`~ctbird.errors.ConfigError` listing the valid ones.
+        data_filter=None...``). ``None`` means "not given" unless ``None`` is one of the setting's values
+        (``data_filter``, ``early_stopping``, TV's ``lam``). A name the method does not have, given a value, raises
+        :class:`~ctbird.errors.ConfigError` listing the valid ones.
     seed : int
         Seed of the initial noise (and DPS noise).
     device : str or torch.device

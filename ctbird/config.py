@@ -67,9 +67,9 @@ class Settings:
         return dataclasses.replace(self, **overrides)
 
     def with_overrides(self: S, **overrides: Any) -> S:
-        """:meth:`replace` for keyword overrides where ``None`` means "keep this setting", except for settings
-        that take ``None`` as a value (e.g. ``data_filter=None``: the plain data term)."""
-        self._check_names(overrides)
+        """:meth:`replace` for keyword overrides where ``None`` means "not given" (the setting is kept, and a name
+        this config lacks is not an error), except for settings that take ``None`` as a value (e.g.
+        ``data_filter=None``: the plain data term). Any name given a value must be one of :meth:`keys`."""
         nullable = {f.name for f in dataclasses.fields(self) if "None" in str(f.type)}
         return self.replace(**{k: v for k, v in overrides.items() if v is not None or k in nullable})
 

@@ -47,6 +47,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from bench_common import (SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,  # noqa: E402
                           mean_std, parse_list, progress, record_markdown, require_positive, run_script, start_run,
                           write_outputs)
+from ctbird.simulate import simulation_geometry  # noqa: E402,F401 (the CLI's simulated geometries; tune_dps imports it)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
 PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
@@ -130,15 +131,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     return args
-
-
-def simulation_geometry(kind: str, views: int, size: int):
-    """The CLI's simulated acquisitions (``ctbird.cli._simulation_geometry``)."""
-    from operators.geometry import FanBeam, ParallelBeam
-
-    if kind == "parallel":
-        return ParallelBeam(views=views).resolved(size)
-    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
 
 
 def noise_label(i0: float | None) -> str:

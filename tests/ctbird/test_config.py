@@ -59,8 +59,9 @@ def test_with_overrides_keeps_settings_given_as_none_unless_none_is_a_value():
     config = BirdConfig(iters=3)
     assert config.with_overrides(iters=None, delta_t=None) == config
     assert config.with_overrides(data_filter=None).data_filter is None
+    assert DPSConfig().with_overrides(n_samples=None, data_filter=None) == DPSConfig()  # None: not given
     with pytest.raises(ConfigError, match="itres"):
-        config.with_overrides(itres=None)
+        config.with_overrides(itres=1)
 
 
 def test_presets_and_tasks():
