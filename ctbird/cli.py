@@ -316,8 +316,8 @@ def _load_study(input_path: Path, params: dict[str, Any]) -> _Study:
               help="BIRD budget when --iters/--delta-t are not given: 'full' = the library defaults, 'cpu-fast' = "
                    f"{PRESETS['cpu-fast']['iters']} iterations at delta_t={PRESETS['cpu-fast']['delta_t']}; 'auto' picks "
                    "cpu-fast on a CPU and full on a GPU.")
-@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Independent BIRD runs; >1 gives an uncertainty (std) map.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Independent BIRD runs (default 1); >1 gives an uncertainty (std) map.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--slice", "slice", type=click.IntRange(min=0), default=None,
@@ -346,7 +346,7 @@ def reconstruct_command(ctx: click.Context, input_path: Path, config: Path | Non
         _reconstruct(input_path, params, tables)
 
 
-def method_settings(method: str, params: dict[str, Any], table: dict[str, Any] | None = None) -> Settings:
+def _method_settings(method: str, params: dict[str, Any], table: dict[str, Any] | None = None) -> Settings:
     """The settings of ``method`` for a ``reconstruct`` run: its defaults (BIRD: under ``params["preset"]``, already
     resolved), then a ``--config`` table, then ``--iters``/``--delta-t``/``--samples`` where the method has them."""
     cls = METHOD_CONFIGS[method]
@@ -363,7 +363,7 @@ def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dic
     window = resolve_window(params["window"])
     device = _resolve_device(params["device"])
     params["preset"] = resolve_preset(params["preset"], device)
-    configs = {method: method_settings(method, params, tables.get(method)) for method in methods}
+    configs = {method: _method_settings(method, params, tables.get(method)) for method in methods}
     quiet = params["quiet"]
     input_path = input_path.expanduser()
     inputs = [input_path] + ([Path(params["geometry_file"])] if params["geometry_file"] else [])

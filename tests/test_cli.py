@@ -298,7 +298,7 @@ def test_python_dash_m_ctbird(tmp_path, phantom_npy):
 
 def test_config_file_method_tables(tmp_path, tiny_prior_dir, phantom_npy):
     config = tmp_path / "run.toml"
-    config.write_text('method = "bird,sirt"\nviews = 6\n\n[bird]\nlr_latent = 0.02\niters = 9\n'
+    config.write_text('method = "bird,sirt"\nviews = 6\n\n[bird]\nlr_latent = 0.02\niters = 9\nn_samples = 2\n'
                       'latent_optimizer = "adam"\n\n[sirt]\niters = 4\n')
     out = tmp_path / "out"
     result = _invoke("reconstruct", phantom_npy, "--config", config, "--prior", tiny_prior_dir, "--delta-t", 500,
@@ -308,6 +308,7 @@ def test_config_file_method_tables(tmp_path, tiny_prior_dir, phantom_npy):
     # the table's settings apply; --iters (a flag) wins over the table's iters, for every method that has iters
     assert (methods["bird"]["lr_latent"], methods["bird"]["latent_optimizer"]) == (0.02, "adam")
     assert (methods["bird"]["iters"], methods["bird"]["delta_t"], methods["sirt"]["iters"]) == (2, 500, 2)
+    assert methods["bird"]["n_samples"] == 2 and (out / "bird_std.npy").is_file()  # no --samples: the table's
     resolved = tomllib.loads((out / "config.toml").read_text())
     assert resolved["bird"]["lr_latent"] == 0.02 and resolved["bird"]["keep_best"] is True
     assert resolved["sirt"] == {"iters": 2} and resolved["preset"] == "cpu-fast"
