@@ -1,7 +1,9 @@
 """High-level entry points: :func:`reconstruct` (sparse-view CT) and :func:`restore` (photographs).
 
-Both build the forward operator, the measurement model (prior scale -> operator input scale) and the
-solver, run it, and return plain result objects. See ``docs/method.md`` for the algorithm and defaults.
+``reconstruct`` validates the sinogram, geometry and settings (:mod:`ctbird.config`), builds the one projector
+and dispatches to the method's function in :mod:`ctbird.methods`. ``restore`` builds the photograph degradation
+and runs BIRD with the task's settings. Both return plain result objects that record the settings used. See
+``docs/method.md`` for the algorithm.
 """
 
 from __future__ import annotations

@@ -82,3 +82,12 @@ def test_presets_and_tasks():
     assert BirdConfig.for_task("denoise").lr_operator == 0.0 and BirdConfig.for_task("sr").lr_latent == 1e-3
     with pytest.raises(ConfigError, match="task"):
         BirdConfig.for_task("colorize")
+
+
+def test_method_settings_classes_are_public():
+    import ctbird
+    from ctbird.methods import REGISTRY
+
+    assert ctbird.BirdConfig is BirdConfig and ctbird.DCConfig is DCConfig and ctbird.PRESETS is PRESETS
+    assert {name: method.config for name, method in REGISTRY.items()} == dict(METHOD_CONFIGS)
+    assert [name for name, method in REGISTRY.items() if method.needs_prior] == ["bird", "bird+dc", "dps"]
