@@ -1,7 +1,11 @@
 """ctbird: sparse-view CT reconstruction and blind image restoration with diffusion priors (BIRD).
 
+Where things live: settings and their defaults in :mod:`ctbird.config`, simulated acquisitions in
+:mod:`ctbird.simulate` (:func:`ctbird.simulate.simulate`), scoring in :mod:`ctbird.metrics` (:func:`score_ct`), unit conversions in :mod:`ctbird.units`,
+the CT methods in :mod:`ctbird.methods` (dispatched by :func:`reconstruct`), solvers in :mod:`ctbird.solvers`.
+
 Importing :mod:`ctbird` is cheap; torch/diffusers-heavy modules load on first use of these names:
-:func:`reconstruct`, :func:`restore`, :class:`DiffusionPrior`, :class:`BIRD`, :class:`BirdResult`, :class:`DPS`.
+:func:`reconstruct`, :func:`restore`, :class:`DiffusionPrior`, :class:`BIRD`, :class:`DPS`...
 """
 
 from __future__ import annotations
@@ -23,9 +27,17 @@ _LAZY = {
     "BIRD": "ctbird.solvers",
     "BirdResult": "ctbird.solvers",
     "EarlyStopping": "ctbird.solvers",
-    "TASK_DEFAULTS": "ctbird.solvers",
     "DPS": "ctbird.solvers",
     "DPSResult": "ctbird.solvers",
+    "Acquisition": "ctbird.simulate",
+    "score_ct": "ctbird.metrics",
+    "BirdConfig": "ctbird.config",
+    "DCConfig": "ctbird.config",
+    "DPSConfig": "ctbird.config",
+    "FBPConfig": "ctbird.config",
+    "SIRTConfig": "ctbird.config",
+    "TVConfig": "ctbird.config",
+    "PRESETS": "ctbird.config",
 }
 
 
@@ -41,6 +53,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["reconstruct", "restore", "Reconstruction", "Restoration", "DiffusionPrior", "default_prior_path", "BIRD",
-           "BirdResult", "EarlyStopping", "TASK_DEFAULTS", "DPS", "DPSResult", "CtbirdError", "InputError",
-           "ConfigError", "PriorError", "OutputError", "__version__"]
+__all__ = ["reconstruct", "restore", "Reconstruction", "Restoration", "Acquisition", "score_ct",
+           "BirdConfig", "DCConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS", "DiffusionPrior",
+           "default_prior_path", "BIRD", "BirdResult", "EarlyStopping", "DPS", "DPSResult", "CtbirdError",
+           "InputError", "ConfigError", "PriorError", "OutputError", "__version__"]

@@ -5,18 +5,18 @@ results into a temporary folder next to ``--out`` and renames it into place only
 succeeded, so an error (or Ctrl-C) never leaves half-written output. ctbird's and the operators'
 errors are printed as one ``Error: ...`` line with exit code 1.
 
-The science lives in the library (:func:`ctbird.reconstruct`, :func:`ctbird.restore`); this module
-only reads inputs, simulates acquisitions for images with known ground truth, and writes outputs.
+The science lives in the library; a command reads like its data flow: parse the options -> settings
+(:mod:`ctbird.config`) -> read the input or simulate an acquisition (:func:`ctbird.simulate.simulate`) ->
+:func:`ctbird.reconstruct` / :func:`ctbird.restore` -> score (:func:`ctbird.metrics.score_ct`) -> write the outputs
+-> one summary line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +27,11 @@ import numpy as np
 
 from operators.errors import OperatorError
 
+from .config import METHOD_CONFIGS, PRESETS, RESTORE_TASKS, BirdConfig, Settings, resolve_preset
 from .errors import ConfigError, CtbirdError, InputError
 from .units import EVAL_HU_RANGE, WINDOWS
 
-METHODS = ("bird", "fbp", "sirt", "tv", "dps", "bird+dc")
-PRIOR_METHODS = frozenset({"bird", "dps", "bird+dc"})
-#: BIRD budget used on a CPU unless --iters/--delta-t/--preset say otherwise (keeps a 256² run near a minute).
-CPU_FAST_PRESET = {"iters": 50, "delta_t": 333}
-RESTORE_TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
+METHODS = tuple(METHOD_CONFIGS)
 NUMPY_SUFFIXES = (".npy", ".npz")
 #: Working size when no prior fixes it (FBP/SIRT/TV only): the prior's usual size, or the input if smaller.
 DEFAULT_WORKING_SIZE = 256
@@ -95,28 +92,43 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
     return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
 
 
-def to_toml(config: dict[str, Any], header: str = "") -> str:
-    """Serialize a flat mapping of scalars/lists to TOML (``None`` values are written as comments)."""
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def to_toml(config: dict[str, Any], header: str = "", tables: dict[str, dict[str, Any]] | None = None) -> str:
+    """Serialize a flat mapping of scalars/lists, then ``[name]`` tables, to TOML (``None`` values become comments)."""
     lines = [f"# {line}" for line in header.splitlines()]
-    for key, value in config.items():
-        if value is None:
-            lines.append(f"# {key} = (library default)")
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
+    for name, values in [(None, config), *(tables or {}).items()]:
+        if name is not None:
+            lines.append(f"\n[{_toml_key(name)}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = (none)" if name else f"# {key} = (library default)")
+            else:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
-def _apply_config_file(ctx: click.Context, config_path: str | None) -> dict[str, Any]:
-    """Merge: built-in defaults < ``--config`` TOML < flags given on the command line."""
+def _apply_config_file(ctx: click.Context, config_path: str | None,
+                       tables: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Merge: built-in defaults < ``--config`` TOML < flags given on the command line.
+
+    Returns ``(options, settings tables)``: a TOML table named in ``tables`` (``[bird]``, ``["bird+dc"]``...)
+    holds settings of that method, checked by its settings class; any other key must be an option.
+    """
     import tomllib
     from click.core import ParameterSource
 
     params = dict(ctx.params)
+    found: dict[str, dict[str, Any]] = {}
     if not config_path:
-        return params
+        return params, found
     path = Path(config_path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -127,24 +139,34 @@ def _apply_config_file(ctx: click.Context, config_path: str | None) -> dict[str,
     by_name = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     allowed = sorted(n.replace("_", "-") for n in by_name if n not in ("config",))
     for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in tables:
+                headers = ", ".join(f"[{_toml_key(t)}]" for t in tables) or "none"
+                raise ConfigError(f"Unknown table [{_toml_key(key)}] in {path}; settings tables: {headers}.")
+            found[key] = value
+            continue
         name = key.replace("-", "_")
         if name not in by_name or name == "config":
-            raise ConfigError(f"Unknown key {key!r} in {path}; allowed keys: {', '.join(allowed)}.")
+            raise ConfigError(f"Unknown key {key!r} in {path}; allowed keys: {', '.join(allowed)}"
+                              + (f", and the tables {', '.join(f'[{_toml_key(t)}]' for t in tables)}." if tables else "."))
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             continue
         try:
             params[name] = by_name[name].type_cast_value(ctx, value)
         except click.BadParameter as exc:
             raise ConfigError(f"{path}: invalid value for {key!r}: {exc.message}") from exc
-    return params
+    return params, found
 
 
-def _call_library(function, arguments: dict[str, Any]):
-    """Call a library entry point with the keyword arguments it accepts (``None`` means its default)."""
-    signature = inspect.signature(function)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    kwargs = {k: v for k, v in arguments.items() if v is not None and (takes_any or k in signature.parameters)}
-    return function(**kwargs)
+def _settings_from_table(cls: type[Settings], base: Settings, table: dict[str, Any] | None, where: str) -> Settings:
+    """``base`` with a ``--config`` table's settings applied (unknown names and bad values name the table)."""
+    if not table:
+        return base
+    try:
+        cls._check_names(table)
+        return base.replace(**table)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _as_numpy(value) -> np.ndarray | None:
@@ -272,15 +294,6 @@ def _load_study(input_path: Path, params: dict[str, Any]) -> _Study:
                   source_header=volume.header(index), notes={"slice": index, "slices": volume.n_slices})
 
 
-def _simulation_geometry(kind: str, views: int, size: int):
-    from operators.geometry import FanBeam, ParallelBeam
-
-    if kind == "parallel":
-        return ParallelBeam(views=views).resolved(size)
-    # Source at 2 N and detector at N from the axis (pixel units): a clinical-like fan of ~29 degrees half-angle.
-    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
-
-
 @main.command("reconstruct")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--method", default="bird,fbp", show_default=True,
@@ -295,15 +308,16 @@ def _simulation_geometry(kind: str, views: int, size: int):
               help="TOML/JSON geometry: INPUT is then a measured .npy/.npz sinogram (docs/formats.md).")
 @click.option("--prior", default=None, help="Prior folder or Hugging Face hub id (default: the shipped CT prior).")
 @click.option("--delta-t", type=click.IntRange(min=1), default=None,
-              help=f"DDIM step of the BIRD chain (default 100; {CPU_FAST_PRESET['delta_t']} with the CPU preset).")
+              help=f"DDIM step of the BIRD chain (default {BirdConfig().delta_t}; "
+                   f"{PRESETS['cpu-fast']['delta_t']} with the CPU preset).")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Iterations (default: each method's own; BIRD on CPU uses a faster preset, see --preset).")
 @click.option("--preset", type=click.Choice(["auto", "full", "cpu-fast"]), default="auto", show_default=True,
               help="BIRD budget when --iters/--delta-t are not given: 'full' = the library defaults, 'cpu-fast' = "
-                   f"{CPU_FAST_PRESET['iters']} iterations at delta_t={CPU_FAST_PRESET['delta_t']}; 'auto' picks "
+                   f"{PRESETS['cpu-fast']['iters']} iterations at delta_t={PRESETS['cpu-fast']['delta_t']}; 'auto' picks "
                    "cpu-fast on a CPU and full on a GPU.")
-@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Independent BIRD runs; >1 gives an uncertainty (std) map.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Independent BIRD runs (default 1); >1 gives an uncertainty (std) map.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--slice", "slice", type=click.IntRange(min=0), default=None,
@@ -317,7 +331,8 @@ def _simulation_geometry(kind: str, views: int, size: int):
 @click.option("--force", is_flag=True, default=False, help="Replace an existing non-empty output folder.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bars or summary.")
 @click.option("--config", type=click.Path(path_type=Path), default=None,
-              help="TOML file with any of these options (flags given here override it).")
+              help="TOML file with any of these options (flags given here override it) and tables of method "
+                   "settings, e.g. [bird] lr_latent = 0.01 (ctbird.config; --iters/--delta-t/--samples win).")
 @click.pass_context
 def reconstruct_command(ctx: click.Context, input_path: Path, config: Path | None, **_: Any) -> None:
     """Reconstruct a CT slice from few views.
@@ -327,116 +342,104 @@ def reconstruct_command(ctx: click.Context, input_path: Path, config: Path | Non
     [-1000, 1000], RMSE in HU). With --geometry-file, INPUT is a measured sinogram instead (no scores).
     """
     with _errors_as_click():
-        params = _apply_config_file(ctx, str(config) if config else None)
-        _reconstruct(input_path, params)
+        params, tables = _apply_config_file(ctx, str(config) if config else None, tables=METHODS)
+        _reconstruct(input_path, params, tables)
 
 
-def _reconstruct(input_path: Path, params: dict[str, Any]) -> None:
-    import torch
+def _method_settings(method: str, params: dict[str, Any], table: dict[str, Any] | None = None) -> Settings:
+    """The settings of ``method`` for a ``reconstruct`` run: its defaults (BIRD: under ``params["preset"]``, already
+    resolved), then a ``--config`` table, then ``--iters``/``--delta-t``/``--samples`` where the method has them."""
+    cls = METHOD_CONFIGS[method]
+    base = cls.preset(params["preset"]) if issubclass(cls, BirdConfig) else cls()
+    config = _settings_from_table(cls, base, table, f"[{method}] in {params.get('config')}")
+    flags = {"iters": params["iters"], "delta_t": params["delta_t"], "n_samples": params["samples"]}
+    return config.replace(**{k: v for k, v in flags.items() if v is not None and k in cls.keys()})
 
+
+def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dict[str, Any]]) -> None:
     from .io import atomic_output_dir, resolve_window
-    from .units import clip_hu, hu_to_mu
 
     methods = _parse_methods(params["method"])
     window = resolve_window(params["window"])
     device = _resolve_device(params["device"])
+    params["preset"] = resolve_preset(params["preset"], device)
+    configs = {method: _method_settings(method, params, tables.get(method)) for method in methods}
     quiet = params["quiet"]
     input_path = input_path.expanduser()
     inputs = [input_path] + ([Path(params["geometry_file"])] if params["geometry_file"] else [])
     out = _check_out(params["out"], inputs, params["force"])
     study = _load_study(input_path, params)
+    prior, prior_label = _load_prior(params["prior"], methods, device)
+    acquisition = _acquire(study, params, prior)
 
     from . import api
+    from .methods import get_method
 
-    prior = None
-    if PRIOR_METHODS.intersection(methods):
-        from .priors import load_prior
-
-        prior = load_prior(params["prior"], device=device)
-    prior_label = str(params["prior"]) if params["prior"] else None
-    if prior is not None and prior_label is None:
-        from .priors import default_prior_path
-
-        prior_label = str(default_prior_path())
-
-    generator = torch.Generator().manual_seed(params["seed"])
-    truth_working = None
-    if study.sinogram is None:
-        from .io import to_working_size, working_pixel_spacing
-
-        height, width = study.hu.shape
-        if prior is not None:
-            size = prior.image_size
-        else:
-            size = min(DEFAULT_WORKING_SIZE, max(height, width))
-        truth_working = to_working_size(clip_hu(study.hu), size)
-        pixel_mm = working_pixel_spacing(study.spacing_mm, (height, width), size)
-        geometry = _simulation_geometry(params["geometry"], params["views"], size)
-        from operators.radon import Radon
-
-        radon = Radon(geometry, size, backend="matrix")
-        mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(truth_working) * pixel_mm, dtype=np.float32))[None, None]
-        with torch.no_grad():
-            sinogram = radon(mu_pixels)
-        if params["dose"] is not None:
-            from operators.noise import LogPoissonNoise
-
-            sinogram = LogPoissonNoise(params["dose"])(sinogram, generator=generator)
-        output_shape = (height, width)
-        spacing_out = study.spacing_mm
-    else:
-        geometry = study.geometry
-        size = study.image_size
-        pixel_mm = geometry.pixel_spacing or 1.0
-        sinogram = torch.from_numpy(study.sinogram)[None, None]
-        output_shape = (size, size)
-        spacing_out = (pixel_mm, pixel_mm)
-        if prior is not None and prior.image_size != size:
-            raise InputError(f"The geometry's image_size is {size} but the prior works at {prior.image_size}; "
-                             f"set image_size = {prior.image_size} in {params['geometry_file']} or use another prior.")
-
-    preset = params["preset"] if params["preset"] != "auto" else ("cpu-fast" if device == "cpu" else "full")
-    params["preset"] = preset
-    bird_budget = dict(CPU_FAST_PRESET) if preset == "cpu-fast" else {"iters": None, "delta_t": None}
     results: dict[str, Any] = {}
     for method in _progress(methods, quiet=quiet, desc="reconstruct", unit="method"):
-        started = time.perf_counter()
-        iterative = method in PRIOR_METHODS
-        is_bird = method.startswith("bird")
-        iters = params["iters"] or (bird_budget["iters"] if is_bird else None)
-        delta_t = params["delta_t"] or (bird_budget["delta_t"] if is_bird else None)
-        default_iters = api.METHOD_DEFAULTS["dps"]["iters"] if method == "dps" else api.TASK_DEFAULTS["ct"]["iters"]
-        total = (iters or default_iters) if iterative else None
+        iterative = get_method(method).needs_prior
+        total = getattr(configs[method], "iters", None) if iterative else None
         with _step_bar(quiet=quiet or not iterative, desc=method, total=total) as callback:
-            result = _call_library(api.reconstruct, {
-                "sinogram": sinogram, "geometry": geometry, "image_size": size, "prior": prior, "method": method,
-                "iters": iters, "delta_t": delta_t, "n_samples": params["samples"],
-                "seed": params["seed"], "device": device, "pixel_spacing_mm": pixel_mm, "callback": callback,
-            })
-        seconds = getattr(result, "seconds", None)
-        info = getattr(result, "info", None) or {}
-        results[method] = {
-            "image": _as_numpy(result.image).reshape(-1, size, size)[0],
-            "uncertainty": _reshape_optional(getattr(result, "uncertainty", None), size),
-            "nfe": getattr(result, "nfe", None),
-            "seconds": float(seconds) if seconds is not None else time.perf_counter() - started,
-            "settings": {key: value for key, value in (("iters", info.get("iters_run") or iters),
-                                                       ("delta_t", getattr(result, "delta_t", None)),
-                                                       ("grad_mode", getattr(result, "grad_mode", None)),
-                                                       ("latent_optimizer", info.get("latent_optimizer")),
-                                                       ("lr_latent", info.get("lr_latent")),
-                                                       ("latent_lr_schedule", info.get("latent_lr_schedule")),
-                                                       ("keep_best", info.get("keep_best")),
-                                                       ("data_filter", info.get("data_filter")))
-                         if value is not None},
-        }
+            results[method] = api.reconstruct(
+                acquisition.sinogram, acquisition.geometry, image_size=acquisition.image_size,
+                pixel_spacing_mm=acquisition.pixel_spacing_mm, prior=prior, method=method, config=configs[method],
+                seed=params["seed"], device=device, callback=callback)
 
-    summary = _reconstruct_metrics(study, params, geometry, prior_label, results, truth_working, size, pixel_mm)
+    summary = _reconstruct_metrics(study, params, acquisition, prior_label, results)
     with atomic_output_dir(out, force=params["force"]) as staging:
-        _write_reconstruct_outputs(staging, study, params, results, summary, truth_working, sinogram, window,
-                                   output_shape, spacing_out)
+        _write_reconstruct_outputs(staging, study, params, results, summary, acquisition, window, configs)
     if not quiet:
         click.echo(f"Wrote {', '.join(methods)} results to {out}", err=True)
+
+
+def _load_prior(source: str | None, methods: list[str], device: str):
+    """``(prior, label)`` when a method needs the diffusion prior, else ``(None, None)``."""
+    from .methods import get_method
+
+    if not any(get_method(m).needs_prior for m in methods):
+        return None, None
+    from .priors import default_prior_path, load_prior
+
+    return load_prior(source, device=device), str(source) if source else str(default_prior_path())
+
+
+@dataclass(frozen=True)
+class _Acquisition:
+    """What the methods reconstruct: a simulated or a measured sinogram, and where the output goes."""
+
+    sinogram: Any                       # Tensor [1, 1, views, detectors]
+    geometry: Any
+    image_size: int
+    pixel_spacing_mm: float
+    truth_hu: np.ndarray | None         # [N, N] ground truth of a simulation
+    output_shape: tuple[int, int]       # the input's shape (simulations) or the grid
+    output_spacing_mm: tuple[float, float]
+    settings: dict[str, Any]
+
+
+def _acquire(study: _Study, params: dict[str, Any], prior) -> _Acquisition:
+    """Simulate the acquisition of an image (on the prior's grid, else at most ``DEFAULT_WORKING_SIZE``), or wrap the
+    measured sinogram."""
+    import torch
+
+    if study.sinogram is None:
+        from .simulate import simulate
+
+        height, width = study.hu.shape
+        size = prior.image_size if prior is not None else min(DEFAULT_WORKING_SIZE, max(height, width))
+        simulated = simulate(study.hu, views=params["views"], image_size=size, pixel_spacing_mm=study.spacing_mm,
+                             geometry=params["geometry"], dose=params["dose"], seed=params["seed"])
+        return _Acquisition(simulated.sinogram, simulated.geometry, size, simulated.pixel_spacing_mm,
+                            simulated.truth_hu, (height, width), study.spacing_mm, simulated.settings())
+    geometry, size = study.geometry, study.image_size
+    if prior is not None and prior.image_size != size:
+        raise InputError(f"The geometry's image_size is {size} but the prior works at {prior.image_size}; "
+                         f"set image_size = {prior.image_size} in {params['geometry_file']} or use another prior.")
+    pixel_mm = geometry.pixel_spacing or 1.0
+    return _Acquisition(torch.from_numpy(study.sinogram)[None, None], geometry, size, pixel_mm, None, (size, size),
+                        (pixel_mm, pixel_mm), {"views": int(geometry.views), "geometry": geometry.to_dict(),
+                                               "image_size": size, "pixel_spacing_mm": pixel_mm,
+                                               "dose_I0": params["dose"], "seed": params["seed"]})
 
 
 def _reshape_optional(value, size: int) -> np.ndarray | None:
@@ -444,67 +447,72 @@ def _reshape_optional(value, size: int) -> np.ndarray | None:
     return None if array is None else array.reshape(-1, size, size)[0]
 
 
-def _reconstruct_metrics(study: _Study, params, geometry, prior_label, results, truth_working, size, pixel_mm) -> dict:
-    from .metrics import psnr, rmse_hu, ssim
-    from .units import clip_hu
+def _run_record(result) -> dict[str, Any]:
+    """A method's entry in metrics.json: time, UNet evaluations and the settings it ran with."""
+    entry: dict[str, Any] = {"seconds": round(result.seconds, 3), "nfe": result.nfe}
+    settings = result.config.to_dict()
+    if "iters_run" in result.info:
+        settings["iters"] = result.info["iters_run"]
+    for key in ("delta_t", "grad_mode"):
+        if getattr(result, key) is not None:
+            settings[key] = getattr(result, key)
+    return {**entry, **settings}
 
-    summary: dict[str, Any] = {
-        "input": study.label,
-        "views": int(geometry.views),
-        "geometry": geometry.to_dict(),
-        "image_size": size,
-        "pixel_spacing_mm": pixel_mm,
-        "prior": prior_label,
-        "seed": params["seed"],
-        "dose_I0": params["dose"],
-        "methods": {},
-    }
-    if truth_working is not None:
+
+def _reconstruct_metrics(study: _Study, params, acquisition: _Acquisition, prior_label, results) -> dict:
+    from .metrics import score_ct
+
+    size = acquisition.image_size
+    summary: dict[str, Any] = {"input": study.label, **acquisition.settings, "prior": prior_label,
+                               "preset": params["preset"], "methods": {}}
+    if acquisition.truth_hu is not None:
         summary["data_range_hu"] = list(EVAL_HU_RANGE)
         summary["metrics_note"] = (f"PSNR/SSIM on HU clipped to {list(EVAL_HU_RANGE)}; RMSE in HU on values clipped to "
                                    f"the prior window; all at the {size}x{size} working resolution.")
-    summary.update({k: v for k, v in study.notes.items()})
+    summary.update(study.notes)
     for method, result in results.items():
-        entry: dict[str, Any] = {"seconds": round(result["seconds"], 3), "nfe": result["nfe"], **result["settings"]}
-        if truth_working is not None:
-            image = result["image"]
-            entry["psnr"] = psnr(image, truth_working, data_range=EVAL_HU_RANGE)
-            if size >= 11:
-                entry["ssim"] = ssim(image, truth_working, data_range=EVAL_HU_RANGE)
-            entry["rmse_hu"] = rmse_hu(clip_hu(image), truth_working)
+        entry = _run_record(result)
+        if acquisition.truth_hu is not None:
+            image = _as_numpy(result.image).reshape(-1, size, size)[0]
+            entry.update(score_ct(image, acquisition.truth_hu, data_range=EVAL_HU_RANGE))
         summary["methods"][method] = entry
     return summary
 
 
-def _write_reconstruct_outputs(staging: Path, study: _Study, params, results, summary, truth_working, sinogram, window,
-                               output_shape, spacing_out) -> None:
+def _write_reconstruct_outputs(staging: Path, study: _Study, params, results, summary, acquisition: _Acquisition,
+                               window, configs: dict[str, Settings]) -> None:
     from pydicom.uid import generate_uid
 
     from .figures import comparison_figure
     from .io import from_working_size, write_derived_dicom, write_png, write_text_atomic
 
-    for method, result in results.items():
-        image = from_working_size(result["image"], output_shape)
+    size = acquisition.image_size
+    images = {m: _as_numpy(r.image).reshape(-1, size, size)[0] for m, r in results.items()}
+    stds = {m: _reshape_optional(r.uncertainty, size) for m, r in results.items()}
+    for method, working in images.items():
+        image = from_working_size(working, acquisition.output_shape)
         np.save(staging / f"{method}.npy", image.astype(np.float32))
         write_png(image, staging / f"{method}.png", window=window)
         write_derived_dicom(image, study.source_header, staging / f"{method}.dcm", method_name=method,
-                            pixel_spacing_mm=spacing_out, anonymize=params["anonymize"], series_uid=generate_uid(),
-                            window=window, description=f"ctbird {method} reconstruction from {summary['views']} views")
-        if result["uncertainty"] is not None:
-            std = from_working_size(result["uncertainty"], output_shape)
+                            pixel_spacing_mm=acquisition.output_spacing_mm, anonymize=params["anonymize"],
+                            series_uid=generate_uid(), window=window,
+                            description=f"ctbird {method} reconstruction from {summary['views']} views")
+        if stds[method] is not None:
+            std = from_working_size(stds[method], acquisition.output_shape)
             np.save(staging / f"{method}_std.npy", std.astype(np.float32))
+    sinogram = acquisition.sinogram
     measured = _as_numpy(sinogram).reshape(-1, *sinogram.shape[-2:])[0]
     np.save(staging / "sinogram.npy", measured)
     write_text_atomic(staging / "geometry.json", json.dumps(summary["geometry"], indent=2) + "\n")
     write_text_atomic(staging / "metrics.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
-    figure = comparison_figure({m: r["image"] for m, r in results.items()}, reference=truth_working, window=window,
-                               metrics=summary["methods"], uncertainty={m: r["uncertainty"] for m, r in results.items()},
-                               sinogram=measured, error_range=CT_ERROR_RANGE_HU,
+    figure = comparison_figure(images, reference=acquisition.truth_hu, window=window, metrics=summary["methods"],
+                               uncertainty=stds, sinogram=measured, error_range=CT_ERROR_RANGE_HU,
                                title=f"{Path(study.label).name}: {summary['views']} views")
     (staging / "comparison.png").write_bytes(figure)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k not in ("config",)}
-    write_text_atomic(staging / "config.toml", to_toml({"input": study.label, **config},
-                                                       header="ctbird reconstruct: resolved configuration"))
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k not in ("config",)}
+    write_text_atomic(staging / "config.toml", to_toml({"input": study.label, **options},
+                                                       header="ctbird reconstruct: resolved configuration",
+                                                       tables={m: c.to_dict() for m, c in configs.items()}))
 
 
 def _json_default(value):
@@ -529,20 +537,22 @@ def _json_default(value):
               help="Known blur for --no-blind deblurring: a Gaussian sigma in pixels or a .npy [k, k] kernel.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None,
               help="Inpainting mask (--task inpaint): PNG/NPY, nonzero where pixels are observed.")
-@click.option("--delta-t", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--delta-t", type=click.IntRange(min=1), default=None,
+              help="DDIM step of the BIRD chain (default: the task's, 100).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: the task's own).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default ./ctbird-out/<image stem>).")
 @click.option("--force", is_flag=True, default=False, help="Replace an existing non-empty output folder.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bars or summary.")
-@click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML file with any of these options.")
+@click.option("--config", type=click.Path(path_type=Path), default=None,
+              help="TOML file with any of these options and a [bird] table of BIRD settings (ctbird.config).")
 @click.pass_context
 def restore_command(ctx: click.Context, image_path: Path, config: Path | None, **_: Any) -> None:
     """Restore a degraded photograph (deblur, super-resolve, denoise, inpaint) with BIRD."""
     with _errors_as_click():
-        params = _apply_config_file(ctx, str(config) if config else None)
-        _restore(image_path.expanduser(), params)
+        params, tables = _apply_config_file(ctx, str(config) if config else None, tables=("bird",))
+        _restore(image_path.expanduser(), params, tables.get("bird"))
 
 
 def _restore_operator_inputs(params: dict[str, Any], shape: tuple[int, int]):
@@ -587,13 +597,15 @@ def _restore_operator_inputs(params: dict[str, Any], shape: tuple[int, int]):
     return kernel, mask
 
 
-def _restore(image_path: Path, params: dict[str, Any]) -> None:
+def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | None) -> None:
     import torch
 
     from .io import atomic_output_dir, read_image, write_png, write_text_atomic
 
     if params["task"] is None:
         raise ConfigError(f"--task is required: one of {', '.join(RESTORE_TASKS)}.")
+    config = _settings_from_table(BirdConfig, BirdConfig.for_task(params["task"]), table, f"[bird] in {params['config']}")
+    config = config.with_overrides(iters=params["iters"], delta_t=params["delta_t"])
     if not params["prior"]:
         raise ConfigError("--prior is required for restore: a diffusers folder or hub id of a photograph prior.")
     device = _resolve_device(params["device"])
@@ -609,21 +621,16 @@ def _restore(image_path: Path, params: dict[str, Any]) -> None:
         observed = np.repeat(observed, prior.channels, axis=0) if observed.shape[0] == 1 else observed.mean(0, keepdims=True)
     from . import api
 
-    total = params["iters"] or api.TASK_DEFAULTS[params["task"]]["iters"]
-    started = time.perf_counter()
-    with _step_bar(quiet=params["quiet"], desc=f"restore ({params['task']})", total=total) as callback:
-        result = _call_library(api.restore, {
-            "image": torch.from_numpy(observed)[None], "task": params["task"], "blind": params["blind"], "prior": prior,
-            "iters": params["iters"], "delta_t": params["delta_t"], "seed": params["seed"], "device": device,
-            "sr_factor": params["sr_factor"], "kernel": kernel_arg, "mask": mask_arg, "callback": callback,
-        })
-    seconds = getattr(result, "seconds", None)
+    with _step_bar(quiet=params["quiet"], desc=f"restore ({params['task']})", total=config.iters) as callback:
+        result = api.restore(torch.from_numpy(observed)[None], params["task"], prior=prior, blind=params["blind"],
+                             sr_factor=params["sr_factor"], kernel=kernel_arg, mask=mask_arg, config=config,
+                             seed=params["seed"], device=device, callback=callback)
     restored = _as_numpy(result.image)[0]
-    kernel = _as_numpy(getattr(result, "kernel", None))
+    kernel = _as_numpy(result.kernel)
     summary: dict[str, Any] = {"input": str(image_path), "task": params["task"], "blind": params["blind"],
                                "prior": str(params["prior"]), "seed": params["seed"],
-                               "seconds": round(float(seconds) if seconds is not None else time.perf_counter() - started, 3),
-                               "nfe": getattr(result, "nfe", None)}
+                               "seconds": round(result.seconds, 3), "nfe": result.nfe,
+                               "settings": result.config.to_dict()}
     if reference is not None:
         from .metrics import psnr, ssim
 
@@ -646,7 +653,7 @@ def _restore(image_path: Path, params: dict[str, Any]) -> None:
             peak = float(np.max(kernel2d)) if kernel2d.size else 0.0
             write_png(kernel2d / peak if peak > 0 else kernel2d, staging / "kernel.png")
             extra["estimated kernel" if params["blind"] else "kernel"] = kernel2d
-        uncertainty = _as_numpy(getattr(result, "uncertainty", None))
+        uncertainty = _as_numpy(result.uncertainty)
         if uncertainty is not None:
             np.save(staging / "restored_std.npy", uncertainty[0])
         from .figures import comparison_figure
@@ -658,9 +665,10 @@ def _restore(image_path: Path, params: dict[str, Any]) -> None:
                                    title=f"{image_path.name}: {params['task']}")
         (staging / "comparison.png").write_bytes(figure)
         write_text_atomic(staging / "metrics.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k != "config"}
-        write_text_atomic(staging / "config.toml", to_toml({"input": str(image_path), **config},
-                                                           header="ctbird restore: resolved configuration"))
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k != "config"}
+        write_text_atomic(staging / "config.toml", to_toml({"input": str(image_path), **options},
+                                                           header="ctbird restore: resolved configuration",
+                                                           tables={"bird": result.config.to_dict()}))
     if not params["quiet"]:
         click.echo(f"Wrote the restored image to {out}", err=True)
 

@@ -17,7 +17,8 @@ It is either
   span is ``hi - lo`` (e.g. ``ctbird.units.EVAL_HU_RANGE``).
 
 RMSE is in the images' own unit; on HU images it is the RMSE in HU (:func:`rmse_hu`,
-optionally restricted to the scanner's circular field of view).
+optionally restricted to the scanner's circular field of view). :func:`score_ct` is the one scoring of a CT
+reconstruction against ground truth (PSNR, SSIM and RMSE in HU).
 """
 
 from __future__ import annotations
@@ -210,6 +211,32 @@ def ssim(x: ArrayLike, ref: ArrayLike, *, data_range: DataRange | None = None,
     return _reduce(per_image, reduction)
 
 
+def score_ct(image_hu: ArrayLike, truth_hu: ArrayLike, *, data_range: DataRange) -> dict[str, float]:
+    """Score a CT reconstruction against its ground truth: ``{"psnr", "ssim", "rmse_hu"}`` (the CLI's and the
+    benchmarks' convention).
+
+    PSNR and SSIM use ``data_range`` (for HU the project's :data:`ctbird.units.EVAL_HU_RANGE` = (-1000, 1000): both
+    images clipped to it); SSIM is left out for images under 11 x 11 pixels. RMSE is in HU over the whole grid, on
+    the reconstruction clipped to the prior's window :data:`ctbird.units.PRIOR_HU_WINDOW` (what the ground truth
+    is clipped to when it is simulated).
+
+    Parameters
+    ----------
+    image_hu, truth_hu : array or tensor
+        Same shape ``[H, W]``, ``[C, H, W]`` or ``[B, C, H, W]``, in HU.
+    data_range : float or (lo, hi)
+        Required; as for :func:`psnr`.
+    """
+    from .units import clip_hu
+
+    xa, ra = _as_batch(image_hu, truth_hu)
+    scores = {"psnr": psnr(xa, ra, data_range=data_range)}
+    if min(xa.shape[-2:]) >= 11:
+        scores["ssim"] = ssim(xa, ra, data_range=data_range)
+    scores["rmse_hu"] = rmse_hu(clip_hu(xa), ra)
+    return scores
+
+
 def fov_mask(shape: int | tuple[int, ...]) -> np.ndarray:
     """Boolean ``[H, W]`` mask of the inscribed circle (the reconstruction field of view).
 
@@ -221,4 +248,4 @@ def fov_mask(shape: int | tuple[int, ...]) -> np.ndarray:
     return (yy[:, None] ** 2 + xx[None, :] ** 2) <= (min(h, w) / 2.0) ** 2
 
 
-__all__ = ["psnr", "ssim", "rmse", "rmse_hu", "fov_mask", "SSIM_SETTINGS"]
+__all__ = ["psnr", "ssim", "rmse", "rmse_hu", "score_ct", "fov_mask", "SSIM_SETTINGS"]

@@ -41,15 +41,15 @@ def require_positive(parser, args, names: Sequence[str]) -> None:
 def add_data_filter_option(parser) -> None:
     """``--data-filter``: the SinogramFilter exponent of BIRD's CT data term (``args.data_filter``: float or None).
 
-    ``default`` resolves to ``TASK_DEFAULTS['ct']['data_filter']``; ``none`` is the reference's plain term.
+    ``default`` resolves to ``BirdConfig().data_filter``; ``none`` is the reference's plain term.
     """
     import argparse
 
     def parse(text: str) -> float | None:
-        from ctbird.solvers.bird import TASK_DEFAULTS
+        from ctbird.config import BirdConfig
 
         if text == "default":
-            return TASK_DEFAULTS["ct"]["data_filter"]
+            return BirdConfig().data_filter
         if text == "none":
             return None
         try:
@@ -62,7 +62,7 @@ def add_data_filter_option(parser) -> None:
 
     parser.add_argument("--data-filter", type=parse, default="default",
                         help="SinogramFilter exponent of BIRD's data term, or 'none' for the plain term "
-                             "(default TASK_DEFAULTS['ct'])")
+                             "(default ctbird.config.BirdConfig)")
 
 
 def evenly_spread(items: Sequence, count: int | None) -> list:

@@ -47,6 +47,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from bench_common import (SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,  # noqa: E402
                           mean_std, parse_list, progress, record_markdown, require_positive, run_script, start_run,
                           write_outputs)
+from ctbird.simulate import simulation_geometry  # noqa: E402,F401 (the CLI's simulated geometries; tune_dps imports it)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
 PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
@@ -130,15 +131,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     return args
-
-
-def simulation_geometry(kind: str, views: int, size: int):
-    """The CLI's simulated acquisitions (``ctbird.cli._simulation_geometry``)."""
-    from operators.geometry import FanBeam, ParallelBeam
-
-    if kind == "parallel":
-        return ParallelBeam(views=views).resolved(size)
-    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
 
 
 def noise_label(i0: float | None) -> str:
@@ -268,11 +260,10 @@ def summarize(per_slice: list[dict]) -> dict:
 
 
 def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
-    from ctbird.api import METHOD_DEFAULTS
-    from ctbird.solvers.bird import TASK_DEFAULTS
+    from ctbird.config import DCConfig, DPSConfig, SIRTConfig, TVConfig, BirdConfig
     from ctbird.units import EVAL_HU_RANGE
 
-    ct = TASK_DEFAULTS["ct"]
+    ct = BirdConfig().to_dict()
     return {
         "data": "synthetic Shepp-Logan (HU = -1000 + 2000 v)" if args.synthetic else str(args.data),
         "image_size": args.size, "prior": prior_label, "seed": args.seed, "batch_size": args.batch_size,
@@ -282,9 +273,9 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
                  "latent_lr_schedule": args.latent_lr_schedule or ct["latent_lr_schedule"],
                  "data_filter": args.data_filter,
                  "task_defaults_ct": dict(ct)},
-        "dps": {"steps": args.dps_steps or METHOD_DEFAULTS["dps"]["iters"], "zeta": METHOD_DEFAULTS["dps"]["zeta"]},
-        "sirt_iters": METHOD_DEFAULTS["sirt"]["iters"], "tv_iters": METHOD_DEFAULTS["tv"]["iters"],
-        "dc": dict(METHOD_DEFAULTS["dc"]),
+        "dps": {"steps": args.dps_steps or DPSConfig().iters, "zeta": DPSConfig().zeta},
+        "sirt_iters": SIRTConfig().iters, "tv_iters": TVConfig().iters,
+        "dc": {"weight": DCConfig().dc_weight, "iters": DCConfig().dc_iters},
         "fan_geometry": "source at 2N, detector at N from the axis (pixel units), 360 degrees",
         "parallel_geometry": "180 degrees",
     }

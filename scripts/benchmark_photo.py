@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.api import _default_kernel_size, restore
     from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
-    from ctbird.solvers.bird import TASK_DEFAULTS
+    from ctbird.config import BirdConfig
 
     device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(1)
     results = []
     for task, rows in per_task.items():
-        summary = {"task": task, "iters": args.iters or TASK_DEFAULTS[task]["iters"]}
+        summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task).iters}
         for key in ("psnr", "ssim", "input_psnr", "input_ssim", "kernel_error", "initial_kernel_error", "seconds", "nfe"):
             values = [r[key] for r in rows if key in r]
             if values:
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "domain": args.domain, "data": "synthetic Shepp-Logan" if args.synthetic else str(args.data or DOMAINS[args.domain]),
         "prior": prior_label, "prior_size": prior.image_size, "prior_channels": prior.channels, "size": size,
-        "delta_t": args.delta_t, "iters": args.iters, "task_defaults": {t: TASK_DEFAULTS[t] for t in args.tasks},
+        "delta_t": args.delta_t, "iters": args.iters, "task_defaults": {t: BirdConfig.for_task(t).to_dict() for t in args.tasks},
         "kernel_size": kernel_size, "gaussian_sigma_px": GAUSSIAN_SIGMA_256 * size / 256.0, "sr_factor": args.sr_factor,
         "inpaint_hole_px": int(round(HOLE_256 * size / 256)), "metric_data_range": 1.0, "seed": args.seed,
         "noise": "SpeckleGaussianNoise() for deblur/sr/inpaint, (speckle 0.4, gaussian 0.15, clip) for denoise; "

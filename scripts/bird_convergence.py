@@ -61,11 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.views, args.iters, args.every, args.size) < 1 or args.pixel_mm <= 0:
         parser.error("--views, --iters, --every, --size and --pixel-mm must be positive.")
     args.optimizers = parse_list(args.optimizers)
-    from ctbird.solvers.bird import LATENT_LR_SCHEDULES, LATENT_OPTIMIZERS, TASK_DEFAULTS
+    from ctbird.config import LATENT_LR_SCHEDULES, LATENT_OPTIMIZERS, BirdConfig
 
     if not args.optimizers or set(args.optimizers) - set(LATENT_OPTIMIZERS):
         parser.error(f"--optimizers takes some of {', '.join(LATENT_OPTIMIZERS)}, got {args.optimizers}.")
-    ct = TASK_DEFAULTS["ct"]
+    ct = BirdConfig().to_dict()
     args.latent_lr_schedule = parse_list(args.latent_lr_schedule or ct["latent_lr_schedule"])
     if not args.latent_lr_schedule or set(args.latent_lr_schedule) - set(LATENT_LR_SCHEDULES):
         parser.error(f"--latent-lr-schedule takes some of {', '.join(LATENT_LR_SCHEDULES)}, got {args.latent_lr_schedule}.")

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from operators import ParallelBeam, Radon
     from ctbird.api import reconstruct
     from ctbird.priors import default_prior_path, load_prior
-    from ctbird.solvers.bird import TASK_DEFAULTS
+    from ctbird.config import BirdConfig
     from ctbird.units import hu_to_mu
 
     device, record = start_run(args, argv)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     radon = Radon(geometry, size, device=device)
     with torch.no_grad():
         one = radon(torch.from_numpy(hu_to_mu(hu) * spacing).float()[None, None].to(device))
-    default_iters = TASK_DEFAULTS["ct"]["iters"]
+    default_iters = BirdConfig().iters
 
     def sync() -> None:
         if device.type == "cuda":

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             for method, zeta, steps in settings:
                 bar.set_description(f"{label} {method}" + (f" zeta {zeta:g}, {steps} steps" if zeta else ""))
                 result = reconstruct(sinogram, geometry, image_size=args.size, pixel_spacing_mm=spacing,
-                                     prior=prior, method=method, iters=steps, dps_zeta=zeta, seed=args.seed,
+                                     prior=prior, method=method, iters=steps, zeta=zeta, seed=args.seed,
                                      device=device)
                 rows[(method, zeta, steps)].append({"slice": label, **score(result.image[0, 0].cpu().numpy(), truth),
                                                     "seconds": result.seconds, "nfe": result.nfe})

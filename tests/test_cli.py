@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
 from ctbird.cli import main
-from ctbird.solvers import TASK_DEFAULTS
+from ctbird.config import BirdConfig
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 REPO = Path(__file__).resolve().parents[1]
@@ -83,11 +83,11 @@ def test_full_reconstruct_of_an_npy_image_with_bird_and_fbp(tmp_path, tiny_prior
         assert np.load(out / f"{method}.npy").shape == (64, 64)
     bird = metrics["methods"]["bird"]
     assert (bird["iters"], bird["delta_t"], bird["grad_mode"]) == (2, 500, "detached")
-    ct_defaults = TASK_DEFAULTS["ct"]
-    assert bird["latent_optimizer"] == ct_defaults["latent_optimizer"] == "normalized-gd"
-    assert bird["lr_latent"] == ct_defaults["lr_latent"]
-    assert bird["latent_lr_schedule"] == ct_defaults["latent_lr_schedule"] == "cosine"
-    assert bird["keep_best"] is ct_defaults["keep_best"] is True
+    ct_defaults = BirdConfig()
+    assert bird["latent_optimizer"] == ct_defaults.latent_optimizer == "normalized-gd"
+    assert bird["lr_latent"] == ct_defaults.lr_latent
+    assert bird["latent_lr_schedule"] == ct_defaults.latent_lr_schedule == "cosine"
+    assert bird["keep_best"] is ct_defaults.keep_best is True
     assert bird["data_filter"] == 0.5
     assert "latent_optimizer" not in metrics["methods"]["fbp"]
     config = tomllib.loads((out / "config.toml").read_text())
@@ -282,3 +282,43 @@ def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_python_dash_m_ctbird(tmp_path, phantom_npy):
+    done = subprocess.run([sys.executable, "-m", "ctbird", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0 and "reconstruct" in done.stdout and "Usage: ctbird" in done.stdout
+    out = tmp_path / "m-out"
+    done = subprocess.run([sys.executable, "-m", "ctbird", "reconstruct", str(phantom_npy), "--method", "fbp",
+                           "--views", "6", "--out", str(out), "--quiet"], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "metrics.json").read_text())["views"] == 6
+
+
+def test_config_file_method_tables(tmp_path, tiny_prior_dir, phantom_npy):
+    config = tmp_path / "run.toml"
+    config.write_text('method = "bird,sirt"\nviews = 6\n\n[bird]\nlr_latent = 0.02\niters = 9\nn_samples = 2\n'
+                      'latent_optimizer = "adam"\n\n[sirt]\niters = 4\n')
+    out = tmp_path / "out"
+    result = _invoke("reconstruct", phantom_npy, "--config", config, "--prior", tiny_prior_dir, "--delta-t", 500,
+                     "--iters", 2, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    methods = json.loads((out / "metrics.json").read_text())["methods"]
+    # the table's settings apply; --iters (a flag) wins over the table's iters, for every method that has iters
+    assert (methods["bird"]["lr_latent"], methods["bird"]["latent_optimizer"]) == (0.02, "adam")
+    assert (methods["bird"]["iters"], methods["bird"]["delta_t"], methods["sirt"]["iters"]) == (2, 500, 2)
+    assert methods["bird"]["n_samples"] == 2 and (out / "bird_std.npy").is_file()  # no --samples: the table's
+    resolved = tomllib.loads((out / "config.toml").read_text())
+    assert resolved["bird"]["lr_latent"] == 0.02 and resolved["bird"]["keep_best"] is True
+    assert resolved["sirt"] == {"iters": 2} and resolved["preset"] == "cpu-fast"
+    config.write_text('method = "bird"\n[bird]\nlr_latnet = 0.02\n')
+    typo = _invoke("reconstruct", phantom_npy, "--config", config, "--prior", tiny_prior_dir, "--out", tmp_path / "o")
+    assert typo.exit_code == 1 and "'lr_latnet'" in typo.output and "valid keys: iters, delta_t" in typo.output
+    config.write_text('[birdd]\niters = 2\n')
+    table = _invoke("reconstruct", phantom_npy, "--config", config, "--out", tmp_path / "o")
+    assert table.exit_code == 1 and "[birdd]" in table.output and '["bird+dc"]' in table.output
+    config.write_text('[bird]\niters = 0\n')
+    bad = _invoke("reconstruct", phantom_npy, "--config", config, "--out", tmp_path / "o")
+    assert bad.exit_code == 1 and "'iters' must be an integer >= 1" in bad.output
+    assert not (tmp_path / "o").exists()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .bird import BIRD, TASK_DEFAULTS, BirdResult, EarlyStopping, data_loss, project_to_sphere
+from .bird import BIRD, BirdResult, EarlyStopping, data_loss, project_to_sphere
 from .dps import DPS, DPSResult
 from .refine import refine_data_consistency
 
-__all__ = ["BIRD", "BirdResult", "EarlyStopping", "TASK_DEFAULTS", "data_loss", "project_to_sphere",
+__all__ = ["BIRD", "BirdResult", "EarlyStopping", "data_loss", "project_to_sphere",
            "DPS", "DPSResult", "refine_data_consistency"]

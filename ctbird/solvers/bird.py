@@ -21,41 +21,13 @@ from torch import nn
 
 from operators.base import Operator
 
+from ..config import LATENT_LR_SCHEDULES, LATENT_OPTIMIZERS, BirdConfig, EarlyStopping  # noqa: F401 (re-exported)
 from ..errors import ConfigError, InputError
-from ..priors.diffusion import GRAD_MODES, DiffusionPrior, randn
-
-#: Reference-derived defaults per task (BIRD ``configs/*.yml``); CT values are our own measurements (docs/method.md),
-#: including the normalized-gradient latent steps with a cosine-decayed rate (Adam at a constant rate elsewhere, as in
-#: the reference).
-_REFERENCE = {"delta_t": 100, "latent_optimizer": "adam", "latent_lr_schedule": "constant", "keep_best": False}
-TASK_DEFAULTS: dict[str, dict] = {
-    "gaussian-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 2e-4, **_REFERENCE},
-    "motion-deblur": {"iters": 100, "lr_latent": 3e-3, "lr_operator": 5e-3, **_REFERENCE},
-    "denoise": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE},
-    "inpaint": {"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE},
-    "sr": {"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, **_REFERENCE},
-    "ct": {"iters": 100, "lr_latent": 1.2e-2, "lr_operator": 1e-3, "delta_t": 100,
-           "latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "data_filter": 0.5, "keep_best": True},
-}
+from ..priors.diffusion import DiffusionPrior, randn
 
 LossName = Literal["mse", "l1"]
-#: How ``x_T`` moves: Adam (the reference) or steps along the whole gradient normalized per sample.
-LATENT_OPTIMIZERS = ("adam", "normalized-gd")
-#: Rate of ``x_T`` over the iterations: constant (the reference) or cosine-decayed to ``COSINE_FLOOR`` of it.
-LATENT_LR_SCHEDULES = ("constant", "cosine")
+#: ``x_T``'s rate at the last iteration of a cosine schedule, relative to ``lr_latent``.
 COSINE_FLOOR = 0.1
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """Stop when the mean data loss has not dropped by ``rel_tol`` (relative) for ``patience`` iterations."""
-
-    patience: int = 20
-    rel_tol: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.patience < 1 or not (0.0 <= self.rel_tol < 1.0):
-            raise ConfigError(f"EarlyStopping needs patience >= 1 and 0 <= rel_tol < 1, got {self}.")
 
 
 @dataclass
@@ -186,40 +158,34 @@ class BIRD:
         estimated jointly. With ``B * n_samples > 1`` and learnable parameters every latent gets its own copy
         (for ``B == 1`` the best copy's state is loaded back into ``operator``); otherwise ``operator`` itself is
         updated in place.
-    iters : int
-        Iterations (each costs ``1000 // delta_t`` UNet evaluations).
-    lr_latent, lr_operator : float
-        Learning rates of ``x_T`` and (Adam) of the operator's parameters (``lr_operator=0`` keeps them fixed).
-        For both latent optimizers ``lr_latent`` is about the RMS change of an ``x_T`` entry per iteration.
-    latent_optimizer : {"adam", "normalized-gd"}
-        ``"adam"``: the reference. ``"normalized-gd"``: ``x_T -= lr_latent * sqrt(D) * g / ||g||`` per sample, a step
-        along the whole gradient ``g``. Adam's per-entry normalization turns a gradient whose sign is the same over
-        most entries (e.g. when the prior's decode is biased bright everywhere) into a uniform step that discards
-        the gradient's structure; the normalized step keeps it (measured for CT in ``docs/results.md``).
-    latent_lr_schedule : {"constant", "cosine"}
-        ``lr_latent`` throughout, or decayed along half a cosine from ``lr_latent`` to ``COSINE_FLOOR * lr_latent``
-        at the last iteration (either optimizer).
-    delta_t : int
-        DDIM step (100: 10 steps at t = 900..0).
-    grad_mode : {"detached", "exact"}
-        See :meth:`DiffusionPrior.decode`.
-    loss : {"mse", "l1"}
-        Data term.
+    config : BirdConfig or None
+        The settings (:class:`ctbird.config.BirdConfig`: iterations, ``delta_t``, rates, latent optimizer and schedule,
+        ``keep_best``, ``n_samples``, ``grad_mode``, ``loss``, early stopping). ``None``: the BIRD reference's,
+        ``BirdConfig.for_task("gaussian-deblur")``. ``data_filter`` is not read here: the CT method
+        (:mod:`ctbird.methods`) builds the filtered operator.
+    **settings
+        Overrides of single settings (``iters=8``...), validated by :meth:`BirdConfig.replace`.
+
+        * ``latent_optimizer="adam"`` is the reference; ``"normalized-gd"`` steps
+          ``x_T -= lr_latent * sqrt(D) * g / ||g||`` per sample, along the whole gradient ``g``. Adam's per-entry
+          normalization turns a gradient whose sign is the same over most entries (e.g. when the prior's decode is
+          biased bright everywhere) into a uniform step that discards the gradient's structure; the normalized step
+          keeps it (measured for CT in ``docs/results.md``). For both, ``lr_latent`` is about the RMS change of an
+          ``x_T`` entry per iteration.
+        * ``latent_lr_schedule="cosine"`` decays ``lr_latent`` along half a cosine to ``COSINE_FLOOR * lr_latent``
+          at the last iteration (either optimizer).
+        * ``keep_best`` returns each restart's iterate with the lowest data loss (and the operator state it was
+          scored with) instead of the last one, at no extra UNet evaluation. The CT default: late in a run the
+          iterate still jumps now and then to a decode that fits the data ten times worse and scores several dB
+          lower (docs/method.md §3).
+        * ``n_samples`` independent restarts per measurement are optimized in one batch; the best final fit is
+          returned and the per-pixel std across restarts is the uncertainty map.
+        * ``lr_operator=0`` keeps the operator's parameters fixed.
     loss_mask : Tensor or None
         Weights broadcastable to ``y`` (1 = use, 0 = ignore) for the data term.
-    n_samples : int
-        Independent restarts per measurement, optimized in one batch; the best final fit is returned and the
-        per-pixel std across restarts is the uncertainty map.
     input_transform : callable or None
         Maps ``x0`` in ``[-1, 1]`` to the operator's input (e.g. photos: ``(x + 1) / 2``; CT: attenuation times
         pixel spacing). ``None`` = identity.
-    keep_best : bool
-        Return each restart's iterate with the lowest data loss (and the operator state it was scored with) instead
-        of the last one. Every iterate is already decoded and scored, so this costs no UNet evaluation. The CT
-        default: late in a run the iterate still jumps now and then to a decode that fits the data ten times worse
-        and scores several dB lower (docs/method.md §3); the last iterate can be such a jump.
-    early_stopping : EarlyStopping, int or None
-        Plateau criterion (an int is the patience with ``rel_tol=1e-3``).
     callback : callable or None
         Called after every iteration with ``dict(iteration, iters, loss, losses, nfe, seconds, latent)``
         (``latent``: the live ``x_T`` ``[B * n_samples, C, H, W]``, detached; read it or clone it, never modify it).
@@ -229,49 +195,32 @@ class BIRD:
         Gradient checkpointing per DDIM step in ``"exact"`` mode.
     """
 
-    def __init__(self, prior: DiffusionPrior, operator: Operator, *, iters: int = 100, lr_latent: float = 3e-3,
-                 lr_operator: float = 2e-4, delta_t: int = 100, grad_mode: str = "detached", loss: LossName = "mse",
-                 latent_optimizer: str = "adam", latent_lr_schedule: str = "constant",
-                 loss_mask: torch.Tensor | None = None, n_samples: int = 1,
-                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, keep_best: bool = False,
-                 early_stopping: EarlyStopping | int | None = None,
+    def __init__(self, prior: DiffusionPrior, operator: Operator, config: BirdConfig | None = None, *,
+                 loss_mask: torch.Tensor | None = None,
+                 input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  callback: Callable[[dict], None] | None = None, compile: bool = False,
-                 checkpointing: bool = True) -> None:
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise ConfigError(f"iters must be a positive integer, got {iters!r}.")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        for name, value in (("lr_latent", lr_latent), ("lr_operator", lr_operator)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if lr_latent <= 0:
-            raise ConfigError(f"lr_latent must be > 0, got {lr_latent!r}.")
-        if grad_mode not in GRAD_MODES:
-            raise ConfigError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}.")
-        if loss not in ("mse", "l1"):
-            raise ConfigError(f"loss must be 'mse' or 'l1', got {loss!r}.")
-        if latent_optimizer not in LATENT_OPTIMIZERS:
-            raise ConfigError(f"latent_optimizer must be one of {LATENT_OPTIMIZERS}, got {latent_optimizer!r}.")
-        if latent_lr_schedule not in LATENT_LR_SCHEDULES:
-            raise ConfigError(f"latent_lr_schedule must be one of {LATENT_LR_SCHEDULES}, got {latent_lr_schedule!r}.")
-        prior.timestep_pairs(delta_t)  # validates delta_t
-        if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
-            early_stopping = EarlyStopping(patience=early_stopping)
+                 checkpointing: bool = True, **settings) -> None:
+        config = BirdConfig.for_task("gaussian-deblur") if config is None else config
+        if not isinstance(config, BirdConfig):
+            raise ConfigError(f"config must be a BirdConfig, got {type(config).__name__}.")
+        config = config.replace(**settings)
+        prior.timestep_pairs(config.delta_t)  # validates delta_t against the prior's schedule
+        self.config = config
         self.prior = prior
         self.operator = operator
-        self.iters = iters
-        self.lr_latent = float(lr_latent)
-        self.lr_operator = float(lr_operator)
-        self.delta_t = delta_t
-        self.grad_mode = grad_mode
-        self.loss = loss
-        self.latent_optimizer = latent_optimizer
-        self.latent_lr_schedule = latent_lr_schedule
+        self.iters = config.iters
+        self.lr_latent = config.lr_latent
+        self.lr_operator = config.lr_operator
+        self.delta_t = config.delta_t
+        self.grad_mode = config.grad_mode
+        self.loss: LossName = config.loss
+        self.latent_optimizer = config.latent_optimizer
+        self.latent_lr_schedule = config.latent_lr_schedule
         self.loss_mask = loss_mask
-        self.n_samples = n_samples
+        self.n_samples = config.n_samples
         self.input_transform = input_transform
-        self.keep_best = bool(keep_best)
-        self.early_stopping = early_stopping
+        self.keep_best = config.keep_best
+        self.early_stopping = config.early_stopping
         self.callback = callback
         self.checkpointing = checkpointing
         if compile:

@@ -19,6 +19,7 @@ import torch
 
 from operators.base import Operator
 
+from ..config import DPSConfig
 from ..errors import ConfigError, InputError
 from ..priors.diffusion import DiffusionPrior, randn
 
@@ -64,10 +65,12 @@ class DPS:
     prior : DiffusionPrior
     operator : operators.Operator
         Forward model on the ``input_transform`` scale (its parameters are not estimated).
+    zeta : float
+        Guidance step size on the gradient of the residual norm (paper: 0.3-1.0 for images in [-1, 1]; the CT
+        method scales :class:`ctbird.config.DPSConfig`'s relative ``zeta`` by the measurement model's Lipschitz
+        constant).
     steps : int
         Sampling steps (``delta_t = T // steps``; 1000 = every DDPM step).
-    zeta : float
-        Guidance step size on the gradient of the residual norm (paper: 0.3-1.0 for images in [-1, 1]).
     eta : float
         DDIM stochasticity (1: DDPM-like ancestral sampling, 0: deterministic).
     input_transform : callable or None
@@ -76,8 +79,8 @@ class DPS:
         ``callback(dict(iteration, iters, loss, nfe, seconds))`` after every step.
     """
 
-    def __init__(self, prior: DiffusionPrior, operator: Operator, *, steps: int = 100, zeta: float = 1.0,
-                 eta: float = 1.0, input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    def __init__(self, prior: DiffusionPrior, operator: Operator, *, zeta: float, steps: int = DPSConfig.iters,
+                 eta: float = DPSConfig.eta, input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  callback: Callable[[dict], None] | None = None) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= prior.num_train_timesteps:
             raise ConfigError(f"steps must be an integer in [1, {prior.num_train_timesteps}], got {steps!r}.")

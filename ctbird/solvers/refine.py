@@ -22,7 +22,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def refine_data_consistency(y: torch.Tensor, operator: LinearOperator, x_prior: torch.Tensor, *,
-                            weight: float = 0.05, iters: int = 10, nonneg: bool = False,
+                            weight: float, iters: int, nonneg: bool = False,
                             op_norm: float | None = None) -> torch.Tensor:
     """Pull ``x_prior`` toward data consistency.
 
@@ -35,7 +35,8 @@ def refine_data_consistency(y: torch.Tensor, operator: LinearOperator, x_prior: 
     x_prior : Tensor ``[B, *operator.in_shape]``
         Starting point and anchor (e.g. BIRD's reconstruction on the operator's input scale).
     weight : float
-        Anchor weight relative to ``||A||^2`` (``w = weight * ||A||^2``); larger stays closer to ``x_prior``.
+        Anchor weight relative to ``||A||^2`` (``w = weight * ||A||^2``); larger stays closer to ``x_prior``
+        (``bird+dc`` default: :class:`ctbird.config.DCConfig`).
     iters : int
         Conjugate-gradient iterations (each one ``A`` and one ``A^T``).
     nonneg : bool

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ctbird
+from ctbird.config import BirdConfig, DCConfig, DPSConfig
 from ctbird.errors import ConfigError, InputError, PriorError
 from ctbird.units import hu_to_mu
 from operators import ParallelBeam
@@ -58,8 +59,9 @@ def test_prior_methods_on_a_tiny_case(prior_folder, method):
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(16), geometry)
     seen = []
+    samples = {"n_samples": 2} if method == "bird" else {}
     result = ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
-                                method=method, iters=3, n_samples=2 if method == "bird" else 1, callback=seen.append)
+                                method=method, iters=3, callback=seen.append, **samples)
     assert result.image.shape == (1, 1, 16, 16) and torch.isfinite(result.image).all()
     assert result.nfe > 0 and len(seen) == 3 and result.method == method
     if method == "bird":
@@ -85,9 +87,10 @@ def test_bird_data_filter_weighs_the_data_term(prior_folder):
 
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(16), geometry)
+    choices = {"default": {}, None: {"data_filter": None}, 1.0: {"data_filter": 1.0}}
     runs = {f: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
-                                  iters=3, data_filter=f) for f in ("default", None, 1.0)}
-    assert runs["default"].info["data_filter"] == ctbird.solvers.TASK_DEFAULTS["ct"]["data_filter"] == 0.5
+                                  iters=3, **kwargs) for f, kwargs in choices.items()}
+    assert runs["default"].info["data_filter"] == BirdConfig().data_filter == 0.5
     assert runs[None].info["data_filter"] is None and runs[1.0].info["data_filter"] == 1.0
     assert not torch.equal(runs["default"].image, runs[None].image)
     # the recorded loss is the filtered data term of the returned image
@@ -102,7 +105,7 @@ def test_bird_latent_rate_schedule_defaults_to_the_ct_setting_and_can_be_overrid
     sino = _sinogram(_water_disk_hu(16), geometry)
     runs = {s: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
                                   iters=4, latent_lr_schedule=s) for s in (None, "constant")}
-    assert runs[None].info["latent_lr_schedule"] == ctbird.solvers.TASK_DEFAULTS["ct"]["latent_lr_schedule"]
+    assert runs[None].info["latent_lr_schedule"] == BirdConfig().latent_lr_schedule == "cosine"
     assert runs["constant"].info["latent_lr_schedule"] == "constant"
     # same start, same first step; the decayed rate changes the later iterates
     assert runs[None].loss_history[:2] == runs["constant"].loss_history[:2]
@@ -123,6 +126,15 @@ def test_reconstruct_validation(prior_folder, tmp_path, monkeypatch):
         ctbird.reconstruct(sino, geometry, image_size=16, method="art")
     with pytest.raises(InputError, match="views"):
         ctbird.reconstruct(sino[..., :5, :], geometry, image_size=16, method="fbp")
+    # settings are checked against the method's own: a typo or another method's setting names the valid keys
+    with pytest.raises(ConfigError, match="itres.*valid keys: iters, delta_t"):
+        ctbird.reconstruct(sino, geometry, image_size=16, method="bird", itres=3)
+    with pytest.raises(ConfigError, match="'n_samples'.*iters, zeta, eta"):
+        ctbird.reconstruct(sino, geometry, image_size=16, method="dps", n_samples=2)
+    with pytest.raises(ConfigError, match="takes a DCConfig, got BirdConfig"):
+        ctbird.reconstruct(sino, geometry, image_size=16, method="bird+dc", config=BirdConfig())
+    with pytest.raises(ConfigError, match="delta_t"):
+        ctbird.reconstruct(sino, geometry, image_size=16, method="bird", delta_t=0)
     monkeypatch.setenv("CTBIRD_DEFAULT_PRIOR", str(tmp_path / "missing"))
     with pytest.raises(PriorError, match="prior"):
         ctbird.reconstruct(sino, geometry, image_size=16, method="bird")
@@ -171,8 +183,40 @@ def test_ct_keeps_the_best_fitting_iterate_by_default_and_photos_the_last(prior_
     sino = _sinogram(_water_disk_hu(16), geometry)
     runs = {k: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
                                   iters=4, lr_latent=0.2, keep_best=k) for k in (None, False)}
-    assert runs[None].info["keep_best"] is ctbird.solvers.TASK_DEFAULTS["ct"]["keep_best"] is True
+    assert runs[None].info["keep_best"] is BirdConfig().keep_best is True
     assert runs[False].info["keep_best"] is False
     assert runs[None].loss_history == runs[False].loss_history  # same trajectory
     assert runs[None].info["final_loss"][0] <= runs[False].info["final_loss"][0]
-    assert all(ctbird.solvers.TASK_DEFAULTS[task]["keep_best"] is False for task in ctbird.api.RESTORE_TASKS)
+    assert all(BirdConfig.for_task(task).keep_best is False for task in ctbird.api.RESTORE_TASKS)
+
+
+def test_config_objects_and_keyword_overrides_agree(prior_folder):
+    """A config object and the same settings as keywords give the same run; the run records its settings."""
+    geometry = ParallelBeam(views=8)
+    sino = _sinogram(_water_disk_hu(16), geometry)
+    common = dict(image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder)
+    by_config = ctbird.reconstruct(sino, geometry, config=BirdConfig(iters=3, delta_t=250, keep_best=False), **common)
+    by_keywords = ctbird.reconstruct(sino, geometry, iters=3, delta_t=250, keep_best=False, **common)
+    assert torch.equal(by_config.image, by_keywords.image)
+    assert by_config.delta_t == 250 and by_config.nfe == 3 * 4 + 4  # delta_t is read from the settings
+    assert by_config.config == BirdConfig(iters=3, delta_t=250, keep_best=False)
+    # keywords override the object; None keeps the object's value
+    mixed = ctbird.reconstruct(sino, geometry, config=BirdConfig(iters=3, delta_t=250), delta_t=500, iters=None, **common)
+    assert (mixed.config.iters, mixed.delta_t) == (3, 500)
+    dc = ctbird.reconstruct(sino, geometry, method="bird+dc", config=DCConfig(iters=2, dc_iters=0), **common)
+    bird = ctbird.reconstruct(sino, geometry, config=BirdConfig(iters=2), **common)
+    # zero CG steps: BIRD's image, via non-negative attenuation (air at -1000 HU)
+    assert torch.allclose(dc.image, bird.image.clamp_min(-1000.0), atol=1e-2)
+    dps = ctbird.reconstruct(sino, geometry, method="dps", config=DPSConfig(iters=5), **common)
+    assert dps.nfe == 5 and dps.delta_t == 200
+
+
+def test_restore_reads_the_task_settings_and_rejects_ct_ones(rgb_prior_folder):
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = ctbird.restore(image, task="denoise", prior=rgb_prior_folder, iters=2)
+    assert result.config == BirdConfig.for_task("denoise").replace(iters=2)
+    assert result.config.latent_optimizer == "adam" and result.config.lr_operator == 0.0
+    with pytest.raises(ConfigError, match="data_filter"):
+        ctbird.restore(image, task="denoise", prior=rgb_prior_folder, config=BirdConfig(iters=1))
+    with pytest.raises(ConfigError, match="lr_latnet"):
+        ctbird.restore(image, task="denoise", prior=rgb_prior_folder, lr_latnet=1.0)

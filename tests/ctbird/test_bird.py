@@ -222,7 +222,7 @@ def test_data_consistency_refinement_lowers_residual_and_stays_anchored():
     strong = refine_data_consistency(y, radon, x_prior, weight=1e3, iters=10)
     assert (strong - x_prior).norm() < 0.05 * (refined - x_prior).norm()
     with pytest.raises(ConfigError):
-        refine_data_consistency(y, radon, x_prior, weight=0.0)
+        refine_data_consistency(y, radon, x_prior, weight=0.0, iters=10)
 
 
 def test_dps_lowers_the_data_error(gaussian_prior):

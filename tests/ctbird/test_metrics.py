@@ -134,3 +134,19 @@ def test_rmse_hu_field_of_view():
     assert rmse_hu(x, ref) == pytest.approx(500.0 / 32.0)
     mask = fov_mask(32)
     assert mask[16, 16] and not mask[0, 0] and mask[16, 0]
+
+
+def test_score_ct_follows_the_ct_conventions():
+    from ctbird.metrics import score_ct
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(-1000, 1500, (32, 32))
+    image = truth + rng.normal(0, 30, truth.shape)
+    image[0, 0] = -3000.0  # below the prior window: clipped for RMSE, and by the data range for PSNR/SSIM
+    scores = score_ct(image, truth, data_range=(-1000.0, 1000.0))
+    assert scores["psnr"] == pytest.approx(psnr(image, truth, data_range=(-1000.0, 1000.0)))
+    assert scores["ssim"] == pytest.approx(ssim(image, truth, data_range=(-1000.0, 1000.0)))
+    assert scores["rmse_hu"] == pytest.approx(rmse_hu(np.clip(image, -1024.0, 3071.0), truth))
+    assert "ssim" not in score_ct(image[:8, :8], truth[:8, :8], data_range=2000.0)
+    with pytest.raises(ConfigError):
+        score_ct(image, truth, data_range=None)

@@ -1,0 +1,332 @@
+"""Settings of every method: frozen, typed, validated dataclasses, the one home of every default.
+
+* :class:`BirdConfig` — BIRD (its defaults are the CT ones; :meth:`BirdConfig.for_task` gives the photograph tasks').
+* :class:`DCConfig` — ``bird+dc``: BIRD's settings plus the data-consistency refinement.
+* :class:`DPSConfig`, :class:`FBPConfig`, :class:`SIRTConfig`, :class:`TVConfig` — the other CT methods.
+* :data:`PRESETS` — named BIRD budgets: ``full`` (the defaults) and ``cpu-fast`` (50 iterations at ``delta_t=333``,
+  about a minute for a 256² slice on a CPU); :func:`resolve_preset` turns ``auto`` into one of them.
+
+Every config is immutable; :meth:`~Settings.replace`, :meth:`~Settings.from_dict` and the constructor reject
+unknown names and invalid values with a :class:`~ctbird.errors.ConfigError` naming the valid keys.
+:meth:`~Settings.to_dict` gives the plain mapping recorded in ``metrics.json`` / ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, TypeVar
+
+from .errors import ConfigError
+
+S = TypeVar("S", bound="Settings")
+
+#: How BIRD moves ``x_T``: Adam (the reference) or steps along the whole gradient normalized per sample.
+LATENT_OPTIMIZERS = ("adam", "normalized-gd")
+#: Rate of ``x_T`` over the iterations: constant (the reference) or cosine-decayed.
+LATENT_LR_SCHEDULES = ("constant", "cosine")
+#: Data terms of BIRD.
+LOSSES = ("mse", "l1")
+#: Photograph restoration tasks of :func:`ctbird.restore`.
+RESTORE_TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
+#: FBP ramp-filter windows.
+FBP_FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
+
+
+class Settings:
+    """Behaviour shared by every config: validation, ``replace``, ``from_dict``, ``to_dict``."""
+
+    #: Name used in error messages.
+    label: ClassVar[str] = "settings"
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The setting names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def _check_names(cls, names) -> None:
+        unknown = [name for name in names if name not in cls.keys()]
+        if unknown:
+            raise ConfigError(f"Unknown {cls.label} setting{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(map(repr, unknown))}; valid keys: {', '.join(cls.keys())}.")
+
+    @classmethod
+    def from_dict(cls: type[S], data: Mapping[str, Any]) -> S:
+        """Build from a mapping (e.g. a TOML table); unknown keys raise :class:`ConfigError`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.label} settings must be a mapping, got {type(data).__name__}.")
+        cls._check_names(data)
+        return cls(**data)
+
+    def replace(self: S, **overrides: Any) -> S:
+        """A copy with some settings changed (validated; unknown names raise :class:`ConfigError`)."""
+        self._check_names(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def with_overrides(self: S, **overrides: Any) -> S:
+        """:meth:`replace` for keyword overrides where ``None`` means "not given" (the setting is kept, and a name
+        this config lacks is not an error), except for settings that take ``None`` as a value (e.g.
+        ``data_filter=None``: the plain data term). Any name given a value must be one of :meth:`keys`."""
+        nullable = {f.name for f in dataclasses.fields(self) if "None" in str(f.type)}
+        return self.replace(**{k: v for k, v in overrides.items() if v is not None or k in nullable})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain ``{name: value}`` dict (JSON/TOML-ready; nested settings become dicts)."""
+        return dataclasses.asdict(self)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:  # overridden
+        pass
+
+    # ---------------------------------------------------------------- validators (set normalized values)
+    def _fail(self, name: str, expected: str) -> ConfigError:
+        return ConfigError(f"{self.label} setting {name!r} must be {expected}, got {getattr(self, name)!r}.")
+
+    def _int(self, name: str, minimum: int = 1) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(name, f"an integer >= {minimum}")
+
+    def _float(self, name: str, *, minimum: float = 0.0, strict: bool = False, optional: bool = False) -> None:
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < minimum or (strict and value == minimum):
+            bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise self._fail(name, f"a finite number {bound}" + (" or None" if optional else ""))
+        object.__setattr__(self, name, float(value))
+
+    def _choice(self, name: str, options: tuple[str, ...]) -> None:
+        if getattr(self, name) not in options:
+            raise self._fail(name, f"one of {', '.join(options)}")
+
+    def _bool(self, name: str) -> None:
+        if not isinstance(getattr(self, name), bool):
+            raise self._fail(name, "true or false")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EarlyStopping(Settings):
+    """Stop when the mean data loss has not dropped by ``rel_tol`` (relative) for ``patience`` iterations."""
+
+    label: ClassVar[str] = "EarlyStopping"
+
+    patience: int = 20
+    rel_tol: float = 1e-3
+
+    def _validate(self) -> None:
+        self._int("patience")
+        self._float("rel_tol")
+        if self.rel_tol >= 1.0:
+            raise self._fail("rel_tol", "in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BirdConfig(Settings):
+    """BIRD settings; the defaults are the CT ones (measured, ``docs/method.md``).
+
+    Attributes
+    ----------
+    iters : int
+        Iterations (each costs ``1000 // delta_t`` UNet evaluations).
+    delta_t : int
+        DDIM step of the decode chain (100: 10 steps at t = 900..0).
+    lr_latent, lr_operator : float
+        Rates of ``x_T`` and (Adam) of the operator's learnable parameters.
+    latent_optimizer : {"adam", "normalized-gd"}
+        How ``x_T`` moves (see :class:`ctbird.solvers.BIRD`).
+    latent_lr_schedule : {"constant", "cosine"}
+        Rate of ``x_T`` over the iterations.
+    keep_best : bool
+        Return each restart's lowest-loss iterate instead of the last.
+    data_filter : float or None
+        CT only: exponent of the :class:`operators.SinogramFilter` weighting of the data term (0.5: the square root of
+        FBP's ramp); ``None`` = the reference's plain ``||A x - y||^2``. Must be ``None`` for photographs.
+    n_samples : int
+        Independent restarts; ``> 1`` gives an uncertainty map.
+    grad_mode : {"detached", "exact"}
+        Gradient through the DDIM chain.
+    loss : {"mse", "l1"}
+        Data term.
+    early_stopping : EarlyStopping or None
+        Plateau stop; an int (or a ``{patience, rel_tol}`` mapping) is read as :class:`EarlyStopping`;
+        ``None`` = run every iteration.
+    """
+
+    label: ClassVar[str] = "BIRD"
+
+    iters: int = 100
+    delta_t: int = 100
+    lr_latent: float = 1.2e-2
+    lr_operator: float = 1e-3
+    latent_optimizer: Literal["adam", "normalized-gd"] = "normalized-gd"
+    latent_lr_schedule: Literal["constant", "cosine"] = "cosine"
+    keep_best: bool = True
+    data_filter: float | None = 0.5
+    n_samples: int = 1
+    grad_mode: Literal["detached", "exact"] = "detached"
+    loss: Literal["mse", "l1"] = "mse"
+    early_stopping: EarlyStopping | None = None
+
+    def _validate(self) -> None:
+        from .priors.diffusion import GRAD_MODES
+
+
+        self._int("iters")
+        self._int("delta_t")
+        self._int("n_samples")
+        self._float("lr_latent", strict=True)
+        self._float("lr_operator")
+        self._float("data_filter", strict=True, optional=True)
+        self._choice("latent_optimizer", LATENT_OPTIMIZERS)
+        self._choice("latent_lr_schedule", LATENT_LR_SCHEDULES)
+        self._choice("grad_mode", GRAD_MODES)
+        self._choice("loss", LOSSES)
+        self._bool("keep_best")
+        stop = self.early_stopping
+        if isinstance(stop, int) and not isinstance(stop, bool):
+            stop = EarlyStopping(patience=stop) if stop >= 1 else stop
+        elif isinstance(stop, Mapping):
+            stop = EarlyStopping.from_dict(stop)
+        if stop is not None and not isinstance(stop, EarlyStopping):
+            raise self._fail("early_stopping", "None, a patience >= 1 or an EarlyStopping")
+        object.__setattr__(self, "early_stopping", stop)
+
+    @classmethod
+    def for_task(cls: type[S], task: str) -> S:
+        """Defaults of a task: ``"ct"`` or one of :data:`RESTORE_TASKS` (the BIRD reference's ``configs/*.yml``)."""
+        if task == "ct":
+            return cls()
+        if task not in _RESTORE_DEFAULTS:
+            raise ConfigError(f"Unknown task {task!r}; use 'ct' or one of {', '.join(RESTORE_TASKS)}.")
+        return cls(**_RESTORE_DEFAULTS[task])
+
+    @classmethod
+    def preset(cls: type[S], name: str) -> S:
+        """The CT defaults under a named budget of :data:`PRESETS` (``"full"`` or ``"cpu-fast"``)."""
+        if name not in PRESETS:
+            raise ConfigError(f"Unknown preset {name!r}; use one of {', '.join(PRESETS)} (or 'auto' via resolve_preset).")
+        return cls(**PRESETS[name])
+
+
+_REFERENCE = {"delta_t": 100, "latent_optimizer": "adam", "latent_lr_schedule": "constant", "keep_best": False,
+              "data_filter": None}
+_RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "gaussian-deblur": MappingProxyType({"iters": 100, "lr_latent": 3e-3, "lr_operator": 2e-4, **_REFERENCE}),
+    "motion-deblur": MappingProxyType({"iters": 100, "lr_latent": 3e-3, "lr_operator": 5e-3, **_REFERENCE}),
+    "sr": MappingProxyType({"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, **_REFERENCE}),
+    "denoise": MappingProxyType({"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE}),
+    "inpaint": MappingProxyType({"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE}),
+})
+
+#: Named BIRD budgets (settings that differ from :class:`BirdConfig`'s defaults).
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "full": MappingProxyType({}),
+    "cpu-fast": MappingProxyType({"iters": 50, "delta_t": 333}),
+})
+
+
+def resolve_preset(name: str, device: Any) -> str:
+    """``"auto"`` -> ``"cpu-fast"`` on a CPU device, ``"full"`` otherwise; other names are checked and returned."""
+    if name == "auto":
+        return "cpu-fast" if str(device).split(":")[0] == "cpu" else "full"
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}; use auto, {', '.join(PRESETS)}.")
+    return name
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DCConfig(BirdConfig):
+    """``bird+dc``: BIRD's settings plus conjugate-gradient data consistency (:mod:`ctbird.solvers.refine`).
+
+    Attributes
+    ----------
+    dc_weight : float
+        Anchor weight relative to ``||A||^2``.
+    dc_iters : int
+        CG iterations (0 = BIRD's image).
+    """
+
+    label: ClassVar[str] = "bird+dc"
+
+    dc_weight: float = 0.002
+    dc_iters: int = 30
+
+    def _validate(self) -> None:
+        super()._validate()
+        self._float("dc_weight", strict=True)
+        self._int("dc_iters", 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPSConfig(Settings):
+    """DPS baseline: ``iters`` sampling steps (``delta_t = 1000 // iters``), guidance ``zeta`` relative to the Lipschitz
+    constant of the measurement model (measured on training slices: ``docs/tuning_dps_cpu-train.md``), DDIM ``eta``."""
+
+    label: ClassVar[str] = "DPS"
+
+    iters: int = 100
+    zeta: float = 10.0
+    eta: float = 1.0
+
+    def _validate(self) -> None:
+        self._int("iters")
+        self._float("zeta")
+        self._float("eta")
+        if self.eta > 1.0:
+            raise self._fail("eta", "in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FBPConfig(Settings):
+    """Filtered backprojection: the ramp filter's window."""
+
+    label: ClassVar[str] = "FBP"
+
+    filter: Literal["ram-lak", "shepp-logan", "cosine", "hann", "hamming"] = "ram-lak"
+
+    def _validate(self) -> None:
+        self._choice("filter", FBP_FILTERS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SIRTConfig(Settings):
+    """SIRT: iterations (non-negative attenuation)."""
+
+    label: ClassVar[str] = "SIRT"
+
+    iters: int = 100
+
+    def _validate(self) -> None:
+        self._int("iters")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TVConfig(Settings):
+    """TV (Chambolle-Pock): iterations and the TV weight ``lam`` (``None``: :func:`ctbird.baselines.default_tv_weight`)."""
+
+    label: ClassVar[str] = "TV"
+
+    iters: int = 300
+    lam: float | None = None
+
+    def _validate(self) -> None:
+        self._int("iters")
+        self._float("lam", optional=True)
+
+
+#: Each CT method's settings class (the methods themselves: :data:`ctbird.methods.REGISTRY`).
+METHOD_CONFIGS: Mapping[str, type[Settings]] = MappingProxyType({
+    "bird": BirdConfig, "bird+dc": DCConfig, "fbp": FBPConfig, "sirt": SIRTConfig, "tv": TVConfig, "dps": DPSConfig,
+})
+
+
+__all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS",
+           "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
+           "FBP_FILTERS"]

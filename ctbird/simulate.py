@@ -1,0 +1,152 @@
+"""Simulated CT acquisitions: an HU image -> the sinogram a scanner would measure (the one place this is done).
+
+``simulate`` clips the image to the prior's HU window, resamples it to the ``N x N`` working grid
+(:func:`ctbird.io.to_working_size`), converts HU to attenuation (:mod:`ctbird.units`), projects it with
+:class:`operators.radon.Radon` and optionally adds log-Poisson dose noise. The sinogram holds line integrals of
+``mu`` (1/mm) with ray lengths in mm, the units :func:`ctbird.reconstruct` expects.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, InputError
+
+#: Simulated beam geometries (:func:`simulation_geometry`).
+GEOMETRY_KINDS = ("parallel", "fan")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """A simulated acquisition.
+
+    Attributes
+    ----------
+    sinogram : Tensor ``[1, 1, views, detectors]`` float32 (CPU)
+        Line integrals of ``mu`` (1/mm), lengths in mm (``-log(I / I0)``; noisy when ``dose`` is set).
+    geometry : operators.ParallelBeam or operators.FanBeam
+        The geometry, resolved for the ``image_size`` grid (pixel units).
+    truth_hu : ndarray ``[N, N]`` float32
+        The ground truth on the working grid, in HU clipped to :data:`ctbird.units.PRIOR_HU_WINDOW`.
+    pixel_spacing_mm : float
+        Pixel size of the working grid (mm).
+    image_size : int
+        ``N``.
+    dose : float or None
+        Incident photons ``I0`` per detector cell (None: noiseless).
+    seed : int
+        Seed of the noise.
+    """
+
+    sinogram: torch.Tensor
+    geometry: Any
+    truth_hu: np.ndarray
+    pixel_spacing_mm: float
+    image_size: int
+    dose: float | None
+    seed: int
+
+    def settings(self) -> dict[str, Any]:
+        """The acquisition's record: views, geometry dict, grid, spacing, dose and seed (JSON-ready)."""
+        return {"views": int(self.geometry.views), "geometry": self.geometry.to_dict(), "image_size": self.image_size,
+                "pixel_spacing_mm": self.pixel_spacing_mm, "dose_I0": self.dose, "seed": self.seed}
+
+
+def simulation_geometry(kind: str, views: int, size: int):
+    """The standard simulated geometry on an ``size x size`` grid: ``"parallel"`` over 180 degrees, or ``"fan"``
+    (flat detector, 360 degrees) with the source at ``2 size`` and the detector at ``size`` from the axis (pixel
+    units): a clinical-like fan of about 29 degrees half-angle."""
+    from operators.geometry import FanBeam, ParallelBeam
+
+    if kind == "parallel":
+        return ParallelBeam(views=views).resolved(size)
+    if kind == "fan":
+        return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
+    raise ConfigError(f"geometry must be one of {', '.join(GEOMETRY_KINDS)}, got {kind!r}.")
+
+
+@functools.lru_cache(maxsize=8)
+def _projector(geometry, size: int, backend: str, device: str):
+    from operators.radon import Radon
+
+    return Radon(geometry, size, backend=backend, device=torch.device(device))
+
+
+def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_size: int,
+             pixel_spacing_mm: float | tuple[float, float] = 1.0, geometry: str | Any = "parallel",
+             dose: float | None = None, seed: int = 0, radon_backend: str = "matrix") -> Acquisition:
+    """Simulate a CT acquisition of an HU image.
+
+    Parameters
+    ----------
+    hu : array or tensor ``[H, W]``
+        The slice in HU (any size; padding such as -2048 or -3024 is clipped away).
+    views : int or None
+        Projection count; required with a geometry kind, optional (must match) with a geometry object.
+    image_size : int
+        Side ``N`` of the working grid; non-square images are padded with air to a square first.
+    pixel_spacing_mm : float or (row, col)
+        Pixel size of ``hu`` in mm (the working grid's spacing follows from the resampling).
+    geometry : {"parallel", "fan"} or operators.ParallelBeam / FanBeam
+        A kind for :func:`simulation_geometry`, or a geometry in pixel units (``resolved`` for the grid when it has
+        no detector count).
+    dose : float or None
+        Incident photons ``I0`` per detector cell for log-Poisson noise (:class:`operators.noise.LogPoissonNoise`);
+        ``None`` = noiseless.
+    seed : int
+        Seed of the noise.
+    radon_backend : str
+        Projector backend (``"matrix"``: exact and reproducible on the CPU).
+
+    Returns
+    -------
+    Acquisition
+    """
+    from operators.noise import LogPoissonNoise
+
+    from .io import to_working_size, working_pixel_spacing
+    from .units import clip_hu, hu_to_mu
+
+    array = hu.detach().cpu().numpy() if isinstance(hu, torch.Tensor) else np.asarray(hu)
+    array = np.squeeze(array)
+    if array.ndim != 2 or array.dtype.kind not in "fiu" or min(array.shape) < 1:
+        raise InputError(f"simulate needs an HU image [H, W], got {array.dtype} {list(np.shape(hu))}.")
+    if not np.isfinite(array).all():
+        raise InputError("the HU image contains NaN or infinite values.")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2:
+        raise ConfigError(f"image_size must be an integer >= 2, got {image_size!r}.")
+    spacing = (pixel_spacing_mm, pixel_spacing_mm) if np.isscalar(pixel_spacing_mm) else tuple(pixel_spacing_mm)
+    if len(spacing) != 2 or not all(isinstance(s, (int, float, np.floating)) and math.isfinite(s) and s > 0
+                                    for s in spacing):
+        raise ConfigError(f"pixel_spacing_mm must be a positive number or a (row, col) pair, got {pixel_spacing_mm!r}.")
+    if dose is not None and not (isinstance(dose, (int, float)) and math.isfinite(dose) and dose > 0):
+        raise ConfigError(f"dose must be a positive photon count I0 or None, got {dose!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
+    if isinstance(geometry, str):
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ConfigError(f"views must be an integer >= 1, got {views!r}.")
+        geometry = simulation_geometry(geometry, views, image_size)
+    else:
+        if views is not None and views != geometry.views:
+            raise ConfigError(f"views={views} disagrees with the geometry's {geometry.views} views.")
+        geometry = geometry if geometry.detectors else geometry.resolved(image_size)
+
+    truth = to_working_size(clip_hu(array.astype(np.float32)), image_size)
+    pixel_mm = working_pixel_spacing(spacing, array.shape, image_size)
+    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(truth) * pixel_mm, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        sinogram = _projector(geometry, image_size, radon_backend, "cpu")(mu_pixels)
+    if dose is not None:
+        sinogram = LogPoissonNoise(float(dose))(sinogram, generator=torch.Generator().manual_seed(seed))
+    return Acquisition(sinogram=sinogram, geometry=geometry, truth_hu=truth, pixel_spacing_mm=pixel_mm,
+                       image_size=image_size, dose=None if dose is None else float(dose), seed=seed)
+
+
+__all__ = ["Acquisition", "simulate", "simulation_geometry", "GEOMETRY_KINDS"]
