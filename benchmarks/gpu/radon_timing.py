@@ -3,11 +3,11 @@
 For each image side N (default 256): batch 16 of N x N images, 30 views, parallel and fan beam (source and
 detector at 2.34 N and 1.17 N from the axis), every backend (matrix, torch, astra); prints one line per
 backend with the forward/adjoint time (mean of 5 after one warm-up) and the relative difference from the
-matrix backend. Run by ``scripts/gpu_operator_check.sh`` (which sets up ASTRA's CUDA libraries).
+matrix backend. Run by ``benchmarks/gpu/operator_check.sh`` (which sets up ASTRA's CUDA libraries).
 
 Usage::
 
-    python scripts/bench_operators_gpu.py [N ...]
+    python -m benchmarks.gpu.radon_timing [N ...]
 """
 
 import sys

@@ -22,12 +22,13 @@ allowed: blind deconvolution is shift-ambiguous), also for the solver's initial 
 Domains: ``faces`` / ``natural`` (``../shared/data/faces``, ``../shared/data/natural``; a photograph prior is
 needed: ``--prior PATH|HUB_ID``); ``ct`` runs the same tasks on held-out CT slices on the prior's scale
 (HU clipped to [-1024, 3071] mapped to [0, 1]) with the shipped CT prior; ``--synthetic`` uses the Shepp-Logan
-phantom instead of files. Writes ``results_photo_<tag>.json`` / ``.md`` and ``figures/photo_<tag>_grid.png``.
+phantom instead of files. Writes ``<tag>.json`` / ``.md`` and ``figures/<tag>_grid.png`` under ``--out-dir``
+(default ``docs/results/photo``).
 
-Examples::
+Examples (repository root)::
 
-    python scripts/benchmark_photo.py --domain ct --tag cpu --max-images 2 --iters 5 --delta-t 250
-    python scripts/benchmark_photo.py --domain faces --prior google/ddpm-ema-celebahq-256 --tag gpu --device cuda
+    python -m benchmarks.photo --domain ct --tag cpu --max-images 2 --iters 5 --delta-t 250
+    python -m benchmarks.photo --domain faces --prior google/ddpm-ema-celebahq-256 --tag gpu --device cuda
 """
 
 from __future__ import annotations
@@ -40,12 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from bench_common import (SHARED_DATA, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,  # noqa: E402
-                          parse_list, progress, record_markdown, require_positive, run_script, start_run,
-                          write_outputs)
+from benchmarks.common import (RESULTS_DIR, SHARED_DATA, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,
+                               parse_list, progress, record_markdown, require_positive, run_script, score_unit,
+                               start_run, write_outputs)
 
 TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 BLIND_DEBLUR = ("gaussian-deblur", "motion-deblur")
@@ -72,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default 100)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="compute device (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents; noise and motion kernels use 1000 + image index")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="output folder (default docs)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "photo",
+                        help="output folder (default docs/results/photo)")
     parser.add_argument("--tag", default=None, help="run label in the file names (default: the device type)")
     parser.add_argument("--quick", action="store_true", help="tiny run: 2 images at 64 px, 2 iterations, delta_t 500")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figure")
@@ -253,8 +252,8 @@ def observation_view(task: str, y: torch.Tensor, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import _default_kernel_size, restore
-    from ctbird.metrics import psnr, ssim
+    from ctbird.api import _default_kernel_size, restore  # the kernel side restore() picks; to be made public
+    from ctbird.errors import ConfigError
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.solvers.bird import TASK_DEFAULTS
 
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     prior_label = str(args.prior) if args.prior else str(default_prior_path())
     size = args.size or prior.image_size
     if size % args.sr_factor and "sr" in args.tasks:
-        raise SystemExit(f"--size {size} must be divisible by --sr-factor {args.sr_factor} for the sr task.")
+        raise ConfigError(f"--size {size} must be divisible by --sr-factor {args.sr_factor} for the sr task.")
     kernel_size = _default_kernel_size(size)
     images = load_images(args, size, prior.channels)
     per_task: dict[str, list[dict]] = {t: [] for t in args.tasks}
@@ -288,11 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - started
                 restored = result.image.detach().cpu()
                 observed = observation_view(task, case["y"], size)
-                row = {"image": label, "psnr": float(psnr(restored, image[None], data_range=1.0)),
-                       "ssim": float(ssim(restored, image[None], data_range=1.0)),
-                       "input_psnr": float(psnr(observed, image[None], data_range=1.0)),
-                       "input_ssim": float(ssim(observed, image[None], data_range=1.0)),
-                       "seconds": seconds, "nfe": int(result.nfe), "iters_run": int(result.iters_run)}
+                scores, input_scores = score_unit(restored, image[None]), score_unit(observed, image[None])
+                row = {"image": label, **scores, "input_psnr": input_scores["psnr"],
+                       "input_ssim": input_scores["ssim"], "seconds": seconds, "nfe": int(result.nfe), "iters_run": int(result.iters_run)}
                 if task in BLIND_DEBLUR and result.kernel is not None:
                     row["kernel_error"] = kernel_error(result.kernel[0].cpu(), case["kernel"])
                     row["initial_kernel_error"] = kernel_error(initial_kernel(task, kernel_size, tuple(image.shape)),
@@ -323,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = [] if args.no_figures else write_figure(args.out_dir, args.tag, examples)
     payload = {"run": record, "settings": settings, "images": [label for label, _ in images], "results": results,
                "figures": [f"figures/{f}" for f in figures]}
-    json_path, md_path = write_outputs(args.out_dir, f"results_photo_{args.tag}", payload,
+    json_path, md_path = write_outputs(args.out_dir, args.tag, payload,
                                        photo_markdown(record, settings, [label for label, _ in images], results, figures, args))
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
@@ -331,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def photo_markdown(record, settings, images, results, figures, args) -> str:
     domain = "CT slices on the prior's [0, 1] scale" if args.domain == "ct" else args.domain
-    lines = [f"# Restoration benchmark `{args.tag}` ({domain})", "", "Generated by `scripts/benchmark_photo.py`; do not edit by hand.", "",
+    lines = [f"# Restoration benchmark `{args.tag}` ({domain})", "", "Generated by `python -m benchmarks.photo`; do not edit by hand.", "",
              record_markdown(record),
              f"- Data: {settings['data']}; {len(images)} image(s) at {settings['size']}²: " + ", ".join(f"`{i}`" for i in images),
              f"- Prior: `{settings['prior']}` ({settings['prior_channels']} channel(s), {settings['prior_size']}²)",
@@ -386,7 +383,7 @@ def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str
             ax.set_yticks([])
             if not ax.images:
                 ax.axis("off")
-    name = f"photo_{tag}_grid.png"
+    name = f"{tag}_grid.png"
     fig.savefig(out_dir / "figures" / name, dpi=100)
     plt.close(fig)
     return [name]

@@ -16,14 +16,14 @@ stay under 64 MiB: the script prints the total and fails above it. ``--stride 3 
 of the slices, the ones the shipped prior (``--stride 2 --offset 0``) saw least, for a continuation run.
 
 ``--eval-slices K`` also writes ``.gpu/ct_eval_subset.npz``: an evenly spread subset of K evaluation slices
-of ``../shared/data/ct/eval`` at 256² (``bench_common.write_slice_pack``), which ``scripts/benchmark_ct.py --data``
+of ``../shared/data/ct/eval`` at 256² (``benchmarks.common.write_slice_pack``), which ``python -m benchmarks.ct --data``
 reads on the GPU machine (the native DICOM files are too large to travel). ``--no-wheels`` skips the wheels when
 the device run installs them from a carried ``.whl/`` instead.
 
-Usage::
+Usage (repository root)::
 
-    python scripts/pack_training_subset.py [--source NPZ] [--out .gpu/ct_train_subset.npz] [--stride N] [--offset K]
-                                           [--eval-slices K] [--no-wheels]
+    python -m benchmarks.gpu.pack [--source NPZ] [--out .gpu/ct_train_subset.npz] [--stride N] [--offset K]
+                                  [--eval-slices K] [--no-wheels]
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "ct" / "train" / "ct256_train_hu.npz"
+from benchmarks.common import REPO_ROOT, SHARED_DATA, load_ct_slices, write_slice_pack
+
+DEFAULT_SOURCE = SHARED_DATA / "ct" / "train" / "ct256_train_hu.npz"
 TRANSPORT_LIMIT = 64 * 2**20
 WHEEL_PATTERNS = ("diffusers-*.whl", "importlib_metadata-*.whl", "pydicom-*.whl")
 
@@ -48,7 +48,7 @@ def pack(source: Path, out: Path, stride: int = 2, offset: int = 0) -> dict[str,
     keep = np.arange(offset, data["images"].shape[0], stride)
     arrays = {key: data[key][keep] for key in data.files if key != "description"}
     arrays["description"] = np.array(f"Slices {offset}, {offset + stride}, {offset + 2 * stride}, ... of {source.name} "
-                                     f"({data['images'].shape[0]} slices), made by scripts/pack_training_subset.py "
+                                     f"({data['images'].shape[0]} slices), made by python -m benchmarks.gpu.pack "
                                      f"--stride {stride} --offset {offset}")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
@@ -76,10 +76,10 @@ def copy_wheels(wheel_dir: Path, dest: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--out", type=Path, default=REPO / ".gpu" / "ct_train_subset.npz")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / ".gpu" / "ct_train_subset.npz")
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--offset", type=int, default=0)
-    parser.add_argument("--wheels-from", type=Path, default=REPO / ".whl")
+    parser.add_argument("--wheels-from", type=Path, default=REPO_ROOT / ".whl")
     parser.add_argument("--no-wheels", action="store_true", help="do not copy wheels into .gpu/wheels")
     parser.add_argument("--eval-slices", type=int, default=0, help="also pack this many evaluation slices (256²)")
     args = parser.parse_args()
@@ -91,9 +91,6 @@ def main() -> None:
     print(f"wrote {args.out}: {info['slices']} slices, {info['patients']} patients, "
           f"{info['bytes'] / 2**20:.1f} MiB")
     if args.eval_slices > 0:
-        sys.path.insert(0, str(REPO / "scripts"))
-        from bench_common import SHARED_DATA, load_ct_slices, write_slice_pack
-
         eval_out = args.out.parent / "ct_eval_subset.npz"
         size = write_slice_pack(eval_out, load_ct_slices(SHARED_DATA / "ct" / "eval", args.eval_slices, 256,
                                                          synthetic=False))
@@ -106,8 +103,8 @@ def main() -> None:
     carried = [args.out.parent] + ([args.wheels_from] if args.no_wheels else [])
     total = sum(p.stat().st_size for folder in carried for p in folder.rglob("*") if p.is_file())
     print(f"{' + '.join(str(folder) for folder in carried)}: {total / 2**20:.1f} MiB")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    tree = sum((REPO / name).stat().st_size for name in tracked.decode().split("\0") if name and (REPO / name).is_file())
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    tree = sum((REPO_ROOT / name).stat().st_size for name in tracked.decode().split("\0") if name and (REPO_ROOT / name).is_file())
     print(f"travels: {(tree + total) / 2**20:.1f} MiB (tracked tree {tree / 2**20:.1f} MiB + carried folders)")
     if tree + total > TRANSPORT_LIMIT:
         raise SystemExit("over the 64 MiB transport limit: use a larger --stride (e.g. --stride 3).")

@@ -2,19 +2,18 @@
 
 Noiseless parallel-beam sinogram from ``operators.Radon`` (matrix backend); PSNR and
 SSIM with ``data_range=1.0``, the phantom's ``[0, 1]`` span, on the raw (unclipped)
-reconstructions. Writes ``baselines.md``, ``baselines.json`` and
-``figures/baselines_shepp_logan.png`` under ``--out-dir``.
+reconstructions. Writes ``baselines.md``, ``baselines.json`` and ``figures/baselines.png`` under
+``--out-dir`` (default ``docs/results/phantom``).
 
-Example::
+Example (repository root)::
 
-    python scripts/benchmark_phantom.py --size 256 --views 30 --device cpu --out-dir docs
+    python -m benchmarks.phantom --size 256 --views 30 --device cpu --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import shlex
 import sys
@@ -24,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import RESULTS_DIR, main_module, run_script, score_unit, write_outputs
 from ctbird.baselines import FILTERS, TV_WEIGHT, default_tv_weight, fbp, sirt, tv
-from ctbird.metrics import psnr, ssim
+from ctbird.io import write_bytes_atomic
 from ctbird.phantoms import shepp_logan
 from operators.geometry import ParallelBeam
 from operators.radon import Radon
@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="image side N (default 256)")
     parser.add_argument("--views", type=int, default=30, help="parallel-beam views over [0, pi) (default 30)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="output folder (default docs)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "phantom",
+                        help="output folder (default docs/results/phantom)")
     parser.add_argument("--sirt-iters", type=int, default=100, help="SIRT iterations (default 100)")
     parser.add_argument("--tv-iters", type=int, default=300, help="TV (Chambolle-Pock) iterations (default 300)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -67,6 +68,8 @@ def versions() -> dict[str, str]:
 
 
 def write_figure(path: Path, truth: np.ndarray, images: dict[str, np.ndarray], scores: dict[str, dict]) -> None:
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,11 +89,13 @@ def write_figure(path: Path, truth: np.ndarray, images: dict[str, np.ndarray], s
         ax.set_xticks([])
         ax.set_yticks([])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
     plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())
 
 
-def write_markdown(path: Path, report: dict) -> None:
+def markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [
         "# Classical baselines on Shepp-Logan",
@@ -114,7 +119,7 @@ def write_markdown(path: Path, report: dict) -> None:
         f"non-negative, default weight `lam = {TV_WEIGHT} * ||A||^2 * s` (s = best constant-image fit of the data; "
         f"here lam = {cfg['tv_lam']:.4g}).",
         "",
-        "![baselines](figures/baselines_shepp_logan.png)",
+        "![baselines](figures/baselines.png)",
         "",
         "Reproduce:",
         "",
@@ -125,10 +130,10 @@ def write_markdown(path: Path, report: dict) -> None:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + f". Run {report['date']}.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -145,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     results, images = {}, {}
     for name, run in runs.items():
         recon, seconds = timed(device, run)
-        results[name] = {"psnr_db": psnr(recon, truth, data_range=DATA_RANGE),
-                         "ssim": ssim(recon, truth, data_range=DATA_RANGE), "seconds": seconds}
+        scores = score_unit(recon, truth)
+        results[name] = {"psnr_db": scores["psnr"], "ssim": scores["ssim"], "seconds": seconds}
         images[name] = recon[0, 0].cpu().numpy()
         print(f"{name:24s} PSNR {results[name]['psnr_db']:6.2f} dB  SSIM {results[name]['ssim']:.4f}  "
               f"{seconds:6.2f} s", flush=True)
@@ -159,18 +164,16 @@ def main(argv: list[str] | None = None) -> dict:
                    "tv_lam": float(default_tv_weight(sinogram, radon).flatten()[0]),
                    "device": str(device), "threads": torch.get_num_threads()},
         "results": results,
-        "command": "python scripts/benchmark_phantom.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": shlex.join(["python", "-m", main_module(), *(sys.argv[1:] if argv is None else argv)]),
         "versions": versions(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "baselines.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(out / "baselines.md", report)
-    write_figure(out / "figures" / "baselines_shepp_logan.png", truth[0, 0].cpu().numpy(), images, results)
-    print(f"wrote {out / 'baselines.md'}, {out / 'baselines.json'}, {out / 'figures' / 'baselines_shepp_logan.png'}")
-    return report
+    figure = args.out_dir / "figures" / "baselines.png"
+    write_figure(figure, truth[0, 0].cpu().numpy(), images, results)
+    json_path, md_path = write_outputs(args.out_dir, "baselines", report, markdown(report))
+    print(f"wrote {md_path}, {json_path}, {figure}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -1,11 +1,14 @@
-"""Shared pieces of ``benchmark_ct.py`` and ``benchmark_photo.py``: data selection, run records, tables.
+"""What every benchmark shares: data selection, the simulated acquisition, scoring, run records, tables.
 
-Not a public module: the benchmark scripts import it from their own folder.
+The CT acquisition is simulated in one function (:func:`simulate`) and a CT reconstruction scored in one
+(:func:`score`); images on the prior's ``[0, 1]`` scale are scored by :func:`score_unit`. Every benchmark and
+study imports these from here and nothing from another benchmark.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import platform
@@ -21,6 +24,10 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The team's data folder, a sibling of the repository (``../shared/data``).
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: Where generated result pages go: ``docs/results/<topic>/<tag>.md`` + ``.json``, figures in ``figures/`` beside them.
+RESULTS_DIR = Path("docs") / "results"
+#: The shipped sample slice, the default input of the single-slice studies.
+SAMPLE_SLICE = REPO_ROOT / "data" / "samples" / "chest_tcga_0000.dcm"
 #: Field of view assumed for synthetic phantom slices (mm across the working grid).
 SYNTHETIC_FOV_MM = 350.0
 
@@ -127,6 +134,100 @@ def read_working_slice(path: Path, size: int) -> tuple[np.ndarray, float]:
     return to_working_size(clip_hu(hu), size), working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
 
 
+def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float, str]:
+    """``(hu [size, size], pixel spacing mm, label)`` of a DICOM file or a ``STACK.npz:INDEX`` slice.
+
+    A stack slice (e.g. of the prior's training set, to tune away from the evaluation slices) takes its pixel
+    spacing from the stack's ``pixel_spacing_mm`` when present, else ``pixel_mm``.
+    """
+    from ctbird.errors import InputError
+    from ctbird.units import clip_hu
+
+    stack_path, _, index = spec.rpartition(":")
+    if not stack_path.endswith(".npz"):
+        path = Path(spec)
+        hu, spacing = read_working_slice(path, size)
+        label = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path
+        return hu, spacing, str(label)
+    with np.load(stack_path) as stack:
+        image = clip_hu(stack["images"][int(index)].astype(np.float32))
+        if "pixel_spacing_mm" in stack.files:
+            pixel_mm = float(stack["pixel_spacing_mm"][int(index)])
+    if image.shape != (size, size):
+        raise InputError(f"{spec} is {image.shape[0]}x{image.shape[1]}, not --size {size}.")
+    return image, pixel_mm, f"{Path(stack_path).name}[{index}]"
+
+
+# ------------------------------------------------------------------------------- acquisition and scoring
+def simulation_geometry(kind: str, views: int, size: int):
+    """The simulated acquisitions of ``ctbird reconstruct``: ``parallel`` over 180 degrees, or ``fan`` with the
+    source at 2 ``size`` and the detector at ``size`` from the axis (pixel units) over 360 degrees."""
+    from operators.geometry import FanBeam, ParallelBeam
+
+    if kind == "parallel":
+        return ParallelBeam(views=views).resolved(size)
+    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
+
+
+def noise_label(i0: float | None) -> str:
+    """``noiseless`` or ``I0=1e+05``: the dose as the result pages name it."""
+    return "noiseless" if i0 is None else f"I0={i0:.0e}"
+
+
+@functools.lru_cache(maxsize=16)
+def projector(geometry, size: int, device: torch.device):
+    """The matrix-backend Radon of one acquisition (cached: every slice and the solver's data term reuse it)."""
+    from operators.radon import Radon
+
+    return Radon(geometry, size, backend="matrix", device=device)
+
+
+def simulate(hu: np.ndarray, spacing: float, geometry, i0: float | None, seed: int, device: torch.device) -> torch.Tensor:
+    """The measured sinogram ``[1, 1, views, detectors]`` of an HU slice ``[N, N]`` with pixels of ``spacing`` mm.
+
+    Line integrals ``Radon(hu_to_mu(hu) * spacing)`` (the units of :func:`ctbird.reconstruct`), plus
+    ``LogPoissonNoise(i0)`` drawn from ``seed`` unless ``i0`` is None (noiseless).
+    """
+    from operators.noise import LogPoissonNoise
+    from ctbird.units import hu_to_mu
+
+    radon = projector(geometry, hu.shape[-1], device)
+    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(hu) * spacing, dtype=np.float32))[None, None].to(device)
+    with torch.no_grad():
+        sinogram = radon(mu_pixels)
+    if i0 is not None:
+        sinogram = LogPoissonNoise(i0)(sinogram, generator=torch.Generator().manual_seed(seed))
+    return sinogram
+
+
+def score(hu, truth: np.ndarray) -> dict:
+    """PSNR and SSIM on HU with data range ``EVAL_HU_RANGE`` ([-1000, 1000], both images clipped to it) and RMSE
+    in HU over the whole grid, of a reconstruction ``hu`` (``[N, N]`` array or ``[1, 1, N, N]`` tensor)."""
+    from ctbird.metrics import psnr, rmse_hu, ssim
+    from ctbird.units import EVAL_HU_RANGE
+
+    if isinstance(hu, torch.Tensor):
+        hu = hu.detach().cpu().numpy().reshape(truth.shape)
+    return {"psnr": float(psnr(hu, truth, data_range=EVAL_HU_RANGE)),
+            "ssim": float(ssim(hu, truth, data_range=EVAL_HU_RANGE)),
+            "rmse_hu": float(rmse_hu(hu, truth))}
+
+
+def score_unit(image: torch.Tensor, truth: torch.Tensor) -> dict:
+    """PSNR and SSIM with data range 1.0 of images on the prior's ``[0, 1]`` scale (restoration, phantoms)."""
+    from ctbird.metrics import psnr, ssim
+
+    return {"psnr": float(psnr(image, truth, data_range=1.0)), "ssim": float(ssim(image, truth, data_range=1.0))}
+
+
+def summarize(per_slice: list[dict], keys: Sequence[str] = ("psnr", "ssim", "rmse_hu", "seconds", "nfe")) -> dict:
+    """``{key_mean, key_std}`` over the rows of ``per_slice`` for each key."""
+    summary = {}
+    for key in keys:
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([row[key] for row in per_slice])
+    return summary
+
+
 def start_run(args, argv: Sequence[str] | None) -> tuple[torch.device, dict]:
     """Resolve ``args.device``, default ``args.tag`` to ``gpu``/``cpu`` by it, and return it with the run record."""
     from ctbird.api import resolve_device
@@ -202,9 +303,8 @@ def run_record(device: torch.device, argv: Sequence[str] | None = None) -> dict:
     except ImportError:
         astra_version = "not installed"
     argv = list(sys.argv[1:] if argv is None else argv)
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "benchmark"
     return {
-        "command": "python " + shlex.join([f"scripts/{script}", *argv]),
+        "command": shlex.join(["python", "-m", main_module(), *argv]),
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "ctbird_commit": git_commit(),
         "device": device_name(device),
@@ -213,6 +313,12 @@ def run_record(device: torch.device, argv: Sequence[str] | None = None) -> dict:
                      "numpy": np.__version__, "scikit-image": skimage.__version__},
         "platform": platform.platform(),
     }
+
+
+def main_module() -> str:
+    """The dotted name the running benchmark was started as (``benchmarks.ct`` for ``python -m benchmarks.ct``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else "benchmarks"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Train ctbird's shipped CT prior on one GPU within a wall-clock budget, then pack it for transport.
 #
-# Usage (repository root, on the GPU machine):  bash scripts/train_prior_gpu.sh MINUTES
+# Usage (repository root, on the GPU machine):  bash benchmarks/gpu/train_prior.sh MINUTES
 #
-# Needs .gpu/ct_train_subset.npz and .gpu/wheels/*.whl (made by scripts/pack_training_subset.py).
+# Needs .gpu/ct_train_subset.npz and .gpu/wheels/*.whl (made by python -m benchmarks.gpu.pack).
 # Writes into $OUT (default ./out-gpu): prior.tar (the exported model folder "prior/": unet/ with
 # fp16 EMA weights, scheduler/, model_index.json, README.md model card, loss.png, samples.png,
 # loss.jsonl), samples.png, loss.png and train.log.  prior.tar is refreshed every
 # EXPORT_MIN minutes while training, so a run killed at its time limit still returns a model.
 # Everything (install + training + export) is kept within MINUTES.
 # Overridable: PYTHON, DATA, PRESET, SIZE, BATCH, LR, WORK, EXPORT_MIN, RESERVE_MIN, COMPILE=1 (torch.compile the
-# training step), ZOOM (train-prior --max-zoom, e.g. 1.3: tight fields of view, see docs/margins_cpu-defaults.md),
+# training step), ZOOM (train-prior --max-zoom, e.g. 1.3: tight fields of view, see docs/results/margins/cpu-defaults.md),
 # and INIT (a prior folder to
 # continue from, e.g. INIT=data/priors/ctbird-ct-256: the device machine keeps no checkpoints between sessions;
-# pack with `scripts/pack_training_subset.py --stride 3 --offset 1` so the tree + .gpu stay under 64 MiB).
+# pack with `python -m benchmarks.gpu.pack --stride 3 --offset 1` so the tree + .gpu stay under 64 MiB).
 set -uo pipefail
-MINUTES=${1:?usage: bash scripts/train_prior_gpu.sh MINUTES}
+MINUTES=${1:?usage: bash benchmarks/gpu/train_prior.sh MINUTES}
 START=$(date +%s)
 OUT=${OUT:-./out-gpu}
 PYTHON=${PYTHON:-python3}
@@ -40,7 +40,7 @@ else
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$PYTHON" -c "import sys, torch, diffusers, accelerate; print('python', sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())" || exit 1
-[ -f "$DATA" ] || { echo "missing $DATA: run scripts/pack_training_subset.py and carry .gpu"; exit 1; }
+[ -f "$DATA" ] || { echo "missing $DATA: run python -m benchmarks.gpu.pack and carry .gpu"; exit 1; }
 
 TRAIN_MIN=$("$PYTHON" -c "print(round(max(0.1, $MINUTES - ($(date +%s) - $START) / 60 - $RESERVE_MIN), 2))")
 echo "training for $TRAIN_MIN min (budget $MINUTES min) -> $WORK"

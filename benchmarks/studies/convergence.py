@@ -7,12 +7,12 @@ current latent (extra decodes, not counted in the timing) to score it against th
 data range ``EVAL_HU_RANGE`` = [-1000, 1000] HU and the data loss. FBP, SIRT and TV on the same sinogram are
 the reference lines. The slice is a DICOM file, or ``STACK.npz:INDEX`` (a slice of an HU stack such as the
 training set, at ``--pixel-mm``), so that settings can be tuned away from the evaluation slices. Writes
-``convergence_ct_<tag>.json`` / ``.md`` and ``figures/convergence_ct_<tag>.png``.
+``<tag>.json`` / ``.md`` and ``figures/<tag>.png`` under ``--out-dir`` (default ``docs/results/convergence``).
 
-Examples::
+Examples (repository root)::
 
-    python scripts/bird_convergence.py --iters 200 --delta-t 250 --every 25 --optimizers adam,normalized-gd --tag cpu
-    python scripts/bird_convergence.py --slice ../shared/data/ct/train/ct256_train_hu.npz:700 --tag cpu-train
+    python -m benchmarks.studies.convergence --iters 200 --delta-t 250 --every 25 --optimizers adam,normalized-gd --tag cpu
+    python -m benchmarks.studies.convergence --slice ../shared/data/ct/train/ct256_train_hu.npz:700 --tag cpu-train
 """
 
 from __future__ import annotations
@@ -23,20 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from bench_common import (add_data_filter_option, fmt, markdown_table, parse_list, read_working_slice,  # noqa: E402
-                          record_markdown, run_script, start_run, write_outputs)
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import (RESULTS_DIR, SAMPLE_SLICE, add_data_filter_option, fmt, markdown_table, parse_list,
+                               projector, read_slice, record_markdown, run_script, score, simulate,
+                               simulation_geometry, start_run, write_outputs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slice", default=str(REPO / "data" / "samples" / "chest_tcga_0000.dcm"),
+    parser.add_argument("--slice", default=str(SAMPLE_SLICE),
                         help="DICOM slice, or STACK.npz:INDEX (default the shipped chest sample)")
     parser.add_argument("--pixel-mm", type=float, default=1.4,
                         help="pixel spacing (mm) of a STACK.npz slice when the stack has no pixel_spacing_mm")
@@ -54,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior", default=None, help="prior folder (default the shipped one)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"))
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "convergence",
+                        help="output folder (default docs/results/convergence)")
     parser.add_argument("--tag", default=None, help="file-name label (default the device type)")
     parser.add_argument("--no-figures", action="store_true")
     args = parser.parse_args(argv)
@@ -78,51 +75,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float, str]:
-    """``(hu [size, size], pixel spacing mm, label)`` of a DICOM file or a ``STACK.npz:INDEX`` slice."""
-    from ctbird.errors import InputError
-    from ctbird.units import clip_hu
-
-    stack_path, _, index = spec.rpartition(":")
-    if not stack_path.endswith(".npz"):
-        path = Path(spec)
-        hu, spacing = read_working_slice(path, size)
-        label = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
-        return hu, spacing, str(label)
-    with np.load(stack_path) as stack:
-        image = clip_hu(stack["images"][int(index)].astype(np.float32))
-        if "pixel_spacing_mm" in stack.files:
-            pixel_mm = float(stack["pixel_spacing_mm"][int(index)])
-    if image.shape != (size, size):
-        raise InputError(f"{spec} is {image.shape[0]}x{image.shape[1]}, not --size {size}.")
-    return image, pixel_mm, f"{Path(stack_path).name}[{index}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from operators import ParallelBeam, Radon, SinogramFilter
+    from operators import SinogramFilter
     from ctbird import baselines
-    from ctbird.metrics import psnr, ssim
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.solvers.bird import BIRD, data_loss
-    from ctbird.units import EVAL_HU_RANGE, hu_to_mu, mu_to_hu, unit_to_hu, unit_to_mu
+    from ctbird.units import EVAL_HU_RANGE, mu_to_hu, unit_to_hu, unit_to_mu
 
     device, record = start_run(args, argv)
     truth, spacing, slice_label = read_slice(args.slice, args.size, args.pixel_mm)
-    geometry = ParallelBeam(views=args.views).resolved(args.size)
-    radon = Radon(geometry, args.size, device=device)
-    with torch.no_grad():
-        sinogram = radon(torch.from_numpy(hu_to_mu(truth) * spacing).float()[None, None].to(device))
-
-    def score(hu: torch.Tensor) -> dict:
-        image = hu[0, 0].detach().cpu().numpy()
-        return {"psnr": float(psnr(image, truth, data_range=EVAL_HU_RANGE)),
-                "ssim": float(ssim(image, truth, data_range=EVAL_HU_RANGE))}
-
+    geometry = simulation_geometry("parallel", args.views, args.size)
+    radon = projector(geometry, args.size, device)
+    sinogram = simulate(truth, spacing, geometry, None, args.seed, device)
     references = {
-        "fbp": score(mu_to_hu(baselines.fbp(sinogram, geometry, args.size) / spacing)),
-        "sirt": score(mu_to_hu(baselines.sirt(sinogram, radon, iters=100, nonneg=True) / spacing)),
-        "tv": score(mu_to_hu(baselines.tv(sinogram, radon, iters=300, nonneg=True) / spacing)),
+        "fbp": score(mu_to_hu(baselines.fbp(sinogram, geometry, args.size) / spacing), truth),
+        "sirt": score(mu_to_hu(baselines.sirt(sinogram, radon, iters=100, nonneg=True) / spacing), truth),
+        "tv": score(mu_to_hu(baselines.tv(sinogram, radon, iters=300, nonneg=True) / spacing), truth),
     }
     prior = load_prior(args.prior, device=str(device))
     fitted, y_fitted = radon, sinogram
@@ -148,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss = float(data_loss(fitted(unit_to_mu(x0) * spacing), y_fitted, "mse", None))
             prior.nfe = nfe_before  # scoring decodes are not part of BIRD's budget
             rows.append({"iteration": info["iteration"], "loss": loss, "nfe": info["nfe"],
-                         "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0))})
+                         "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0), truth)})
             scoring_seconds += time.perf_counter() - started
             print(f"{label} iteration {info['iteration']}: loss {loss:.4g}, PSNR {rows[-1]['psnr']:.2f} dB",
                   file=sys.stderr, flush=True)
@@ -182,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(f"{slice_label}: {args.views} parallel views, delta_t {args.delta_t}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        name = f"convergence_ct_{args.tag}.png"
+        name = f"{args.tag}.png"
         fig.savefig(args.out_dir / "figures" / name, dpi=110)
         plt.close(fig)
         figures.append(name)
@@ -193,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     reference_line = ", ".join(f"{name.upper()} {fmt(ref['psnr'])} dB / {fmt(ref['ssim'], None, 3)}"
                                for name, ref in references.items())
     markdown = "\n".join([
-        f"# BIRD convergence `{args.tag}`", "", "Generated by `scripts/bird_convergence.py`; do not edit by hand.", "",
+        f"# BIRD convergence `{args.tag}`", "", "Generated by `python -m benchmarks.studies.convergence`; do not edit by hand.", "",
         record_markdown(record),
         f"- Setting: `{slice_label}` at {args.size}² ({spacing:.3g} mm pixels), {args.views} parallel views, noiseless; BIRD with "
         f"detached gradients, delta_t {args.delta_t} ({settings['ddim_steps']} DDIM steps), lr_latent "
@@ -202,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "- Metrics: PSNR/SSIM on HU clipped to [-1000, 1000] (data range 2000 HU); seconds exclude the scoring decodes.",
         f"- References on the same sinogram: {reference_line} (SIRT 100, TV 300 iterations).", "", table, ""]
         + [f"![{f}](figures/{f})" for f in figures])
-    json_path, md_path = write_outputs(args.out_dir, f"convergence_ct_{args.tag}",
+    json_path, md_path = write_outputs(args.out_dir, args.tag,
                                        {"run": record, "settings": settings, "references": references, "curves": curves,
                                         "figures": [f"figures/{f}" for f in figures]}, markdown)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)

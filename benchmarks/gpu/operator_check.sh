@@ -17,4 +17,4 @@ export PYTHONPATH=$PWD:/tmp/site CTBIRD_CACHE_DIR=/tmp/radon-cache PYTHONUNBUFFE
 python3 -c "import astra; print('astra', astra.__version__, 'use_cuda', astra.use_cuda())"
 timeout 240 python3 -m pytest tests/operators/test_radon.py -q -p no:cacheprovider --tb=line -rfs 2>&1 | tail -15
 python3 -c "import torch; print(torch.__version__)"
-python3 scripts/bench_operators_gpu.py
+python3 -m benchmarks.gpu.radon_timing

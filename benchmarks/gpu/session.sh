@@ -3,29 +3,30 @@
 # measure it on CUDA (docs tables for the GPU).
 #
 # Usage (repository root, on the GPU machine):
-#   bash scripts/gpu_session.sh TRAIN_MINUTES [PART ...]
-# TRAIN_MINUTES > 0 runs scripts/train_prior_gpu.sh from the shipped weights (INIT) for that budget, keeps the
+#   bash benchmarks/gpu/session.sh TRAIN_MINUTES [PART ...]
+# TRAIN_MINUTES > 0 runs benchmarks/gpu/train_prior.sh from the shipped weights (INIT) for that budget, keeps the
 # new prior in /tmp/ctbird-new-prior (it outlives this call while the machine stays warm) and installs it over
 # data/priors/ctbird-ct-256 on this machine; 0 skips training (a later call on the warm machine reuses the
 # kept prior). Then each PART, in order, each capped in seconds (a part past its cap is killed, the rest go on):
-#   timing     scripts/time_bird.py: batch 1/16, detached/exact                                  (cap 90)
-#   main       scripts/benchmark_ct.py: 30 parallel views, noiseless, all but bird-exact, EVAL_SLICES
+#   timing     python -m benchmarks.studies.timing: batch 1/16, detached/exact                                  (cap 90)
+#   main       python -m benchmarks.ct: 30 parallel views, noiseless, all but bird-exact, EVAL_SLICES
 #              (cap 100 + 3 s per slice: 196 s for 32 slices, 430 s for all 110)
 #   exact      the same for bird-exact (backpropagation through the UNet) on 16 slices             (cap 150)
-#   ablation   scripts/benchmark_ct.py --ablation: delta_t 20..250 on 8 slices                       (cap 150)
-#   views      scripts/benchmark_ct.py: 8/18/60 parallel views, noiseless, fbp/sirt/tv/bird/bird+dc  (cap 150)
-#   fan-noise  scripts/benchmark_ct.py: 30 views, parallel and fan, noiseless and I0 = 1e5, 16 slices  (cap 200)
-#   operators  scripts/bench_operators_gpu.py 256 512                                                (cap 60)
-# Results (markdown, JSON, figures) collect in /tmp/gpu-results/docs and are packed into $OUT/results.tar
+#   ablation   python -m benchmarks.ct --ablation: delta_t 20..250 on 8 slices                       (cap 150)
+#   views      python -m benchmarks.ct: 8/18/60 parallel views, noiseless, fbp/sirt/tv/bird/bird+dc  (cap 150)
+#   fan-noise  python -m benchmarks.ct: 30 views, parallel and fan, noiseless and I0 = 1e5, 16 slices  (cap 200)
+#   operators  python -m benchmarks.gpu.radon_timing 256 512                                                (cap 60)
+# Results (markdown, JSON, figures) collect in /tmp/gpu-results/docs/results/<topic> (the repository's layout) and
+# are packed into $OUT/results.tar
 # after every part; the prior comes back as $OUT/prior.tar, the logs as $OUT/session.log and train.log.
 #
 # Carry .gpu and .whl. Make them here with
-#   python scripts/pack_training_subset.py --stride 6 --offset 1 --eval-slices 32 --no-wheels
+#   python -m benchmarks.gpu.pack --stride 6 --offset 1 --eval-slices 32 --no-wheels
 # (.gpu: training subset + evaluation slice pack) and the wheels of ../shared/tools/astra-cuda13/README.md in
 # .whl (astra-toolbox, nvidia-cuda-runtime-cu12, diffusers, pydicom, importlib_metadata, lazy-importer, and
 # the cuFFT shim in .whl/shim).
 set -uo pipefail
-TRAIN_MIN=${1:?usage: bash scripts/gpu_session.sh TRAIN_MINUTES [PART ...]}
+TRAIN_MIN=${1:?usage: bash benchmarks/gpu/session.sh TRAIN_MINUTES [PART ...]}
 shift
 OUT=${OUT:-./out-gpu}
 RESULTS=/tmp/gpu-results
@@ -36,7 +37,7 @@ EVAL_SLICES=${EVAL_SLICES:-32}
 BATCH=${BATCH:-16}
 DEVICE=${DEVICE:-cuda}               # DEVICE=cpu BIRD_ITERS=2 EVAL_SLICES=2: a dry run of the parts on a CPU
 ITERS=(${BIRD_ITERS:+--iters "$BIRD_ITERS"})
-mkdir -p "$OUT" "$RESULTS/docs"
+mkdir -p "$OUT" "$RESULTS/docs/results"
 exec > >(tee "$OUT/session.log") 2>&1
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg CTBIRD_CACHE_DIR=/tmp/radon-cache
 START=$(date +%s)
@@ -60,7 +61,7 @@ python3 -c "import astra, torch, diffusers; print('astra', astra.__version__, 'c
   || exit 1
 
 if python3 -c "import sys; sys.exit(0 if float('$TRAIN_MIN') > 0 else 1)"; then
-  OUT="$OUT" INIT=${INIT-$SHIPPED} LR=${LR:-3e-4} bash scripts/train_prior_gpu.sh "$TRAIN_MIN"
+  OUT="$OUT" INIT=${INIT-$SHIPPED} LR=${LR:-3e-4} bash benchmarks/gpu/train_prior.sh "$TRAIN_MIN"
   echo "training exit $?"
   if [ -s "$OUT/prior.tar" ]; then
     rm -rf "$KEPT_PRIOR" && mkdir -p "$KEPT_PRIOR" && tar xf "$OUT/prior.tar" -C "$KEPT_PRIOR" --strip-components=1
@@ -81,10 +82,10 @@ part() {  # part CAP COMMAND...: run with a cap, then pack the results
   echo "=== exit $? after $(( $(date +%s) - START )) s"
   tar cf "$OUT/results.tar" -C "$RESULTS" docs
 }
-BENCH=(python3 scripts/benchmark_ct.py --device "$DEVICE" --data "$EVAL" --out-dir "$RESULTS/docs" "${ITERS[@]}")
+BENCH=(python3 python -m benchmarks.ct --device "$DEVICE" --data "$EVAL" --out-dir "$RESULTS/docs" "${ITERS[@]}")
 for name in "$@"; do
   case $name in
-    timing) part 90 python3 scripts/time_bird.py --device "$DEVICE" --tag gpu --batch-sizes 1,16 \
+    timing) part 90 python3 python -m benchmarks.studies.timing --device "$DEVICE" --tag gpu --batch-sizes 1,16 \
               --iters "${BIRD_ITERS:-10}" --out-dir "$RESULTS/docs" ;;
     main) part $(( 100 + 3 * EVAL_SLICES )) "${BENCH[@]}" --tag gpu --max-slices "$EVAL_SLICES" --batch-size "$BATCH" --views 30 \
             --geometry parallel --noise none --methods fbp,sirt,tv,dps,bird,bird+dc ;;
@@ -98,7 +99,7 @@ for name in "$@"; do
     fan-noise) part 200 "${BENCH[@]}" --tag gpu_fan_noise --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
                  --batch-size 16 --views 30 --geometry parallel,fan --noise none,1e5 \
                  --methods fbp,sirt,tv,bird,bird+dc ;;
-    operators) part 60 python3 scripts/bench_operators_gpu.py 256 512 ;;
+    operators) part 60 python3 python -m benchmarks.gpu.radon_timing 256 512 ;;
     *) echo "unknown part $name" ;;
   esac
 done

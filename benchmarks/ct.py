@@ -17,22 +17,22 @@ through the UNet) and ``bird+dc`` (BIRD, then conjugate-gradient data-consistenc
 and ``bird+dc`` are requested, BIRD runs once: ``bird`` is the BIRD stage of the ``bird+dc`` run (same seed,
 identical result to a separate run) and its seconds are that stage's.
 
-Writes ``results_ct_<tag>.json`` / ``.md`` and ``figures/ct_<tag>_*.png`` under ``--out-dir``; ``--ablation``
-instead runs the ``delta_t`` ablation of BIRD (30 views, parallel, noiseless) into ``results_ct_ablation_<tag>.*``.
+Writes ``<tag>.json`` / ``.md`` and ``figures/<tag>_*.png`` under ``--out-dir`` (default ``docs/results/ct``);
+``--ablation`` instead runs the ``delta_t`` ablation of BIRD (30 views, parallel, noiseless) into
+``ablation_<tag>.*``.
 
-Examples::
+Examples (repository root)::
 
-    python scripts/benchmark_ct.py --quick --tag quick
-    python scripts/benchmark_ct.py --tag gpu --device cuda
-    python scripts/benchmark_ct.py --tag cpu --max-slices 4 --views 8,30,60 --methods fbp,sirt,tv,bird,bird+dc --iters 30
-    python scripts/benchmark_ct.py --ablation --tag cpu --max-slices 2 --iters 3
-    python scripts/benchmark_ct.py --rerender docs/results_ct_cpu.json     # the markdown again, from the JSON
+    python -m benchmarks.ct --quick --tag quick
+    python -m benchmarks.ct --tag gpu --device cuda
+    python -m benchmarks.ct --tag cpu --max-slices 4 --views 8,30,60 --methods fbp,sirt,tv,bird,bird+dc --iters 30
+    python -m benchmarks.ct --ablation --tag cpu --max-slices 2 --iters 3
+    python -m benchmarks.ct --rerender docs/results/ct/cpu-defaults.json    # the markdown again, from the JSON
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -41,12 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The scripts' folder (bench_common) and the repository root: the package imports whole from a checkout.
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-
-from bench_common import (SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,  # noqa: E402
-                          mean_std, parse_list, progress, record_markdown, require_positive, run_script, start_run,
-                          write_outputs)
+from benchmarks.common import (RESULTS_DIR, SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,
+                               noise_label, parse_list, progress, record_markdown, require_positive, run_script, score,
+                               simulate, simulation_geometry, start_run, summarize, write_outputs)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
 PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
@@ -95,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1,
                         help="slices per prior-method run (default 1; batches pay off on a GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents (noise uses 1000 + slice index)")
-    parser.add_argument("--out-dir", type=Path, default=Path("docs"), help="output folder (default docs)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "ct",
+                        help="output folder (default docs/results/ct)")
     parser.add_argument("--tag", default=None, help="run label in the file names, e.g. cpu or gpu (default: the device type)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny run: 2 slices, 30 views, parallel, noiseless, fbp/sirt/bird, 3 iterations, delta_t 250")
@@ -130,28 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     return args
-
-
-def simulation_geometry(kind: str, views: int, size: int):
-    """The CLI's simulated acquisitions (``ctbird.cli._simulation_geometry``)."""
-    from operators.geometry import FanBeam, ParallelBeam
-
-    if kind == "parallel":
-        return ParallelBeam(views=views).resolved(size)
-    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
-
-
-def noise_label(i0: float | None) -> str:
-    return "noiseless" if i0 is None else f"I0={i0:.0e}"
-
-
-def score(hu: np.ndarray, truth: np.ndarray) -> dict:
-    from ctbird.metrics import psnr, rmse_hu, ssim
-    from ctbird.units import EVAL_HU_RANGE
-
-    return {"psnr": float(psnr(hu, truth, data_range=EVAL_HU_RANGE)),
-            "ssim": float(ssim(hu, truth, data_range=EVAL_HU_RANGE)),
-            "rmse_hu": float(rmse_hu(hu, truth))}
 
 
 class Runner:
@@ -238,35 +214,6 @@ class Runner:
             yield method, images(result.image), seconds, int(result.nfe)
 
 
-@functools.lru_cache(maxsize=16)
-def projector(geometry, size: int, device: torch.device):
-    """The matrix-backend Radon of one acquisition (cached: every slice reuses it)."""
-    from operators.radon import Radon
-
-    return Radon(geometry, size, backend="matrix", device=device)
-
-
-def simulate(hu: np.ndarray, spacing: float, geometry, i0: float | None, seed: int, device: torch.device) -> torch.Tensor:
-    """Sinogram ``[1, 1, views, detectors]`` of ``hu_to_mu(hu) * spacing`` line integrals (+ log-Poisson noise)."""
-    from operators.noise import LogPoissonNoise
-    from ctbird.units import hu_to_mu
-
-    radon = projector(geometry, hu.shape[-1], device)
-    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(hu) * spacing, dtype=np.float32))[None, None].to(device)
-    with torch.no_grad():
-        sinogram = radon(mu_pixels)
-    if i0 is not None:
-        sinogram = LogPoissonNoise(i0)(sinogram, generator=torch.Generator().manual_seed(seed))
-    return sinogram
-
-
-def summarize(per_slice: list[dict]) -> dict:
-    summary = {}
-    for key in ("psnr", "ssim", "rmse_hu", "seconds", "nfe"):
-        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([row[key] for row in per_slice])
-    return summary
-
-
 def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
     from ctbird.api import METHOD_DEFAULTS
     from ctbird.solvers.bird import TASK_DEFAULTS
@@ -331,7 +278,7 @@ def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | Non
     fig_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if grid is not None:
-        path = fig_dir / f"ct_{tag}_grid.png"
+        path = fig_dir / f"{tag}_grid.png"
         png = comparison_figure(grid["images"], reference=grid["truth"], window=(-1000.0, 1000.0),
                                 metrics=grid["metrics"], title=grid["title"], error_range=250.0)
         write_bytes_atomic(path, png)
@@ -352,7 +299,7 @@ def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | Non
         ax.set_ylabel("PSNR (dB, [-1000, 1000] HU)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
-    path = fig_dir / f"ct_{tag}_psnr_vs_views.png"
+    path = fig_dir / f"{tag}_psnr_vs_views.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path.name)
@@ -367,7 +314,7 @@ def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | Non
     ax.set_title("PSNR vs time (every geometry/views/noise setting)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = fig_dir / f"ct_{tag}_psnr_vs_seconds.png"
+    path = fig_dir / f"{tag}_psnr_vs_seconds.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path.name)
@@ -409,13 +356,13 @@ def benchmark(args, slices, prior, prior_label, device, record) -> None:
     figures = [] if args.no_figures else write_figures(args.out_dir, args.tag, results, grid)
     payload = {"run": record, "settings": settings, "slices": [s[0] for s in slices], "results": results,
                "figures": [f"figures/{f}" for f in figures]}
-    json_path, md_path = write_outputs(args.out_dir, f"results_ct_{args.tag}", payload,
+    json_path, md_path = write_outputs(args.out_dir, args.tag, payload,
                                        ct_markdown(record, settings, [s[0] for s in slices], results, methods, figures, args))
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
 
 
 def ct_markdown(record, settings, slices, results, methods, figures, args) -> str:
-    lines = [f"# CT benchmark `{args.tag}`", "", "Generated by `scripts/benchmark_ct.py`; do not edit by hand.", "",
+    lines = [f"# CT benchmark `{args.tag}`", "", "Generated by `python -m benchmarks.ct`; do not edit by hand.", "",
              record_markdown(record), settings_markdown(settings, slices), ""]
     for geometry in args.geometry:
         for i0 in args.noise:
@@ -470,7 +417,7 @@ def rerender(path: Path) -> Path:
     results = payload["results"]
     # the run's option lists, in the order its results were written (geometry, then views, then noise)
     args = argparse.Namespace(
-        tag=path.stem.removeprefix("results_ct_"),
+        tag=path.stem,
         geometry=list(dict.fromkeys(r["geometry"] for r in results)),
         noise=list(dict.fromkeys(r["I0"] for r in results)),
         views=list(dict.fromkeys(r["views"] for r in results)))
@@ -517,7 +464,7 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
         twin.set_ylabel("seconds per slice", color="tab:red")
         ax.set_title(f"BIRD delta_t ablation ({ABLATION_VIEWS} views, parallel, noiseless)", fontsize=10)
         ax.grid(alpha=0.3)
-        name = f"ct_ablation_{args.tag}.png"
+        name = f"ablation_{args.tag}.png"
         fig.savefig(args.out_dir / "figures" / name, dpi=110)
         plt.close(fig)
         figures.append(name)
@@ -525,13 +472,13 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
                            [[r["delta_t"], r["ddim_steps"], fmt(r["psnr_mean"], r["psnr_std"]), fmt(r["ssim_mean"], r["ssim_std"], 3),
                              fmt(r["rmse_hu_mean"], r["rmse_hu_std"], 1), fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0)]
                             for r in rows])
-    markdown = "\n".join([f"# BIRD delta_t ablation `{args.tag}`", "", "Generated by `scripts/benchmark_ct.py --ablation`.", "",
+    markdown = "\n".join([f"# BIRD delta_t ablation `{args.tag}`", "", "Generated by `python -m benchmarks.ct --ablation`; do not edit by hand.", "",
                           record_markdown(record), settings_markdown(settings, [s[0] for s in slices]),
                           f"- Setting: {ABLATION_VIEWS} views, parallel beam, noiseless; same iterations for every delta_t.",
                           "", table, ""] + [f"![{f}](figures/{f})" for f in figures])
     payload = {"run": record, "settings": settings, "slices": [s[0] for s in slices], "ablation": rows,
                "figures": [f"figures/{f}" for f in figures]}
-    json_path, md_path = write_outputs(args.out_dir, f"results_ct_ablation_{args.tag}", payload, markdown)
+    json_path, md_path = write_outputs(args.out_dir, f"ablation_{args.tag}", payload, markdown)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
 
 
@@ -542,7 +489,7 @@ def excluded_slices(runs: list[Path]) -> set[str]:
         try:
             labels.update(json.loads(run.read_text())["slices"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"--exclude-slices-of {run}: not a benchmark_ct results JSON ({exc}).") from exc
+            raise ValueError(f"--exclude-slices-of {run}: not a benchmarks.ct results JSON ({exc}).") from exc
     return labels
 
 
@@ -552,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"wrote {rerender(args.rerender)}", file=sys.stderr)
         except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
-            print(f"error: --rerender {args.rerender}: not a benchmark_ct results JSON ({exc!r})", file=sys.stderr)
+            print(f"error: --rerender {args.rerender}: not a benchmarks.ct results JSON ({exc!r})", file=sys.stderr)
             return 2
         return 0
     from ctbird.priors import default_prior_path, load_prior
