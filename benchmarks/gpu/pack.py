@@ -31,11 +31,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO_ROOT, SHARED_DATA, load_ct_slices, write_slice_pack
+from benchmarks.common import REPO_ROOT, SHARED_DATA, load_ct_slices, run_script, write_slice_pack
+from ctbird.errors import InputError
 
 DEFAULT_SOURCE = SHARED_DATA / "ct" / "train" / "ct256_train_hu.npz"
 TRANSPORT_LIMIT = 64 * 2**20
@@ -55,7 +57,7 @@ def pack(source: Path, out: Path, stride: int = 2, offset: int = 0) -> dict[str,
     patients_before = len(np.unique(data["patient"]))
     patients_after = len(np.unique(arrays["patient"]))
     if patients_after != patients_before:
-        raise RuntimeError(f"subset lost patients: {patients_before} -> {patients_after}")
+        raise InputError(f"subset lost patients: {patients_before} -> {patients_after}; use a smaller --stride.")
     return {"slices": int(keep.size), "patients": patients_after, "bytes": out.stat().st_size}
 
 
@@ -66,14 +68,14 @@ def copy_wheels(wheel_dir: Path, dest: Path) -> list[Path]:
     for pattern in WHEEL_PATTERNS:
         matches = sorted(wheel_dir.glob(pattern))
         if len(matches) != 1:
-            raise RuntimeError(f"expected exactly one {pattern} in {wheel_dir}, found {len(matches)}")
+            raise InputError(f"expected exactly one {pattern} in {wheel_dir}, found {len(matches)} (or pass --no-wheels).")
         target = dest / matches[0].name
         shutil.copy2(matches[0], target)
         copied.append(target)
     return copied
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".gpu" / "ct_train_subset.npz")
@@ -107,8 +109,9 @@ def main() -> None:
     tree = sum((REPO_ROOT / name).stat().st_size for name in tracked.decode().split("\0") if name and (REPO_ROOT / name).is_file())
     print(f"travels: {(tree + total) / 2**20:.1f} MiB (tracked tree {tree / 2**20:.1f} MiB + carried folders)")
     if tree + total > TRANSPORT_LIMIT:
-        raise SystemExit("over the 64 MiB transport limit: use a larger --stride (e.g. --stride 3).")
+        raise InputError("over the 64 MiB transport limit: use a larger --stride (e.g. --stride 3).")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

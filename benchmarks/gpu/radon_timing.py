@@ -10,7 +10,7 @@ Usage::
     python -m benchmarks.gpu.radon_timing [N ...]
 """
 
-import sys
+import argparse
 import time
 
 import torch
@@ -66,4 +66,11 @@ def main(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [256])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[256], help="image sides N (default 256)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU (run it through benchmarks/gpu/operator_check.sh on the GPU machine).")
+    if min(args.sizes) < 16:
+        parser.error(f"image sides must be >= 16, got {args.sizes}.")
+    main(args.sizes)
