@@ -365,6 +365,32 @@ def write_outputs(out_dir: Path, stem: str, payload: dict, markdown: str) -> tup
     return json_path, md_path
 
 
+def save_png(path: Path, figure, dpi: int = 110) -> str:
+    """Write a matplotlib figure (or PNG bytes) to ``path`` as a 256-colour palette PNG, atomically.
+
+    Result figures are greyscale images, colour maps and line plots: the palette keeps them legible at about a
+    third of the RGBA size, so that docs/ stays small. Returns the file name.
+    """
+    import io
+
+    from PIL import Image
+
+    from ctbird.io import write_bytes_atomic
+
+    if isinstance(figure, bytes):
+        png = figure
+    else:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        png = buffer.getvalue()
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
+                                                                 dither=Image.Dither.NONE)
+    palette = io.BytesIO()
+    image.save(palette, format="PNG", optimize=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, palette.getvalue())
+    return path.name
+
 def run_script(main: Callable[[], int]) -> int:
     """Run a script's ``main()``: a user error (:class:`ctbird.errors.CtbirdError`: a missing data folder or prior,
     an unreadable file) ends in one ``error:`` line on stderr and exit status 2 instead of a traceback."""

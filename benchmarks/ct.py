@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import (RESULTS_DIR, SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,
-                               noise_label, parse_list, progress, record_markdown, require_positive, run_script, score,
-                               simulate, simulation_geometry, start_run, summarize, write_outputs)
+                               noise_label, parse_list, progress, record_markdown, require_positive, run_script,
+                               save_png, score, simulate, simulation_geometry, start_run, summarize, write_outputs)
 
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
 PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
@@ -271,7 +271,6 @@ def _pyplot():
 
 def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | None) -> list[str]:
     from ctbird.figures import comparison_figure
-    from ctbird.io import write_bytes_atomic
 
     plt = _pyplot()
     fig_dir = out_dir / "figures"
@@ -281,7 +280,7 @@ def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | Non
         path = fig_dir / f"{tag}_grid.png"
         png = comparison_figure(grid["images"], reference=grid["truth"], window=(-1000.0, 1000.0),
                                 metrics=grid["metrics"], title=grid["title"], error_range=250.0)
-        write_bytes_atomic(path, png)
+        save_png(path, png)
         written.append(path.name)
 
     configs = sorted({(r["geometry"], r["noise"]) for r in results})
@@ -300,7 +299,7 @@ def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | Non
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     path = fig_dir / f"{tag}_psnr_vs_views.png"
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
     written.append(path.name)
 
@@ -315,7 +314,7 @@ def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = fig_dir / f"{tag}_psnr_vs_seconds.png"
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
     written.append(path.name)
     return written
@@ -465,7 +464,7 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
         ax.set_title(f"BIRD delta_t ablation ({ABLATION_VIEWS} views, parallel, noiseless)", fontsize=10)
         ax.grid(alpha=0.3)
         name = f"ablation_{args.tag}.png"
-        fig.savefig(args.out_dir / "figures" / name, dpi=110)
+        save_png(args.out_dir / "figures" / name, fig)
         plt.close(fig)
         figures.append(name)
     table = markdown_table(["delta_t", "DDIM steps", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice", "NFE / slice"],

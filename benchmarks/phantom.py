@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS_DIR, main_module, run_script, score_unit, write_outputs
+from benchmarks.common import RESULTS_DIR, main_module, run_script, save_png, score_unit, write_outputs
 from ctbird.baselines import FILTERS, TV_WEIGHT, default_tv_weight, fbp, sirt, tv
-from ctbird.io import write_bytes_atomic
 from ctbird.phantoms import shepp_logan
 from operators.geometry import ParallelBeam
 from operators.radon import Radon
@@ -68,8 +67,6 @@ def versions() -> dict[str, str]:
 
 
 def write_figure(path: Path, truth: np.ndarray, images: dict[str, np.ndarray], scores: dict[str, dict]) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,11 +85,8 @@ def write_figure(path: Path, truth: np.ndarray, images: dict[str, np.ndarray], s
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=80)
+    save_png(path, fig, dpi=80)
     plt.close(fig)
-    write_bytes_atomic(path, png.getvalue())
 
 
 def markdown(report: dict) -> str:

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import (RESULTS_DIR, SHARED_DATA, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,
-                               parse_list, progress, record_markdown, require_positive, run_script, score_unit,
-                               start_run, write_outputs)
+                               parse_list, progress, record_markdown, require_positive, run_script, save_png,
+                               score_unit, start_run, write_outputs)
 
 TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 BLIND_DEBLUR = ("gaussian-deblur", "motion-deblur")
@@ -384,7 +384,7 @@ def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str
             if not ax.images:
                 ax.axis("off")
     name = f"{tag}_grid.png"
-    fig.savefig(out_dir / "figures" / name, dpi=100)
+    save_png(out_dir / "figures" / name, fig, dpi=100)
     plt.close(fig)
     return [name]
 

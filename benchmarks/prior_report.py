@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import REPO_ROOT, SHARED_DATA, run_script
+from benchmarks.common import REPO_ROOT, SHARED_DATA, run_script, save_png
 from ctbird.errors import InputError
 from ctbird.io import read_dicom, to_working_size
 from ctbird.modelcard import TCIA_ACKNOWLEDGEMENT, TCIA_COLLECTIONS, training_stretches
@@ -207,7 +207,7 @@ def fig_samples(samples: np.ndarray, real: np.ndarray, path: Path) -> None:
         axes[r, 0].set_ylabel(f"{name}\n{window} {WINDOWS[window][0]:.0f}..{WINDOWS[window][1]:.0f}", fontsize=7)
     fig.suptitle("Prior samples (top two rows) vs random training slices (bottom two rows)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
 
 
@@ -226,7 +226,7 @@ def fig_loss(records: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
 
 
@@ -244,7 +244,7 @@ def fig_nearest(samples: np.ndarray, train_hu: np.ndarray, nn: dict, path: Path)
     axes[1, 0].set_ylabel("nearest training\nslice (256² RMSE)", fontsize=8)
     axes[2, 0].set_ylabel("best-correlated\ntraining slice (64²)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
 
 
@@ -265,7 +265,7 @@ def fig_distances(dist: dict[str, np.ndarray], key: str, path: Path) -> None:
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
 
 
@@ -292,7 +292,7 @@ def fig_denoise(table: dict, example_clean: np.ndarray, example_noisy: np.ndarra
         _show(axes[0][c], example_noisy[c - 1], WINDOWS["wide"], f"x_t, t={t}")
         _show(axes[1][c], example_pred[c - 1], WINDOWS["wide"], f"x0_hat, t={t}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
 
 

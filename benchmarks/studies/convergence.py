@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (RESULTS_DIR, SAMPLE_SLICE, add_data_filter_option, fmt, markdown_table, parse_list,
-                               projector, read_slice, record_markdown, run_script, score, simulate,
+                               projector, read_slice, record_markdown, run_script, save_png, score, simulate,
                                simulation_geometry, start_run, write_outputs)
 
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         name = f"{args.tag}.png"
-        fig.savefig(args.out_dir / "figures" / name, dpi=110)
+        save_png(args.out_dir / "figures" / name, fig)
         plt.close(fig)
         figures.append(name)
     table = markdown_table(["BIRD variant", "iteration", "NFE", "data loss", "PSNR (dB)", "SSIM", "seconds"],

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import (RESULTS_DIR, SHARED_DATA, fmt, load_ct_slices, markdown_table, read_working_slice,
-                               run_script, write_outputs)
+                               run_script, save_png, write_outputs)
 
 #: HU above which a pixel counts as tissue (between lung, about -850, and fat, about -100).
 TISSUE_HU = -500.0
@@ -246,7 +246,7 @@ def plot(path: Path, groups: dict, train: dict | None) -> str:
         ax.set_ylabel("BIRD's PSNR margin (dB)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(path, fig)
     plt.close(fig)
     return str(path)
 
