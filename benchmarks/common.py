@@ -220,10 +220,10 @@ def score_unit(image: torch.Tensor, truth: torch.Tensor) -> dict:
     return {"psnr": float(psnr(image, truth, data_range=1.0)), "ssim": float(ssim(image, truth, data_range=1.0))}
 
 
-def summarize(per_slice: list[dict], keys: Sequence[str] = ("psnr", "ssim", "rmse_hu", "seconds", "nfe")) -> dict:
-    """``{key_mean, key_std}`` over the rows of ``per_slice`` for each key."""
+def summarize(per_slice: list[dict]) -> dict:
+    """``{key_mean, key_std}`` over the rows of ``per_slice`` for PSNR, SSIM, RMSE, seconds and NFE."""
     summary = {}
-    for key in keys:
+    for key in ("psnr", "ssim", "rmse_hu", "seconds", "nfe"):
         summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([row[key] for row in per_slice])
     return summary
 
