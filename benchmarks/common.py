@@ -1,0 +1,410 @@
+"""What every benchmark shares: data selection, the simulated acquisition, scoring, run records, tables.
+
+The CT acquisition is simulated in one function (:func:`simulate`) and a CT reconstruction scored in one
+(:func:`score`); images on the prior's ``[0, 1]`` scale are scored by :func:`score_unit`. Every benchmark and
+study imports these from here and nothing from another benchmark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import math
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The team's data folder, a sibling of the repository (``../shared/data``).
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: Where generated result pages go: ``docs/results/<topic>/<tag>.md`` + ``.json``, figures in ``figures/`` beside them.
+RESULTS_DIR = Path("docs") / "results"
+#: The shipped sample slice, the default input of the single-slice studies.
+SAMPLE_SLICE = REPO_ROOT / "data" / "samples" / "chest_tcga_0000.dcm"
+#: Field of view assumed for synthetic phantom slices (mm across the working grid).
+SYNTHETIC_FOV_MM = 350.0
+
+
+def parse_list(text: str, cast=str) -> list:
+    """``"a,b,c"`` -> ``[cast(a), cast(b), cast(c)]`` (blank items dropped)."""
+    return [cast(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def require_positive(parser, args, names: Sequence[str]) -> None:
+    """``parser.error`` unless each named option is None or >= 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+
+
+def add_data_filter_option(parser) -> None:
+    """``--data-filter``: the SinogramFilter exponent of BIRD's CT data term (``args.data_filter``: float or None).
+
+    ``default`` resolves to ``BirdConfig().data_filter``; ``none`` is the reference's plain term.
+    """
+    import argparse
+
+    def parse(text: str) -> float | None:
+        from ctbird.config import BirdConfig
+
+        if text == "default":
+            return BirdConfig().data_filter
+        if text == "none":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"takes a positive exponent, 'none' or 'default', got {text!r}")
+        return value
+
+    parser.add_argument("--data-filter", type=parse, default="default",
+                        help="SinogramFilter exponent of BIRD's data term, or 'none' for the plain term "
+                             "(default ctbird.config.BirdConfig)")
+
+
+def evenly_spread(items: Sequence, count: int | None) -> list:
+    """``count`` items spread evenly over ``items`` (first and last included), in order; all when ``count`` is None."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count < 1:
+        return []
+    positions = np.unique(np.round(np.linspace(0, len(items) - 1, count)).astype(int))
+    return [items[i] for i in positions]
+
+
+def dicom_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (recursive) that is not an obvious non-DICOM sidecar, sorted by path."""
+    skip = {".txt", ".md", ".json", ".png", ".jpg", ".jpeg", ".csv", ".npz", ".npy"}
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in skip)
+
+
+def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synthetic: bool,
+                   exclude: Collection[str] = ()) -> list[tuple[str, np.ndarray, float]]:
+    """CT slices at the working size: ``[(label, hu [size, size] float32, pixel_spacing_mm), ...]``.
+
+    Real data: one slice per DICOM file under ``data_dir`` (the middle frame of multi-frame files), an evenly
+    spread deterministic subset of ``count`` files, ``read_dicom -> clip_hu -> to_working_size`` with the pixel
+    spacing scaled accordingly; or a slice pack (``.npz`` from :func:`write_slice_pack`) holding such slices. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
+    ``[0, 1]`` values span air to dense bone) and its mirror images, ``SYNTHETIC_FOV_MM`` across.
+    ``exclude``: labels (paths relative to ``data_dir``) left out before the subset is chosen, e.g. the slices
+    of an earlier run, for a disjoint replicate.
+    """
+    from ctbird.errors import InputError
+
+    if synthetic:
+        from ctbird.phantoms import shepp_logan
+
+        base = shepp_logan(size)[0, 0].numpy().astype(np.float32) * 2000.0 - 1000.0
+        variants = [("shepp-logan", base), ("shepp-logan-lr", base[:, ::-1]), ("shepp-logan-ud", base[::-1]),
+                    ("shepp-logan-rot", base[::-1, ::-1])]
+        return [(label, np.ascontiguousarray(image), SYNTHETIC_FOV_MM / size)
+                for label, image in variants[:count or len(variants)]]
+    if data_dir is not None and data_dir.suffix == ".npz" and data_dir.is_file():
+        return _load_slice_pack(data_dir, count, size, exclude)
+    if data_dir is None or not data_dir.is_dir():
+        raise InputError(f"CT data folder {data_dir} not found; pass --data DIR (DICOM files, searched recursively) "
+                         "or --synthetic for the phantom.")
+    files = [path for path in dicom_files(data_dir) if str(path.relative_to(data_dir)) not in exclude]
+    if not files:
+        raise InputError(f"No DICOM files under {data_dir} (after the {len(exclude)} excluded); pass --data DIR or "
+                         "--synthetic.")
+    return [(str(path.relative_to(data_dir)), *read_working_slice(path, size)) for path in evenly_spread(files, count)]
+
+
+def read_working_slice(path: Path, size: int) -> tuple[np.ndarray, float]:
+    """One DICOM slice (the middle frame) at the working size: HU ``[size, size]`` float32, pixel spacing (mm).
+
+    ``read_dicom -> clip_hu -> to_working_size``, with the pixel spacing scaled to match.
+    """
+    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
+    from ctbird.units import clip_hu
+
+    volume = read_dicom(path)
+    hu = volume.hu[volume.hu.shape[0] // 2]
+    return to_working_size(clip_hu(hu), size), working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
+
+
+def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float, str]:
+    """``(hu [size, size], pixel spacing mm, label)`` of a DICOM file or a ``STACK.npz:INDEX`` slice.
+
+    A stack slice (e.g. of the prior's training set, to tune away from the evaluation slices) takes its pixel
+    spacing from the stack's ``pixel_spacing_mm`` when present, else ``pixel_mm``.
+    """
+    from ctbird.errors import InputError
+    from ctbird.units import clip_hu
+
+    stack_path, _, index = spec.rpartition(":")
+    if not stack_path.endswith(".npz"):
+        path = Path(spec)
+        hu, spacing = read_working_slice(path, size)
+        label = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path
+        return hu, spacing, str(label)
+    with np.load(stack_path) as stack:
+        image = clip_hu(stack["images"][int(index)].astype(np.float32))
+        if "pixel_spacing_mm" in stack.files:
+            pixel_mm = float(stack["pixel_spacing_mm"][int(index)])
+    if image.shape != (size, size):
+        raise InputError(f"{spec} is {image.shape[0]}x{image.shape[1]}, not --size {size}.")
+    return image, pixel_mm, f"{Path(stack_path).name}[{index}]"
+
+
+# ------------------------------------------------------------------------------- acquisition and scoring
+def simulation_geometry(kind: str, views: int, size: int):
+    """The simulated acquisitions of ``ctbird reconstruct``: ``parallel`` over 180 degrees, or ``fan`` with the
+    source at 2 ``size`` and the detector at ``size`` from the axis (pixel units) over 360 degrees."""
+    from operators.geometry import FanBeam, ParallelBeam
+
+    if kind == "parallel":
+        return ParallelBeam(views=views).resolved(size)
+    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
+
+
+def noise_label(i0: float | None) -> str:
+    """``noiseless`` or ``I0=1e+05``: the dose as the result pages name it."""
+    return "noiseless" if i0 is None else f"I0={i0:.0e}"
+
+
+@functools.lru_cache(maxsize=16)
+def projector(geometry, size: int, device: torch.device):
+    """The matrix-backend Radon of one acquisition (cached: every slice and the solver's data term reuse it)."""
+    from operators.radon import Radon
+
+    return Radon(geometry, size, backend="matrix", device=device)
+
+
+def simulate(hu: np.ndarray, spacing: float, geometry, i0: float | None, seed: int, device: torch.device) -> torch.Tensor:
+    """The measured sinogram ``[1, 1, views, detectors]`` of an HU slice ``[N, N]`` with pixels of ``spacing`` mm.
+
+    Line integrals ``Radon(hu_to_mu(hu) * spacing)`` (the units of :func:`ctbird.reconstruct`), plus
+    ``LogPoissonNoise(i0)`` drawn from ``seed`` unless ``i0`` is None (noiseless).
+    """
+    from operators.noise import LogPoissonNoise
+    from ctbird.units import hu_to_mu
+
+    radon = projector(geometry, hu.shape[-1], device)
+    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(hu) * spacing, dtype=np.float32))[None, None].to(device)
+    with torch.no_grad():
+        sinogram = radon(mu_pixels)
+    if i0 is not None:
+        sinogram = LogPoissonNoise(i0)(sinogram, generator=torch.Generator().manual_seed(seed))
+    return sinogram
+
+
+def score(hu, truth: np.ndarray) -> dict:
+    """PSNR and SSIM on HU with data range ``EVAL_HU_RANGE`` ([-1000, 1000], both images clipped to it) and RMSE
+    in HU over the whole grid, of a reconstruction ``hu`` (``[N, N]`` array or ``[1, 1, N, N]`` tensor)."""
+    from ctbird.metrics import psnr, rmse_hu, ssim
+    from ctbird.units import EVAL_HU_RANGE
+
+    if isinstance(hu, torch.Tensor):
+        hu = hu.detach().cpu().numpy().reshape(truth.shape)
+    return {"psnr": float(psnr(hu, truth, data_range=EVAL_HU_RANGE)),
+            "ssim": float(ssim(hu, truth, data_range=EVAL_HU_RANGE)),
+            "rmse_hu": float(rmse_hu(hu, truth))}
+
+
+def score_unit(image: torch.Tensor, truth: torch.Tensor) -> dict:
+    """PSNR and SSIM with data range 1.0 of images on the prior's ``[0, 1]`` scale (restoration, phantoms)."""
+    from ctbird.metrics import psnr, ssim
+
+    return {"psnr": float(psnr(image, truth, data_range=1.0)), "ssim": float(ssim(image, truth, data_range=1.0))}
+
+
+def summarize(per_slice: list[dict]) -> dict:
+    """``{key_mean, key_std}`` over the rows of ``per_slice`` for PSNR, SSIM, RMSE, seconds and NFE."""
+    summary = {}
+    for key in ("psnr", "ssim", "rmse_hu", "seconds", "nfe"):
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([row[key] for row in per_slice])
+    return summary
+
+
+def start_run(args, argv: Sequence[str] | None) -> tuple[torch.device, dict]:
+    """Resolve ``args.device``, default ``args.tag`` to ``gpu``/``cpu`` by it, and return it with the run record."""
+    from ctbird.api import resolve_device
+
+    device = resolve_device(args.device)
+    args.tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
+    return device, run_record(device, argv)
+
+
+def write_slice_pack(path: Path, slices: list[tuple[str, np.ndarray, float]]) -> int:
+    """Save :func:`load_ct_slices` output as a compressed ``.npz`` (``labels``, ``hu`` int16, ``pixel_spacing_mm``).
+
+    HU are rounded to integers (the DICOM precision). Returns the file size in bytes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, labels=np.array([s[0] for s in slices]),
+                        hu=np.stack([np.round(s[1]) for s in slices]).astype(np.int16),
+                        pixel_spacing_mm=np.array([s[2] for s in slices], dtype=np.float64))
+    return path.stat().st_size
+
+
+def _load_slice_pack(path: Path, count: int | None, size: int, exclude: Collection[str]
+                     ) -> list[tuple[str, np.ndarray, float]]:
+    from ctbird.errors import InputError
+
+    with np.load(path) as pack:
+        missing = {"labels", "hu", "pixel_spacing_mm"} - set(pack.files)
+        if missing:
+            raise InputError(f"{path} is not a slice pack (missing {sorted(missing)}); see write_slice_pack.")
+        labels, hu, spacing = pack["labels"], pack["hu"], pack["pixel_spacing_mm"]
+    if hu.shape[1:] != (size, size):
+        raise InputError(f"slice pack {path} holds {hu.shape[1]}x{hu.shape[2]} slices, not --size {size}.")
+    chosen = evenly_spread([i for i in range(len(labels)) if str(labels[i]) not in exclude], count)
+    return [(str(labels[i]), hu[i].astype(np.float32), float(spacing[i])) for i in chosen]
+
+
+def git_commit() -> str:
+    """``<sha>`` of the repository's HEAD, ``+dirty`` when tracked files differ from it; ``unknown`` without git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the compute device (GPU model, or the CPU model and thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model} ({torch.get_num_threads()} torch threads)"
+
+
+def run_record(device: torch.device, argv: Sequence[str] | None = None) -> dict:
+    """What, where and with which software a benchmark ran: command line, versions, commit, device, date."""
+    import diffusers
+    import skimage
+
+    try:
+        import astra
+
+        astra_version = astra.__version__
+    except ImportError:
+        astra_version = "not installed"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "command": shlex.join(["python", "-m", main_module(), *argv]),
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "ctbird_commit": git_commit(),
+        "device": device_name(device),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "astra-toolbox": astra_version,
+                     "numpy": np.__version__, "scikit-image": skimage.__version__},
+        "platform": platform.platform(),
+    }
+
+
+def main_module() -> str:
+    """The dotted name the running benchmark was started as (``benchmarks.ct`` for ``python -m benchmarks.ct``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else "benchmarks"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (NaN for an empty list)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        return math.nan, math.nan
+    return float(array.mean()), float(array.std())
+
+
+def fmt(mean: float, std: float | None = None, digits: int = 2) -> str:
+    """``"mean ± std"`` (std omitted when None or for a single sample)."""
+    if not math.isfinite(mean):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    return text if std is None or not math.isfinite(std) else f"{text} ± {std:.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record_markdown(record: dict) -> str:
+    """The run record as a markdown bullet list."""
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    return "\n".join([
+        f"- Command: `{record['command']}`",
+        f"- Date: {record['date_utc']}; ctbird commit `{record['ctbird_commit']}`",
+        f"- Device: {record['device']}",
+        f"- Versions: {versions}",
+    ])
+
+
+def write_outputs(out_dir: Path, stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir`` atomically; returns their paths."""
+    from ctbird.io import write_text_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_text_atomic(json_path, json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    write_text_atomic(md_path, markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+def save_png(path: Path, figure, dpi: int = 110) -> str:
+    """Write a matplotlib figure (or PNG bytes) to ``path`` as a 256-colour palette PNG, atomically.
+
+    Result figures are greyscale images, colour maps and line plots: the palette keeps them legible at about a
+    third of the RGBA size, so that docs/ stays small. Returns the file name.
+    """
+    import io
+
+    from PIL import Image
+
+    from ctbird.io import write_bytes_atomic
+
+    if isinstance(figure, bytes):
+        png = figure
+    else:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        png = buffer.getvalue()
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
+                                                                 dither=Image.Dither.NONE)
+    palette = io.BytesIO()
+    image.save(palette, format="PNG", optimize=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, palette.getvalue())
+    return path.name
+
+def run_script(main: Callable[[], int]) -> int:
+    """Run a script's ``main()``: a user error (:class:`ctbird.errors.CtbirdError`: a missing data folder or prior,
+    an unreadable file) ends in one ``error:`` line on stderr and exit status 2 instead of a traceback."""
+    from ctbird.errors import CtbirdError
+
+    try:
+        return main()
+    except CtbirdError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar on stderr."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)
