@@ -22,7 +22,7 @@ half-written output).
 Consistency between slices: :func:`refine_z_tv` is a data-consistency step with total variation along z
 (as DiffusionMBIR's), and :func:`slice_consistency` measures axial/coronal/sagittal PSNR and the z-gradient error.
 
-Run ``python -m ctbird.volume --help`` for a small driver (no CLI options yet).
+``tests/helpers/volume_driver.py`` drives it end to end (also under ``torchrun``) until the CLI is wired.
 """
 
 from __future__ import annotations
@@ -308,6 +308,9 @@ class VolumeResult:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.slice(k)
+
     def slice(self, k: int, *, refined: bool = True) -> np.ndarray:
         """The ``k``-th reconstructed slice ``[N, N]`` float32 HU (z-TV refined when applied and ``refined``)."""
         stem = _slice_stem(self.indices[k]) + ".npy"
@@ -519,7 +522,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
                 _save_npy(stem.with_suffix(".npy"), hu)
                 if result.uncertainty is not None:
                     _save_npy(work / (_slice_stem(i) + "_std.npy"), result.uncertainty[k, 0].detach().cpu().numpy())
-                record = {"index": i, "seed": seed + i if method in PER_SLICE_SEEDED else seed + batch[0],
+                record = {"index": i, "seed": seed + i if method in PER_SLICE_SEEDED else None,
                           "settings_key": key, "sinogram_sha1": digest, "rank": ctx.rank, "batch": batch,
                           "seconds": result.seconds / (1 if method in PER_SLICE_SEEDED else len(batch)),
                           "nfe": result.nfe}
@@ -682,31 +685,52 @@ def apply_z_tv(result: VolumeResult, sinograms: Sequence, geometry, *, weight: f
     return result
 
 
-def slice_consistency(volume_hu: np.ndarray, truth_hu: np.ndarray, *,
+def slice_consistency(volume_hu: Sequence, truth_hu: Sequence, *,
                       data_range: tuple[float, float] = EVAL_HU_RANGE) -> dict:
-    """How well a volume agrees with the truth across slices.
+    """How well a volume agrees with the truth across slices, reading one slice at a time.
+
+    Parameters
+    ----------
+    volume_hu, truth_hu : sequences ``[S]`` of ``[H, W]`` HU (arrays ``[S, H, W]``, memory maps, :class:`VolumeResult`)
+    data_range : (lo, hi)
+        Both are clipped to it; PSNR's peak is ``hi - lo`` (as :func:`ctbird.metrics.psnr` with a tuple range).
 
     Returns
     -------
     dict
-        ``axial_psnr``, ``coronal_psnr``, ``sagittal_psnr`` (dB, mean over the planes of each orientation, images
-        clipped to ``data_range``) and ``z_gradient_rmse_hu`` (RMSE of the forward difference along z, in HU, on
-        values clipped to ``data_range``).
+        ``axial_psnr``, ``coronal_psnr``, ``sagittal_psnr``: dB, the mean over the planes of each orientation of the
+        plane's PSNR; ``z_gradient_rmse_hu``: RMSE of the forward difference along z, in HU.
     """
-    from .metrics import psnr
-
-    x, t = np.asarray(volume_hu, dtype=np.float64), np.asarray(truth_hu, dtype=np.float64)
-    if x.shape != t.shape or x.ndim != 3 or x.shape[0] < 2:
-        raise InputError(f"slice_consistency needs two [S, H, W] volumes of the same shape with S >= 2, got "
-                         f"{x.shape} and {t.shape}.")
+    count = len(volume_hu)
+    if len(truth_hu) != count or count < 2:
+        raise InputError(f"slice_consistency needs two volumes with the same number (>= 2) of slices, got {count} "
+                         f"and {len(truth_hu)}.")
     lo, hi = data_range
-    xc, tc = np.clip(x, lo, hi), np.clip(t, lo, hi)
-    return {
-        "axial_psnr": psnr(xc[:, None], tc[:, None], data_range=data_range),
-        "coronal_psnr": psnr(xc.transpose(1, 0, 2)[:, None], tc.transpose(1, 0, 2)[:, None], data_range=data_range),
-        "sagittal_psnr": psnr(xc.transpose(2, 0, 1)[:, None], tc.transpose(2, 0, 1)[:, None], data_range=data_range),
-        "z_gradient_rmse_hu": float(np.sqrt(np.mean((np.diff(xc, axis=0) - np.diff(tc, axis=0)) ** 2))),
-    }
+    span = hi - lo
+    axial: list[float] = []
+    coronal = sagittal = None
+    gradient_sq, previous = 0.0, None
+    for k in range(count):
+        x = np.clip(np.asarray(volume_hu[k], dtype=np.float64), lo, hi)
+        t = np.clip(np.asarray(truth_hu[k], dtype=np.float64), lo, hi)
+        if x.shape != t.shape or x.ndim != 2:
+            raise InputError(f"Slice {k}: volume {x.shape} and truth {t.shape} must be the same [H, W].")
+        error = x - t
+        squared = error ** 2
+        axial.append(float(squared.mean()))
+        coronal = squared.sum(axis=1) if coronal is None else coronal + squared.sum(axis=1)  # per row r
+        sagittal = squared.sum(axis=0) if sagittal is None else sagittal + squared.sum(axis=0)  # per column c
+        if previous is not None:
+            gradient_sq += float(((error - previous) ** 2).mean())
+        previous = error
+    height, width = previous.shape
+
+    def mean_psnr(mses) -> float:
+        return float(np.mean([math.inf if m == 0 else 10.0 * math.log10(span * span / m) for m in mses]))
+
+    return {"axial_psnr": mean_psnr(axial), "coronal_psnr": mean_psnr(coronal / (count * width)),
+            "sagittal_psnr": mean_psnr(sagittal / (count * height)),
+            "z_gradient_rmse_hu": math.sqrt(gradient_sq / (count - 1))}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -764,9 +788,7 @@ def write_volume_outputs(out: str | os.PathLike, results: dict[str, VolumeResult
             entry = result.metrics()
             entry["series_instance_uid"] = series_uid
             if truth is not None and len(indices) > 1:
-                working = np.stack([result.slice(k) for k in range(len(indices))])
-                reference = np.stack([np.asarray(truth[i], dtype=np.float32) for i in indices])
-                entry["consistency"] = slice_consistency(working, reference)
+                entry["consistency"] = slice_consistency(result, SliceMap(indices, truth.__getitem__))
             metrics["methods"][method] = entry
             planes[method] = stored
         write_text_atomic(staging / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")

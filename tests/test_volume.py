@@ -189,3 +189,20 @@ def test_z_tv_lowers_the_z_gradient_error(tmp_path):
         assert z_tv["z_gradient_rmse_hu"] < 0.8 * without["z_gradient_rmse_hu"]
         assert z_tv["coronal_psnr"] > without["coronal_psnr"] + 0.5
         assert z_tv["sagittal_psnr"] > without["sagittal_psnr"] + 0.5
+
+
+def test_slice_consistency_streams_the_plane_psnrs_of_ctbird_metrics():
+    from ctbird.metrics import psnr
+    from ctbird.units import EVAL_HU_RANGE
+
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(-1100.0, 1100.0, (5, 6, 7))
+    volume = truth + rng.normal(0.0, 50.0, truth.shape)
+    measured = slice_consistency(list(volume), list(truth))  # sequences of slices: never stacked
+    planes = {"axial_psnr": (0, 1, 2), "coronal_psnr": (1, 0, 2), "sagittal_psnr": (2, 0, 1)}
+    for name, axes in planes.items():
+        expected = psnr(volume.transpose(axes)[:, None], truth.transpose(axes)[:, None], data_range=EVAL_HU_RANGE)
+        assert measured[name] == pytest.approx(expected, rel=1e-12)
+    clipped = [np.clip(v, *EVAL_HU_RANGE) for v in (volume, truth)]
+    gradient_error = np.diff(clipped[0], axis=0) - np.diff(clipped[1], axis=0)
+    assert measured["z_gradient_rmse_hu"] == pytest.approx(np.sqrt(np.mean(gradient_error ** 2)), rel=1e-12)
