@@ -206,3 +206,36 @@ def test_slice_consistency_streams_the_plane_psnrs_of_ctbird_metrics():
     clipped = [np.clip(v, *EVAL_HU_RANGE) for v in (volume, truth)]
     gradient_error = np.diff(clipped[0], axis=0) - np.diff(clipped[1], axis=0)
     assert measured["z_gradient_rmse_hu"] == pytest.approx(np.sqrt(np.mean(gradient_error ** 2)), rel=1e-12)
+
+
+def test_a_dicom_series_goes_in_and_a_derived_series_comes_out(tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ctbird.io import to_working_size, working_pixel_spacing
+
+    source = tmp_path / "series"
+    source.mkdir()
+    uid = pydicom.uid.generate_uid()
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for k, z in enumerate([5.0, 7.5, 10.0]):
+        ds = base.copy()
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [-40.0, -40.0, z]
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, pydicom.uid.generate_uid()
+        ds.save_as(source / f"z{9 - k}.dcm")  # names against positions
+    volume = read_volume(source)
+    pixel_mm = working_pixel_spacing(volume.pixel_spacing_mm, volume.hu.shape[1:], 32)
+    geometry = ParallelBeam(views=16).resolved(32)
+    sinograms, truth = simulated_sinograms(volume.hu, geometry, image_size=32, pixel_spacing_mm=pixel_mm)
+    np.testing.assert_allclose(truth[1], to_working_size(np.clip(volume.hu[1], -1024, 3071), 32))
+    result = reconstruct_volume(sinograms, geometry, image_size=32, pixel_spacing_mm=pixel_mm, work_dir=tmp_path / "w",
+                                method="fbp", truth=truth, progress=False, device="cpu")
+    out = write_volume_outputs(tmp_path / "out", {"fbp": result}, volume, truth=truth)
+    assert np.load(out / "fbp.npy").shape == (3, 128, 128)
+    written = [pydicom.dcmread(p) for p in sorted((out / "fbp").iterdir())]
+    assert len({ds.SeriesInstanceUID for ds in written}) == 1 and written[0].SeriesInstanceUID != uid
+    assert {ds.StudyInstanceUID for ds in written} == {base.StudyInstanceUID}
+    assert [float(ds.ImagePositionPatient[2]) for ds in written] == [5.0, 7.5, 10.0]
+    assert [int(ds.InstanceNumber) for ds in written] == [1, 2, 3]
+    assert all([float(v) for v in ds.PixelSpacing] == list(volume.pixel_spacing_mm) for ds in written)
+    assert read_volume(out / "fbp").hu.shape == (3, 128, 128)
