@@ -355,8 +355,8 @@ def _slice_metrics(hu: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
-def _prepare_work_dir(work: Path, settings: dict, resume: bool, ctx: DistributedContext) -> dict:
-    """Check (all ranks) and record (rank 0) the run's settings; returns the recorded settings."""
+def _prepare_work_dir(work: Path, settings: dict, resume: bool, ctx: DistributedContext) -> None:
+    """Check (all ranks) and record (rank 0) the run's settings."""
     record_path = work / SETTINGS_FILE
     error: str | None = None
     previous = _read_json(record_path) if record_path.is_file() else None
@@ -378,7 +378,6 @@ def _prepare_work_dir(work: Path, settings: dict, resume: bool, ctx: Distributed
         work.mkdir(parents=True, exist_ok=True)
         write_text_atomic(record_path, json.dumps({"settings": settings, "key": _settings_key(settings)}, indent=2) + "\n")
     ctx.barrier()
-    return settings
 
 
 def _finished(work: Path, index: int, key: str, sinogram_sha1: str) -> bool:
@@ -425,14 +424,15 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         Slice ``i`` (index in the whole stack) is seeded with ``seed + i``.
     batch_size : int or None
         Slices per :func:`ctbird.reconstruct` call; ``None`` = the recorded one when resuming, else
-        :func:`auto_batch_size`. Batches are the same for any number of processes.
+        :func:`auto_batch_size`. Batches are the same for any number of processes. Prior-based methods still run
+        one slice per call inside a batch (``PER_SLICE_SEEDED``) until ``ctbird.reconstruct`` takes per-item seeds.
     resume : bool
         Continue the run recorded in ``work_dir`` (skipping finished slices); its settings must match.
     truth : sequence ``[S]`` of ``[N, N]`` HU or None
         Ground truth at the working size (simulations): per-slice PSNR/SSIM/RMSE are recorded.
     progress : bool or callable
-        A tqdm bar counting this process's slices on rank 0, or ``progress(dict(done, total, index, rank))`` after
-        every slice on every rank.
+        A tqdm bar counting this process's slices on rank 0, or ``progress(dict(done, total, index, rank, skipped))``
+        after every slice (finished or found finished) on every rank.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
     z_tv, z_tv_iters : float or None, int
@@ -453,7 +453,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
     started = time.perf_counter()
     if method not in CT_METHODS:
         raise ConfigError(f"method must be one of {CT_METHODS}, got {method!r}.")
-    for reserved in ("seed", "callback", "device", "sinogram"):
+    for reserved in ("seed", "callback", "device"):
         if reserved in options:
             raise ConfigError(f"reconstruct_volume sets {reserved!r} itself; do not pass it in options.")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -502,10 +502,13 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
             ys = [_as_sinogram(sinograms[i], views, detectors, i) for i in batch]
             digests = [_tensor_digest(y) for y in ys]
             if all(_finished(work, i, key, d) for i, d in zip(batch, digests)):
-                skipped += len(batch)
-                done += len(batch)
-                if bar is not None:
-                    bar.update(len(batch))
+                for i in batch:
+                    skipped += 1
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if callable(progress):
+                        progress({"done": done, "total": total, "index": i, "rank": ctx.rank, "skipped": True})
                 continue
             y = torch.stack(ys)[:, None]
             if method in PER_SLICE_SEEDED:
@@ -536,7 +539,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
                 if bar is not None:
                     bar.update(1)
                 if callable(progress):
-                    progress({"done": done, "total": total, "index": i, "rank": ctx.rank})
+                    progress({"done": done, "total": total, "index": i, "rank": ctx.rank, "skipped": False})
     except Exception as exc:  # let the other ranks fail at the check below instead of waiting forever
         failure = exc
     finally:
