@@ -55,6 +55,8 @@ MAX_AUTO_BATCH = 64
 SETTINGS_FILE = "settings.json"
 #: Default z-TV weight of :func:`refine_z_tv` (measured on a noisy 8-slice phantom stack: tests/test_volume.py).
 Z_TV_WEIGHT = 0.03
+#: Default anchor weight of :func:`refine_z_tv` (relative to ``||A||^2``, as ``bird+dc``'s).
+Z_TV_ANCHOR = 0.002
 Z_TV_FOLDER = "z_tv"
 
 
@@ -462,6 +464,10 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
     count = len(sinograms)
     indices = parse_slices(slices, count)
+    if z_tv is not None:
+        if isinstance(z_tv, bool) or not isinstance(z_tv, (int, float)) or not (math.isfinite(z_tv) and z_tv >= 0):
+            raise ConfigError(f"z_tv must be a finite weight >= 0 (or None), got {z_tv!r}.")
+        _check_contiguous(indices)
     if truth is not None and len(truth) != count:
         raise InputError(f"truth has {len(truth)} slices but the sinogram stack has {count}.")
     ctx = distributed_context(device)
@@ -561,7 +567,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         if ctx.is_main:
             apply_z_tv(result, sinograms, geometry, weight=z_tv, iters=z_tv_iters, device=ctx.device)
         ctx.barrier()
-        result.z_tv = {"weight": z_tv, "iters": z_tv_iters}
+        result.z_tv = {"weight": z_tv, "anchor": Z_TV_ANCHOR, "iters": z_tv_iters}
     result.seconds = time.perf_counter() - started
     return result
 
@@ -594,7 +600,7 @@ def _z_diff_adjoint(g: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def refine_z_tv(x_init: torch.Tensor, sinograms: torch.Tensor, radon, *, weight: float = Z_TV_WEIGHT,
-                anchor: float = 0.002, iters: int = 50, nonneg: bool = True, op_norm: float | None = None,
+                anchor: float = Z_TV_ANCHOR, iters: int = 50, nonneg: bool = True, op_norm: float | None = None,
                 step_ratio: float = 1.0) -> torch.Tensor:
     """Data consistency with total variation along z, across neighbouring slices (as DiffusionMBIR's ADMM-TV step).
 
@@ -653,8 +659,13 @@ def refine_z_tv(x_init: torch.Tensor, sinograms: torch.Tensor, radon, *, weight:
     return x
 
 
+def _check_contiguous(indices: Sequence[int]) -> None:
+    if any(b - a != 1 for a, b in zip(indices, indices[1:])):
+        raise ConfigError("z-TV couples neighbouring slices: select a contiguous range (START:STOP or all).")
+
+
 def apply_z_tv(result: VolumeResult, sinograms: Sequence, geometry, *, weight: float = Z_TV_WEIGHT, iters: int = 50,
-               anchor: float = 0.002, chunk: int = 32, halo: int = 4, device: str | torch.device = "cpu",
+               anchor: float = Z_TV_ANCHOR, chunk: int = 32, halo: int = 4, device: str | torch.device = "cpu",
                radon_backend: str = "matrix") -> VolumeResult:
     """Refine a finished :class:`VolumeResult` with :func:`refine_z_tv`, ``chunk`` slices at a time.
 
@@ -664,8 +675,7 @@ def apply_z_tv(result: VolumeResult, sinograms: Sequence, geometry, *, weight: f
     """
     from operators.radon import Radon
 
-    if any(b - a != 1 for a, b in zip(result.indices, result.indices[1:])):
-        raise ConfigError("z-TV couples neighbouring slices: select a contiguous range (START:STOP or all).")
+    _check_contiguous(result.indices)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or halo < 0:
         raise ConfigError(f"chunk must be >= 1 and halo >= 0, got {chunk!r}, {halo!r}.")
     dev = torch.device(device)

@@ -239,3 +239,15 @@ def test_a_dicom_series_goes_in_and_a_derived_series_comes_out(tmp_path):
     assert [int(ds.InstanceNumber) for ds in written] == [1, 2, 3]
     assert all([float(v) for v in ds.PixelSpacing] == list(volume.pixel_spacing_mm) for ds in written)
     assert read_volume(out / "fbp").hu.shape == (3, 128, 128)
+
+
+def test_z_tv_option_refines_after_all_slices_and_needs_neighbours(problem, tmp_path):
+    _, geometry, sinograms, _ = problem
+    result = reconstruct_volume(sinograms, geometry, image_size=32, work_dir=tmp_path / "w", method="fbp", z_tv=0.03,
+                                z_tv_iters=5, progress=False, device="cpu")
+    assert result.z_tv == {"weight": 0.03, "anchor": 0.002, "iters": 5}
+    assert len(list((tmp_path / "w" / "z_tv").glob("slice_*.npy"))) == 4
+    assert not np.array_equal(result.load(), result.load(refined=False))
+    with pytest.raises(ConfigError, match="contiguous"):
+        reconstruct_volume(sinograms, geometry, image_size=32, work_dir=tmp_path / "gap", method="fbp", slices="0,2",
+                           z_tv=0.03, progress=False, device="cpu")
