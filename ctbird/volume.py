@@ -507,45 +507,48 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         for batch in mine:
             ys = [_as_sinogram(sinograms[i], views, detectors, i) for i in batch]
             digests = [_tensor_digest(y) for y in ys]
-            if all(_finished(work, i, key, d) for i, d in zip(batch, digests)):
-                for i in batch:
-                    skipped += 1
-                    done += 1
-                    if bar is not None:
-                        bar.update(1)
-                    if callable(progress):
-                        progress({"done": done, "total": total, "index": i, "rank": ctx.rank, "skipped": True})
+            finished = [_finished(work, i, key, d) for i, d in zip(batch, digests)]
+            per_slice = method in PER_SLICE_SEEDED
+            if per_slice:  # skip what is finished
+                todo = [k for k in range(len(batch)) if not finished[k]]
+            else:  # one call for the batch: redo it whole unless all of it is finished
+                todo = [] if all(finished) else list(range(len(batch)))
+            for k in range(len(batch)):
+                if k not in todo:
+                    skipped, done = skipped + 1, done + 1
+                    _report(bar, progress, done, total, batch[k], ctx.rank, skipped=True)
+            if not todo:
                 continue
             y = torch.stack(ys)[:, None]
-            if method in PER_SLICE_SEEDED:
-                results = [(ctbird.reconstruct(y[k:k + 1], geometry, image_size=image_size, pixel_spacing_mm=spacing,
-                                               method=method, seed=seed + i, device=ctx.device, **options), 0)
-                           for k, i in enumerate(batch)]
-            else:
-                result = ctbird.reconstruct(y, geometry, image_size=image_size, pixel_spacing_mm=spacing,
-                                            method=method, seed=seed + batch[0], device=ctx.device, **options)
-                results = [(result, k) for k in range(len(batch))]
-            for (result, k), i, digest in zip(results, batch, digests):
-                hu = result.image[k, 0].detach().cpu().numpy().astype(np.float32)
+
+            def calls():
+                """``(Reconstruction, item)`` per slice of ``todo``, computed as they are consumed."""
+                if per_slice:
+                    for k in todo:
+                        yield ctbird.reconstruct(y[k:k + 1], geometry, image_size=image_size, pixel_spacing_mm=spacing,
+                                                 method=method, seed=seed + batch[k], device=ctx.device, **options), 0
+                else:
+                    whole = ctbird.reconstruct(y, geometry, image_size=image_size, pixel_spacing_mm=spacing,
+                                               method=method, seed=seed, device=ctx.device, **options)
+                    yield from ((whole, k) for k in todo)
+
+            for (result, item), k in zip(calls(), todo):
+                i = batch[k]
+                hu = result.image[item, 0].detach().cpu().numpy().astype(np.float32)
                 stem = work / _slice_stem(i)
                 _save_npy(stem.with_suffix(".npy"), hu)
                 if result.uncertainty is not None:
-                    _save_npy(work / (_slice_stem(i) + "_std.npy"), result.uncertainty[k, 0].detach().cpu().numpy())
-                record = {"index": i, "seed": seed + i if method in PER_SLICE_SEEDED else None,
-                          "settings_key": key, "sinogram_sha1": digest, "rank": ctx.rank, "batch": batch,
-                          "seconds": result.seconds / (1 if method in PER_SLICE_SEEDED else len(batch)),
-                          "nfe": result.nfe}
+                    _save_npy(work / (_slice_stem(i) + "_std.npy"), result.uncertainty[item, 0].detach().cpu().numpy())
+                record = {"index": i, "seed": seed + i if per_slice else None, "settings_key": key,
+                          "sinogram_sha1": digests[k], "rank": ctx.rank, "batch": batch,
+                          "seconds": result.seconds / (1 if per_slice else len(batch)), "nfe": result.nfe}
                 if "final_loss" in result.info:
-                    record["final_loss"] = result.info["final_loss"][k]
+                    record["final_loss"] = result.info["final_loss"][item]
                 if truth is not None:
                     record["metrics"] = _slice_metrics(hu, np.asarray(truth[i], dtype=np.float32))
                 write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2, default=_json_default) + "\n")
-                run += 1
-                done += 1
-                if bar is not None:
-                    bar.update(1)
-                if callable(progress):
-                    progress({"done": done, "total": total, "index": i, "rank": ctx.rank, "skipped": False})
+                run, done = run + 1, done + 1
+                _report(bar, progress, done, total, i, ctx.rank, skipped=False)
     except Exception as exc:  # let the other ranks fail at the check below instead of waiting forever
         failure = exc
     finally:
@@ -570,6 +573,13 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         result.z_tv = {"weight": z_tv, "anchor": Z_TV_ANCHOR, "iters": z_tv_iters}
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _report(bar, progress, done: int, total: int, index: int, rank: int, *, skipped: bool) -> None:
+    if bar is not None:
+        bar.update(1)
+    if callable(progress):
+        progress({"done": done, "total": total, "index": index, "rank": rank, "skipped": skipped})
 
 
 def _agree(ctx: DistributedContext, value: int) -> int:

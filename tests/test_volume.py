@@ -251,3 +251,21 @@ def test_z_tv_option_refines_after_all_slices_and_needs_neighbours(problem, tmp_
     with pytest.raises(ConfigError, match="contiguous"):
         reconstruct_volume(sinograms, geometry, image_size=32, work_dir=tmp_path / "gap", method="fbp", slices="0,2",
                            z_tv=0.03, progress=False, device="cpu")
+
+
+def test_prior_slices_resume_one_by_one_inside_a_batch(tmp_path, prior_folder):
+    geometry = ParallelBeam(views=8).resolved(16)
+    sinograms, _ = simulated_sinograms(phantom_volume(3, 16), geometry, image_size=16, pixel_spacing_mm=1.0)
+    options = {"prior": str(prior_folder), "iters": 2, "delta_t": 500, "batch_size": 3, "progress": False,
+               "device": "cpu", "method": "bird"}
+
+    def stop_after_first(state):
+        if state["done"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w", **{**options, "progress": stop_after_first})
+    resumed = reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w", resume=True, **options)
+    assert (resumed.slices_skipped, resumed.slices_run) == (1, 2)
+    fresh = reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "fresh", **options)
+    np.testing.assert_array_equal(resumed.load(), fresh.load())
