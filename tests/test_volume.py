@@ -157,9 +157,9 @@ def test_two_processes_give_the_one_process_volume(tmp_path, prior_folder):
     single = subprocess.run([sys.executable, *common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")],
                             env=env, capture_output=True, text=True, timeout=120)
     assert single.returncode == 0, single.stderr[-2000:]
-    pair = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(29500 + os.getpid() % 1000), *common, "--work", str(tmp_path / "w2"), "--out",
-                           str(tmp_path / "o2")], env=env, capture_output=True, text=True, timeout=180)
+    pair = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")],
+                          env=env, capture_output=True, text=True, timeout=180)
     assert pair.returncode == 0, pair.stderr[-2000:]
     for method in ("fbp", "sirt", "bird"):
         np.testing.assert_array_equal(np.load(tmp_path / "o1" / f"{method}.npy"), np.load(tmp_path / "o2" / f"{method}.npy"))
