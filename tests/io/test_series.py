@@ -9,7 +9,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ctbird.errors import ConfigError, InputError
+from ctbird.errors import ConfigError, InputError, OutputError
 from ctbird.io.series import (parse_slices, read_dicom_volume, read_hu_stack, read_sinogram_stack, read_volume,
                               slice_headers, write_derived_series, write_volume_npy)
 
@@ -154,6 +154,6 @@ def test_volume_npy_streams_slices(tmp_path):
     stack = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)
     write_volume_npy(lambda k: stack[k], 5, tmp_path / "v.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), stack)
-    with pytest.raises(Exception, match="one size"):
+    with pytest.raises(OutputError, match="one size"):
         write_volume_npy(lambda k: np.zeros((6, 7 + k)), 2, tmp_path / "w.npy")
     assert not (tmp_path / "w.npy").exists()
