@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         options = {}
         if method in ("bird", "bird+dc", "dps"):
             options = {"prior": args.prior, "iters": args.iters, "delta_t": args.delta_t}
-        elif args.iters:
+        elif args.iters and method in ("sirt", "tv"):
             options = {"iters": args.iters}
         start = time.perf_counter()
         results[method] = reconstruct_volume(sinograms, geometry, image_size=args.size, pixel_spacing_mm=1.0,
