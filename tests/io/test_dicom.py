@@ -181,7 +181,7 @@ def test_derived_dicom_round_trip_with_new_uids_and_source_reference(tmp_path):
     back = pydicom.dcmread(path)
     assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert back.SOPClassUID == pydicom.uid.CTImageStorage and back.Modality == "CT"
-    assert list(back.ImageType)[:2] == ["DERIVED", "SECONDARY"] and "BIRD" in back.ImageType
+    assert list(back.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"] and "bird" in back.SeriesDescription
     assert back.SOPInstanceUID != source.SOPInstanceUID and back.SeriesInstanceUID != source.SeriesInstanceUID
     assert back.file_meta.MediaStorageSOPInstanceUID == back.SOPInstanceUID
     assert back.StudyInstanceUID == source.StudyInstanceUID and back.PatientName == source.PatientName
