@@ -200,10 +200,14 @@ def test_force_semantics_and_config_file(tmp_path, phantom_npy):
     config.write_text('method = "fbp"\nviews = 6\nwindow = "lung"\n')
     refused = _invoke("reconstruct", phantom_npy, "--config", config, "--out", out)
     assert refused.exit_code == 1 and "--force" in refused.output
+    foreign = _invoke("reconstruct", phantom_npy, "--config", config, "--out", out, "--force")
+    assert foreign.exit_code == 1 and "not written by ctbird" in foreign.output  # --force never deletes a user's files
     assert (out / "old.txt").read_text() == "previous results"
+    (out / "old.txt").unlink()
+    out.rmdir()
+    assert _invoke("reconstruct", phantom_npy, "--config", config, "--out", out, "--quiet").exit_code == 0
     replaced = _invoke("reconstruct", phantom_npy, "--config", config, "--views", 9, "--out", out, "--force", "--quiet")
     assert replaced.exit_code == 0, replaced.output
-    assert not (out / "old.txt").exists()
     resolved = tomllib.loads((out / "config.toml").read_text())
     assert resolved["views"] == 9 and resolved["window"] == "lung" and resolved["method"] == "fbp"
     assert json.loads((out / "metrics.json").read_text())["views"] == 9
