@@ -53,6 +53,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 from ..errors import InputError, OutputError
 from .atomic import write_bytes_atomic
 from .deid import Deidentifier, mark_deidentified, valid_uid_or_replacement
+from .plausibility import check_hu_values, check_rescale_slope, collect_warnings
 
 #: Largest accepted image side and frame count (guards against absurd headers).
 MAX_SIDE = 16384
@@ -86,12 +87,16 @@ class CTVolume:
         Headers (pixel data removed): one per slice for a series, one for a multi-frame file.
     source_paths : list of Path
         The file of each entry of ``datasets``.
+    warnings : list of str
+        Unusual but possible values met while reading (missing rescale, extreme slope or HU...), also
+        emitted as ``UserWarning``; for the terminal and ``metrics.json``.
     """
 
     hu: np.ndarray
     pixel_spacing_mm: tuple[float, float]
     datasets: list[Dataset] = field(repr=False)
     source_paths: list[Path]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_slices(self) -> int:
@@ -219,7 +224,9 @@ def _float_tag(value, default: float, what: str, path: Path) -> float:
         raise InputError(f"{path}: invalid {what} {value!r}.") from exc
     if not np.isfinite(number):
         raise InputError(f"{path}: {what} is not finite ({value!r}).")
-    return number if number != 0 or what != "RescaleSlope" else default
+    if what == "RescaleSlope":
+        check_rescale_slope(number, str(path))
+    return number
 
 
 def _to_hu(pixels: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
@@ -234,7 +241,9 @@ def _to_hu(pixels: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
             warned = True
         slope_f = 1.0 if slope is None else _float_tag(slope, 1.0, "RescaleSlope", path)
         intercept_f = 0.0 if intercept is None else _float_tag(intercept, 0.0, "RescaleIntercept", path)
-        out[frame] = pixels[frame].astype(np.float32) * np.float32(slope_f) + np.float32(intercept_f)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[frame] = pixels[frame].astype(np.float64) * slope_f + intercept_f
+    check_hu_values(out, str(path))
     return out
 
 
@@ -283,9 +292,33 @@ def _sort_key_builder(datasets: list[Dataset], paths: list[Path]):
     return [str(p.name) for p in paths]
 
 
+def _check_bits(ds: Dataset, path: Path) -> None:
+    """Raise when ``BitsStored``/``HighBit`` contradict ``BitsAllocated`` or the stored (native) values."""
+    try:
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+        high_bit = int(ds.get("HighBit", stored - 1))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    except Exception as exc:
+        raise InputError(f"{path}: invalid BitsAllocated/BitsStored/HighBit ({_one_line(exc)}).") from exc
+    if not 1 <= stored <= allocated or high_bit != stored - 1:
+        raise InputError(f"{path}: BitsStored {stored} / HighBit {high_bit} contradict BitsAllocated {allocated}; "
+                         "the header is corrupt.")
+    transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if stored == allocated or allocated not in (8, 16, 32) or "PixelData" not in ds or \
+            (transfer is not None and transfer.is_compressed):
+        return
+    dtype = np.dtype(f"{'<' if transfer is None or transfer.is_little_endian else '>'}{'i' if signed else 'u'}{allocated // 8}")
+    raw = np.frombuffer(ds.PixelData, dtype=dtype, count=len(ds.PixelData) // dtype.itemsize)
+    lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    if raw.size and (int(raw.min()) < lo or int(raw.max()) > hi):
+        raise InputError(f"{path}: stored values span [{int(raw.min())}, {int(raw.max())}] but BitsStored {stored} "
+                         f"allows [{lo}, {hi}]; the header would relabel the pixel range (corrupt BitsStored).")
+
+
 def _load_file(path: Path) -> tuple[np.ndarray, Dataset]:
     ds = _read_dataset(path)
     _check_ct_image(ds, path)
+    _check_bits(ds, path)
     hu = _to_hu(_decode_pixels(ds, path), ds, path)
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
@@ -320,7 +353,10 @@ def read_dicom(path: str | os.PathLike, *, series_uid: str | None = None) -> CTV
         On any unusable input (see the module docstring).
     """
     try:
-        return _read_dicom(Path(path).expanduser(), series_uid)
+        with collect_warnings() as notes:
+            volume = _read_dicom(Path(path).expanduser(), series_uid)
+        volume.warnings = notes
+        return volume
     except InputError:
         raise
     except Exception as exc:  # corrupt headers make pydicom raise almost anything
@@ -363,6 +399,16 @@ def _read_dicom(root: Path, series_uid: str | None) -> CTVolume:
     shapes = {hu.shape[1:] for _, hu, _ in loaded}
     if len(shapes) > 1:
         raise InputError(f"{root}: slices have different sizes {sorted(shapes)}; a series must have one image size.")
+    positions = [_slice_position(ds) for _, _, ds in loaded]
+    if len(loaded) > 1 and all(p is not None for p in positions):
+        seen: dict[float, Path] = {}
+        for (file, _, _), position in zip(loaded, positions):
+            key = round(position, 3)
+            if key in seen:
+                raise InputError(f"{root}: {seen[key].name} and {file.name} are at the same slice position "
+                                 f"({position:g} mm); a series has one slice per position (duplicate or mixed "
+                                 "acquisitions?).")
+            seen[key] = file
     keys = _sort_key_builder([ds for _, _, ds in loaded], [p for p, _, _ in loaded])
     order = sorted(range(len(loaded)), key=lambda i: keys[i])
     paths = [loaded[i][0] for i in order]
