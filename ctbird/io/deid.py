@@ -286,11 +286,14 @@ def public_input_label(path: str | os.PathLike | None, anonymize: bool, *, index
 _IDENTIFYING_KEYWORDS = tuple(k for k, a in BASIC_PROFILE.items() if a in ("Z", "X", "U", "D", "C"))
 
 
+_TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "UI", "AE")
+
+
 def identifying_values(ds: Dataset, *, min_length: int = 4) -> set[str]:
     """Identifying values of ``ds`` (names, IDs, dates, descriptions, instance UIDs, in sequences too).
 
-    Values shorter than ``min_length`` characters (a sex letter, an age) are left out: they would match
-    by chance anywhere.
+    Only text values count (names, IDs, descriptions, dates, UIDs); numbers (weight, size) and values
+    shorter than ``min_length`` characters (a sex letter) are left out: they would match by chance.
     """
     found: set[str] = set()
 
@@ -303,7 +306,7 @@ def identifying_values(ds: Dataset, *, min_length: int = 4) -> set[str]:
             keyword = keyword_for_tag(element.tag) or ""
             identifying = keyword in _IDENTIFYING_KEYWORDS or element.VR in ("PN", "DA", "DT") or \
                 element.tag.is_private or (element.VR == "UI" and not _is_well_known_uid(str(element.value)))
-            if not identifying or element.value in (None, ""):
+            if not identifying or element.VR not in _TEXT_VRS or element.value in (None, ""):
                 continue
             values = list(element.value) if isinstance(element.value, MultiValue) else [element.value]
             for value in values:

@@ -20,6 +20,8 @@ from ..errors import InputError
 
 #: HU range of real CT data (air -1000, dense metal up to a few 10^4 with extended scales).
 HU_PLAUSIBLE = (-10_000.0, 100_000.0)
+#: No real attenuation reaches these HU (1e6 HU is 1000x water): beyond them the rescale tags are corrupt.
+HU_POSSIBLE = (-1e6, 1e6)
 #: Rescale slopes outside this range are unusual for CT (typical: 1, sometimes 0.5-4).
 SLOPE_PLAUSIBLE = (1e-3, 1e3)
 #: Line integrals above this mean a transmission below e^-1000: not a measurement.
@@ -82,11 +84,14 @@ def check_sinogram_values(data: np.ndarray, source: str = "sinogram") -> list[st
 
 
 def check_hu_values(hu: np.ndarray, source: str) -> list[str]:
-    """Raise for non-finite HU; return (and emit) a warning for values far outside :data:`HU_PLAUSIBLE`."""
+    """Raise for non-finite HU or HU beyond :data:`HU_POSSIBLE`; warn (and return) outside :data:`HU_PLAUSIBLE`."""
     if not np.isfinite(hu).all():
         raise InputError(f"{source}: the rescaled pixel values are not finite (NaN, or RescaleSlope/Intercept "
                          "overflow the float range); check the rescale tags.")
     lo, hi = float(hu.min()), float(hu.max())
+    if lo < HU_POSSIBLE[0] or hi > HU_POSSIBLE[1]:
+        raise InputError(f"{source}: the rescaled values span [{lo:.4g}, {hi:.4g}] HU, which no material reaches; "
+                         "RescaleSlope/RescaleIntercept are corrupt.")
     notes = []
     if lo < HU_PLAUSIBLE[0] or hi > HU_PLAUSIBLE[1]:
         notes.append(f"{source}: HU values span [{lo:.4g}, {hi:.4g}], far outside real CT "
