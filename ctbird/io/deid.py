@@ -347,9 +347,43 @@ def find_identifiers(target, identifiers: Iterable[str]) -> list[str]:
         root = Path(target)
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for file in files:
-            scan(file.read_bytes(), str(file.relative_to(root) if root.is_dir() else file.name))
+            where = str(file.relative_to(root) if root.is_dir() else file.name)
+            data = file.read_bytes()
+            scan(data, where)
+            for index, text in enumerate(png_text_chunks(data)):
+                scan(text, f"{where} (PNG text chunk {index})")
             scan(file.name.encode("utf-8"), f"file name {file.name}")
     return sorted(set(hits))
+
+
+def png_text_chunks(data: bytes) -> list[bytes]:
+    """Decoded payloads of the ``tEXt``/``zTXt``/``iTXt`` chunks of PNG ``data`` (``[]`` for other data)."""
+    import struct
+    import zlib
+
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return []
+    texts, offset = [], 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        body = data[offset + 8:offset + 8 + length]
+        offset += 12 + length
+        try:
+            if kind == b"tEXt":
+                texts.append(body)
+            elif kind == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                texts.append(key + b" " + zlib.decompress(rest[1:]))
+            elif kind == b"iTXt":
+                key, _, rest = body.partition(b"\0")
+                compressed, payload = rest[0], rest[2:]
+                payload = payload.split(b"\0", 2)[-1]
+                texts.append(key + b" " + (zlib.decompress(payload) if compressed else payload))
+        except (zlib.error, IndexError):
+            texts.append(body)
+        if kind == b"IEND":
+            break
+    return texts
 
 
 def _looks_like_path(text: str) -> bool:

@@ -92,7 +92,14 @@ def test_anonymized_outputs_carry_no_planted_identifier_in_any_byte(tmp_path):
     assert written.PatientIdentityRemoved == "YES" and written.BurnedInAnnotation == "NO"
     assert written.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
     assert written.SourceImageSequence[0].ReferencedSOPInstanceUID == mapper.uid(source.SOPInstanceUID)
-    # the check itself finds what it should: the source and a non-anonymized label leak
+    # the check itself finds what it should: the source, a non-anonymized label, a compressed PNG text chunk
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Source", "Doe_Johnathan.dcm", zip=True)
+    Image.new("L", (4, 4)).save(tmp_path / "leak.png", pnginfo=info)
+    assert b"Doe_Johnathan" not in (tmp_path / "leak.png").read_bytes()
+    assert "leak.png (PNG text chunk 0): Doe_Johnathan" in find_identifiers(tmp_path / "leak.png", identifiers)
     assert find_identifiers(source_file, identifiers)
     assert find_identifiers({"input": public_input_label(source_file, anonymize=False)}, identifiers)
 
