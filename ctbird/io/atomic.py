@@ -285,6 +285,7 @@ def atomic_output_dir(out: str | os.PathLike, *, force: bool) -> Iterator[Path]:
     from .. import __version__
 
     out_path = Path(out).expanduser().resolve()
+    remove_stale_debris(out_path)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.{os.getpid()}.", suffix=".partial",
