@@ -150,7 +150,9 @@ def _replaceable(out_path: Path) -> None:
                           "Move them away or choose another --out.")
 
 
-_DEBRIS = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?(?P<rand>[A-Za-z0-9_]{8})\.(?P<kind>partial|old)$")
+def _debris_pattern(name: str) -> re.Pattern:
+    """``.<name>.<pid>.<8 random>.partial|old`` (the pid is missing in older ctbird versions' debris)."""
+    return re.compile(rf"^\.{re.escape(name)}\.(?:(?P<pid>\d+)\.)?(?P<rand>[a-z0-9_]{{8}})\.(?P<kind>partial|old)$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -176,9 +178,10 @@ def remove_stale_debris(out: str | os.PathLike) -> list[Path]:
     if not parent.is_dir():
         return []
     removed: list[Path] = []
+    pattern = _debris_pattern(out_path.name)
     for entry in sorted(parent.iterdir()):
-        match = _DEBRIS.match(entry.name)
-        if match is None or match["name"] != out_path.name or not entry.is_dir():
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_dir():
             continue
         pid = match["pid"]
         if pid is not None and _pid_alive(int(pid)):

@@ -248,8 +248,11 @@ def burned_in_annotation_reason(ds: Dataset) -> str | None:
     return None
 
 
-def check_burned_in_annotation(ds: Dataset | None, *, anonymize: bool, accept: bool, source: str = "input") -> bool:
+def check_burned_in_annotation(ds: Dataset | Iterable[Dataset] | None, *, anonymize: bool, accept: bool,
+                               source: str = "input") -> bool:
     """Refuse a source with burned-in annotation under ``anonymize`` unless ``accept``.
+
+    ``ds`` is one header, the headers of a series (``CTVolume.datasets``), or ``None`` (non-DICOM input).
 
     Returns
     -------
@@ -261,7 +264,8 @@ def check_burned_in_annotation(ds: Dataset | None, *, anonymize: bool, accept: b
     InputError
         ``anonymize`` without ``accept`` on a source that declares (or may hold) burned-in text.
     """
-    reason = burned_in_annotation_reason(ds) if ds is not None else None
+    headers = [] if ds is None else [ds] if isinstance(ds, Dataset) else list(ds)
+    reason = next((r for r in map(burned_in_annotation_reason, headers) if r is not None), None)
     if reason is None:
         return False
     if anonymize and not accept:

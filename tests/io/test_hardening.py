@@ -146,6 +146,8 @@ def test_burned_in_annotation_is_refused_under_anonymize_unless_accepted(tmp_pat
         check_burned_in_annotation(burned, anonymize=True, accept=False)
     assert check_burned_in_annotation(burned, anonymize=False, accept=False) is True
     assert check_burned_in_annotation(burned, anonymize=True, accept=True) is True
+    assert check_burned_in_annotation([source, burned], anonymize=False, accept=False) is True  # a series
+    assert check_burned_in_annotation(None, anonymize=True, accept=False) is False  # non-DICOM input
     written = write_derived_dicom(np.zeros((4, 4), np.float32), burned, tmp_path / "b.dcm", method_name="fbp",
                                   anonymize=True, burned_in_annotation=True)
     assert pydicom.dcmread(tmp_path / "b.dcm").BurnedInAnnotation == "YES" == written.BurnedInAnnotation
@@ -332,10 +334,12 @@ def test_a_kill_between_the_two_renames_loses_nothing(tmp_path):
     stale_partial.mkdir()
     live_partial = tmp_path / f".out.{os.getpid()}.live0000.partial"  # a run still in progress: kept
     live_partial.mkdir()
+    other_out = tmp_path / f".out.v2.{dead.pid}.abcd1234.partial"  # debris of another --out ("out.v2"): kept
+    other_out.mkdir()
     removed = remove_stale_debris(out)
     assert sorted(p.name for p in removed) == sorted([old.name, stale_partial.name])
     assert (out / "metrics.json").is_file() and (out / MARKER_NAME).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live_partial.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live_partial.name, other_out.name])
 
 
 # ------------------------------------------------------------------------------------------------------ limits
