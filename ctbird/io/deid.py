@@ -34,7 +34,7 @@ an explicit ``BurnedInAnnotation = NO``) unless the caller accepts it; the deriv
 Non-DICOM outputs
 -----------------
 :func:`public_input_label` is what outputs (metrics.json, config.toml, figure titles) may say about
-the input; :func:`identifying_values` lists a source header's identifying values and
+the input; :func:`scrub_paths` removes every path from a mapping written under ``--anonymize``; :func:`identifying_values` lists a source header's identifying values and
 :func:`find_identifiers` searches text, mappings, bytes or a whole output folder for them.
 """
 
@@ -284,6 +284,32 @@ def public_input_label(path: str | os.PathLike | None, anonymize: bool, *, index
     if anonymize or path is None:
         return "input" if index is None else f"input-{index}"
     return Path(path).name
+
+
+#: What :func:`scrub_paths` writes instead of a path.
+REMOVED_PATH = "<removed by --anonymize>"
+
+
+def scrub_paths(value, anonymize: bool):
+    """A copy of ``value`` (mapping/list/str...) with every path-like string replaced when ``anonymize``.
+
+    For ``metrics.json`` and ``config.toml``: input, output, geometry and prior paths can name the patient.
+    A string counts as a path when it contains a path separator, starts with ``~`` or names an existing
+    file or folder; keys are kept, other values are returned unchanged. Without ``anonymize`` ``value`` is
+    returned as it is.
+    """
+    if not anonymize:
+        return value
+    if isinstance(value, Mapping):
+        return {key: scrub_paths(item, anonymize) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(scrub_paths(item, anonymize) for item in value)
+    if isinstance(value, os.PathLike):
+        return REMOVED_PATH
+    if isinstance(value, str) and ("/" in value or "\\" in value or value.startswith("~")
+                                   or (value not in ("", ".", "..") and _looks_like_path(value))):
+        return REMOVED_PATH
+    return value
 
 
 #: Header attributes whose values identify a patient, study or site (searched for by :func:`identifying_values`).

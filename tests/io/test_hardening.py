@@ -26,9 +26,9 @@ from ctbird import limits
 from ctbird.errors import ConfigError, InputError, OutputError
 from ctbird.io import atomic_output_dir, check_output_dir, read_dicom, read_sinogram, write_derived_dicom, write_png
 from ctbird.io.atomic import MARKER_NAME, describe_os_error, foreign_entries, remove_stale_debris
-from ctbird.io.deid import (Deidentifier, check_burned_in_annotation, find_identifiers, identifying_values,
-                            public_input_label)
-from ctbird.io.plausibility import collect_warnings
+from ctbird.io.deid import (REMOVED_PATH, Deidentifier, check_burned_in_annotation, find_identifiers,
+                            identifying_values, public_input_label, scrub_paths)
+from ctbird.io.plausibility import PlausibilityWarning, collect_warnings
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 REPO = Path(__file__).resolve().parents[2]
@@ -158,6 +158,24 @@ def test_burned_in_annotation_is_refused_under_anonymize_unless_accepted(tmp_pat
     own = pydicom.dcmread(tmp_path / "b.dcm")
     own.BurnedInAnnotation = "NO"  # ctbird's own derived output states NO explicitly: accepted
     assert check_burned_in_annotation(own, anonymize=True, accept=False) is False
+
+
+def test_scrub_paths_removes_every_path_from_written_mappings(tmp_path):
+    (tmp_path / "Doe_geometry.toml").write_text("")
+    config = {"input": "input", "method": "bird", "views": 30, "out": "/data/Doe_John/results",
+              "geometry_file": Path("/data/Doe_John/g.toml"), "prior": "ct-256", "windows": ["lung", "~/Doe"],
+              "nested": {"config": r"C:\\Doe\\run.toml"}}
+    scrubbed = scrub_paths(config, anonymize=True)
+    assert find_identifiers(scrubbed, ["Doe"]) == []
+    assert scrubbed["method"] == "bird" and scrubbed["views"] == 30 and scrubbed["prior"] == "ct-256"
+    assert scrubbed["windows"][0] == "lung" and scrubbed["out"] == REMOVED_PATH
+    assert scrub_paths(config, anonymize=False) is config
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert scrub_paths({"g": "Doe_geometry.toml"}, anonymize=True) == {"g": REMOVED_PATH}
+    finally:
+        os.chdir(cwd)
 
 
 def test_public_input_label_never_names_the_input_when_anonymizing():
@@ -495,7 +513,7 @@ def test_sinogram_plausibility(tmp_path):
         read_sinogram(*_sinogram(tmp_path, -clean))
     with pytest.raises(InputError, match="NaN"):
         read_sinogram(*_sinogram(tmp_path, np.full((6, 8), np.nan)))
-    with collect_warnings() as notes:
+    with pytest.warns(PlausibilityWarning, match="line integrals up to"), collect_warnings() as notes:
         read_sinogram(*_sinogram(tmp_path, clean * 1e30))
     assert len(notes) == 1 and "line integrals up to" in notes[0]
     fan = 'type = "fan"\nviews = 6\ndetectors = 8\nsource_distance = 100.0\n'
