@@ -463,6 +463,13 @@ TYPE2_DEFAULTS = {
     "Laterality": "", "PatientPosition": "", "PositionReferenceIndicator": "", "Manufacturer": "",
     "SliceThickness": None, "KVP": None, "AcquisitionNumber": None, "ContentDate": "", "ContentTime": "",
 }
+#: BodyPartExamined values of unpaired structures (PS3.16 Annex L; the ones dciodvfy knows): Laterality
+#: (General Series, Type 2C) must then be absent. For any other or unknown body part it is present, empty.
+UNPAIRED_BODY_PARTS = frozenset(
+    "ABDOMEN BRAIN CHEST HEAD NECK PELVIS SPINE CSPINE TSPINE LSPINE SSPINE COCCYX HEART LIVER PANCREAS SPLEEN "
+    "STOMACH BLADDER PROSTATE UTERUS HEADNECK CHESTABDOMEN CHESTABDPELVIS ABDOMENPELVIS WHOLEBODY SKULL AORTA "
+    "COLON ESOPHAGUS GALLBLADDER LARYNX MEDIASTINUM RECTUM STERNUM THYROID TRACHEA JAW NOSE DUODENUM ILEUM "
+    "JEJUNUM PHARYNX TONGUE VAGINA PENIS CERVIX".split())
 #: Defined terms of ImageType for CT (PS3.3 C.8.2.1.1.1): DERIVED (value 1), SECONDARY (value 2), AXIAL (value 3).
 DERIVED_IMAGE_TYPE = ["DERIVED", "SECONDARY", "AXIAL"]
 
@@ -564,6 +571,8 @@ def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.P
     for keyword, empty in TYPE2_DEFAULTS.items():
         if keyword not in ds:
             setattr(ds, keyword, empty)
+    if str(ds.get("BodyPartExamined") or "").strip().upper() in UNPAIRED_BODY_PARTS:
+        del ds.Laterality
     ds.BurnedInAnnotation = "YES" if burned_in_annotation else "NO"
     source_class, source_instance = _source_uids(source)
     if source_instance:

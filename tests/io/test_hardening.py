@@ -196,11 +196,15 @@ TYPE1_AND_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "St
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-@pytest.mark.parametrize("kind", ["dicom", "dicom-anonymized", "non-dicom", "non-dicom-anonymized", "malformed-uids"])
+@pytest.mark.parametrize("kind", ["dicom", "dicom-anonymized", "non-dicom", "non-dicom-anonymized", "malformed-uids",
+                                  "unpaired-body-part"])
 def test_derived_dicom_validates(tmp_path, kind):
     source = None
     if kind.startswith("dicom"):
         source = read_dicom(CT_SMALL).header(0)
+    elif kind == "unpaired-body-part":  # Laterality (Type 2C) must be absent for the brain, empty if unknown
+        source = read_dicom(CT_SMALL).header(0)
+        source.BodyPartExamined = "BRAIN"
     elif kind == "malformed-uids":
         source = read_dicom(CT_SMALL).header(0)
         source.StudyInstanceUID = "1.2.abc.0099"
@@ -212,7 +216,7 @@ def test_derived_dicom_validates(tmp_path, kind):
                         anonymize=kind.endswith("anonymized"))
     ds = pydicom.dcmread(path)
     missing = [k for k in TYPE1_AND_2 if k not in ds]
-    assert missing == []
+    assert missing == (["Laterality"] if kind == "unpaired-body-part" else [])
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
     uids = [ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID]
     uids += [item.ReferencedSOPInstanceUID for item in ds.get("SourceImageSequence", [])]
