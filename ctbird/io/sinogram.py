@@ -32,7 +32,8 @@ import numpy as np
 from operators.errors import GeometryError
 from operators.geometry import Geometry, geometry_from_dict
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..limits import check_sizes
 from .plausibility import check_sinogram_values
 
 _ANGLE_KEYS = ("angles_deg", "angle_range_deg", "angles_rad", "angle_range_rad", "angles", "angle_range")
@@ -106,6 +107,10 @@ def geometry_from_mapping(data: dict, *, source: str = "geometry") -> tuple[Geom
         raise InputError(f"{source}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise InputError(f"{source}: invalid geometry ({_one_line(exc)}).") from exc
+    try:
+        check_sizes(views=geometry.views, detectors=geometry.detectors, image_size=image_size)
+    except ConfigError as exc:
+        raise InputError(f"{source}: {exc}") from exc
     return geometry, image_size
 
 

@@ -520,6 +520,8 @@ def test_sinogram_plausibility(tmp_path):
     with pytest.warns(PlausibilityWarning, match="line integrals up to"), collect_warnings() as notes:
         read_sinogram(*_sinogram(tmp_path, clean * 1e30))
     assert len(notes) == 1 and "line integrals up to" in notes[0]
+    with pytest.raises(InputError, match="views = 20000"):  # refused before the array is even loaded
+        read_sinogram(tmp_path / "absent.npy", _sinogram(tmp_path, clean, 'type = "parallel"\nviews = 20000\n')[1])
     fan = 'type = "fan"\nviews = 6\ndetectors = 8\nsource_distance = 100.0\n'
     with pytest.raises(InputError, match="detector_distance"):
         read_sinogram(*_sinogram(tmp_path, clean, fan))
