@@ -104,7 +104,8 @@ def test_dicom_reconstruct_writes_derived_dicom_matching_the_npy(tmp_path):
     derived = pydicom.dcmread(out / "fbp.dcm")
     assert derived.SOPInstanceUID != source.SOPInstanceUID
     assert derived.SeriesInstanceUID != source.SeriesInstanceUID
-    assert derived.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    reference = derived.SourceImageSequence[0].ReferencedSOPInstanceUID  # remapped: --anonymize must not leak it
+    assert reference != source.SOPInstanceUID and pydicom.uid.UID(reference).is_valid
     assert derived.PatientIdentityRemoved == "YES" and str(derived.PatientName) == ""
     assert (derived.Rows, derived.Columns) == (128, 128)
     assert [float(v) for v in derived.PixelSpacing] == pytest.approx([float(v) for v in source.PixelSpacing])

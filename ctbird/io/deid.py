@@ -56,7 +56,7 @@ from pydicom.uid import UID, UID_dictionary
 from ..errors import InputError
 
 #: Name of the profile, as written into ``DeidentificationMethod``.
-PROFILE_NAME = "DICOM PS3.15 Annex E Basic Application Confidentiality Profile (ctbird)"
+PROFILE_NAME = "PS3.15 E.1 Basic Application Confidentiality Profile (ctbird)"
 #: ``DeidentificationMethodCodeSequence`` entry of the Basic Profile (PS3.16 CID 7050).
 PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 
