@@ -425,29 +425,34 @@ def test_operator_cache_is_bounded_and_evicts_least_recently_used(tmp_path, monk
     from operators import _matrix
     from operators.geometry import ParallelBeam
 
-    monkeypatch.setenv("CTBIRD_CACHE_DIR", str(tmp_path / "cache"))
-    geometries = [ParallelBeam(views=v, detectors=23) for v in (4, 5, 6)]
-    sizes = []
-    for geometry in geometries:
-        matrix, cached = _matrix.system_matrix(geometry, 16)
-        assert not cached
-        sizes.append(8 * matrix.nnz)
-        time.sleep(0.02)
-    files = sorted((tmp_path / "cache").glob("*.npz"), key=lambda p: p.stat().st_mtime)
-    assert len(files) == 3
-    assert _matrix.system_matrix(geometries[0], 16)[1]  # a hit refreshes the first one: now the newest
-    time.sleep(0.02)
-    monkeypatch.setenv("CTBIRD_CACHE_MAX_BYTES", str(int(sum(sizes[1:]) * 1.2) + 4096))
-    _matrix.system_matrix(ParallelBeam(views=7, detectors=23), 16)
-    left = {p.name for p in (tmp_path / "cache").glob("*.npz")}
-    assert files[1].name not in left  # the least recently used went first
-    assert files[0].name in left and len(left) == 3 or len(left) == 2
-    total = sum(p.stat().st_size for p in (tmp_path / "cache").glob("*.npz"))
-    assert total <= int(os.environ["CTBIRD_CACHE_MAX_BYTES"])
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CTBIRD_CACHE_DIR", str(cache))
+    monkeypatch.delenv("CTBIRD_CACHE_MAX_BYTES", raising=False)
+    assert _matrix.cache_max_bytes() == 2 * 1024 ** 3
+    first, second, third = (ParallelBeam(views=v, detectors=23) for v in (4, 5, 6))
+    paths = []
+    for geometry in (first, second, third):
+        assert not _matrix.system_matrix(geometry, 16)[1]
+        paths.append(cache / f"{_matrix.cache_key(geometry, 16)}.npz")
+        time.sleep(0.05)
+    assert all(p.is_file() for p in paths)
+    assert _matrix.system_matrix(first, 16)[1]  # a hit refreshes the first one: now the most recently used
+    time.sleep(0.05)
+    fourth = ParallelBeam(views=7, detectors=23)
+    sizes = {p: p.stat().st_size for p in paths}
+    # room for the first and the fourth (larger than the third) but not for one more
+    monkeypatch.setenv("CTBIRD_CACHE_MAX_BYTES", str(sizes[paths[0]] + 2 * sizes[paths[2]]))
+    _matrix.system_matrix(fourth, 16)
+    left = sorted(p.name for p in cache.glob("*.npz"))
+    assert left == sorted([paths[0].name, f"{_matrix.cache_key(fourth, 16)}.npz"])  # second, then third evicted
+    assert sum(p.stat().st_size for p in cache.glob("*.npz")) <= int(os.environ["CTBIRD_CACHE_MAX_BYTES"])
     monkeypatch.setenv("CTBIRD_CACHE_MAX_BYTES", "1000")
     with pytest.warns(UserWarning, match="Not caching"):
         _matrix.system_matrix(ParallelBeam(views=8, detectors=23), 16)
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == len(left)
+    assert sorted(p.name for p in cache.glob("*.npz")) == left
+    monkeypatch.setenv("CTBIRD_CACHE_MAX_BYTES", "lots")
+    with pytest.warns(UserWarning, match="Ignoring CTBIRD_CACHE_MAX_BYTES"):
+        assert _matrix.cache_max_bytes() == 2 * 1024 ** 3
 
 
 # ------------------------------------------------------------------------------------------------ plausibility
