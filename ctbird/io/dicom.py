@@ -362,15 +362,15 @@ def read_dicom(path: str | os.PathLike, *, series_uid: str | None = None) -> CTV
     InputError
         On any unusable input (see the module docstring).
     """
-    try:
-        with collect_warnings() as notes:
+    with collect_warnings() as notes:
+        try:
             volume = _read_dicom(Path(path).expanduser(), series_uid)
-        volume.warnings = notes
-        return volume
-    except InputError:
-        raise
-    except Exception as exc:  # corrupt headers make pydicom raise almost anything
-        raise InputError(f"{path}: corrupt or unsupported DICOM data ({_one_line(exc)}).") from exc
+        except InputError:
+            raise
+        except Exception as exc:  # corrupt headers make pydicom raise almost anything
+            raise InputError(f"{path}: corrupt or unsupported DICOM data ({_one_line(exc)}).") from exc
+    volume.warnings = notes
+    return volume
 
 
 def _read_dicom(root: Path, series_uid: str | None) -> CTVolume:
