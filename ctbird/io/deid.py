@@ -5,9 +5,9 @@ DICOM
 :class:`Deidentifier` applies the Basic Application Confidentiality Profile of DICOM PS3.15 Annex E
 (Table E.1-1, "Basic Prof." column) to a header, recursively through every sequence:
 
-* ``D``: replace with a non-identifying dummy value; ``Z``: replace with an empty value; ``X``: remove;
-  ``K``: keep; ``C``: clean (here: treated as ``X`` - ctbird cannot judge free text); ``U``: replace the
-  UID by another one, consistently within the run (:meth:`Deidentifier.uid`).
+* ``Z``: replace with an empty value; ``X``: remove; ``K``: keep; ``U``: replace the UID by another one,
+  consistently within the run (:meth:`Deidentifier.uid`). The table's ``D`` (dummy value) choices are
+  taken as ``Z`` or ``X`` (never a made-up value) and ``C`` (clean) as ``X``: ctbird cannot judge free text.
 * :data:`BASIC_PROFILE` hard-codes the table's rows for the attributes a CT image can carry (patient,
   study, series, equipment, operators, dates and times, descriptions, request/procedure attributes,
   referenced-image sequences and every instance UID). Where the table offers a choice (``X/Z``,
@@ -194,12 +194,10 @@ class Deidentifier:
 
     def _do(self, ds: Dataset, element, action: str) -> None:
         tag = element.tag
-        if action in ("X", "C"):
+        if action == "X":
             del ds[tag]
         elif action == "Z":
             element.value = Sequence([]) if element.VR == "SQ" else ""
-        elif action == "D":
-            element.value = "ANONYMIZED" if element.VR in ("LO", "SH", "PN", "LT", "ST") else ""
         elif action == "U":
             if element.VR == "UI" and element.value:
                 if isinstance(element.value, str):
@@ -313,7 +311,7 @@ def scrub_paths(value, anonymize: bool):
 
 
 #: Header attributes whose values identify a patient, study or site (searched for by :func:`identifying_values`).
-_IDENTIFYING_KEYWORDS = tuple(k for k, a in BASIC_PROFILE.items() if a in ("Z", "X", "U", "D", "C"))
+_IDENTIFYING_KEYWORDS = tuple(k for k, a in BASIC_PROFILE.items() if a in ("Z", "X", "U"))
 
 
 _TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "UI", "AE")
