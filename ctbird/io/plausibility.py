@@ -36,7 +36,7 @@ class PlausibilityWarning(UserWarning):
     """An input value is possible but unusual (shown in the terminal and recorded in metrics.json)."""
 
 
-def warn(message: str) -> None:
+def _warn(message: str) -> None:
     warnings.warn(message, PlausibilityWarning, stacklevel=3)
 
 
@@ -79,7 +79,7 @@ def check_sinogram_values(data: np.ndarray, source: str = "sinogram") -> list[st
         notes.append(f"{source} has line integrals up to {peak:.4g} (transmission e^-{peak:.3g}); real sinograms stay "
                      "below ~20. Is it in other units (counts, scaled HU)?")
     for note in notes:
-        warn(note)
+        _warn(note)
     return notes
 
 
@@ -97,7 +97,7 @@ def check_hu_values(hu: np.ndarray, source: str) -> list[str]:
         notes.append(f"{source}: HU values span [{lo:.4g}, {hi:.4g}], far outside real CT "
                      f"[{HU_PLAUSIBLE[0]:g}, {HU_PLAUSIBLE[1]:g}]; check RescaleSlope/RescaleIntercept.")
     for note in notes:
-        warn(note)
+        _warn(note)
     return notes
 
 
@@ -107,4 +107,4 @@ def check_rescale_slope(slope: float, source: str) -> None:
         raise InputError(f"{source}: RescaleSlope is 0, which maps every pixel to the intercept; the header is "
                          "corrupt (CT slopes are typically 1).")
     if not SLOPE_PLAUSIBLE[0] <= abs(slope) <= SLOPE_PLAUSIBLE[1]:
-        warn(f"{source}: RescaleSlope {slope:g} is unusual for CT (typically 1); check the HU values.")
+        _warn(f"{source}: RescaleSlope {slope:g} is unusual for CT (typically 1); check the HU values.")
