@@ -3,6 +3,10 @@
 The system matrix ``A`` ([views*detectors, N*N], row-major sinogram / image indexing) is built once by
 ASTRA's CPU projector and cached on disk under ``$CTBIRD_CACHE_DIR`` (default ``~/.cache/ctbird/radon``),
 keyed by a SHA-256 of the geometry, image size, projector type and ASTRA version.
+
+The cache is bounded: ``$CTBIRD_CACHE_MAX_BYTES`` (default 2 GiB; ``0`` disables caching). After each new
+matrix is saved, the least recently used files (oldest modification time; a cache hit refreshes it) are
+deleted until the folder fits; a matrix larger than the bound is not cached at all.
 """
 
 from __future__ import annotations
@@ -22,12 +26,54 @@ from ._astra import CPU_PROJECTORS, astra_geometries, import_astra
 from .geometry import FanBeam, ParallelBeam
 
 CACHE_FORMAT = 1
+CACHE_MAX_BYTES_DEFAULT = 2 * 1024 ** 3
 
 
 def cache_dir() -> Path:
     """The matrix cache folder: ``$CTBIRD_CACHE_DIR`` or ``~/.cache/ctbird/radon``."""
     env = os.environ.get("CTBIRD_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ctbird" / "radon"
+
+
+def cache_max_bytes() -> int:
+    """The cache size bound in bytes: ``$CTBIRD_CACHE_MAX_BYTES`` or :data:`CACHE_MAX_BYTES_DEFAULT`."""
+    env = os.environ.get("CTBIRD_CACHE_MAX_BYTES")
+    if env is None or not env.strip():
+        return CACHE_MAX_BYTES_DEFAULT
+    try:
+        value = int(float(env))
+    except ValueError:
+        value = -1
+    if value < 0:
+        warnings.warn(f"Ignoring CTBIRD_CACHE_MAX_BYTES={env!r} (expected a number of bytes >= 0); using "
+                      f"{CACHE_MAX_BYTES_DEFAULT}.", stacklevel=2)
+        return CACHE_MAX_BYTES_DEFAULT
+    return value
+
+
+def evict(folder: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used ``*.npz`` files of ``folder`` until it holds ``<= max_bytes``."""
+    entries = []
+    for path in folder.glob("*.npz"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in sorted(entries):
+        if total <= max_bytes:
+            break
+        if keep is not None and path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def cache_key(geometry: ParallelBeam | FanBeam, image_size: int) -> str:
@@ -78,6 +124,13 @@ def _load(path: Path, shape: tuple[int, int]) -> scipy.sparse.csr_matrix | None:
 
 
 def _save(path: Path, matrix: scipy.sparse.csr_matrix) -> None:
+    limit = cache_max_bytes()
+    size = 8 * matrix.nnz + 4 * (matrix.shape[0] + 1)
+    if size > limit:
+        if limit > 0:
+            warnings.warn(f"Not caching the {size / 2**20:.0f} MiB Radon matrix: it exceeds CTBIRD_CACHE_MAX_BYTES="
+                          f"{limit}; raise the bound to keep it between runs.", stacklevel=3)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
@@ -91,6 +144,7 @@ def _save(path: Path, matrix: scipy.sparse.csr_matrix) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        evict(path.parent, limit, keep=path)
     except OSError as exc:
         warnings.warn(f"Could not write the Radon matrix cache {path} ({exc}); set CTBIRD_CACHE_DIR to a writable "
                       "folder to avoid rebuilding the matrix every time.", stacklevel=3)
@@ -104,6 +158,10 @@ def system_matrix(geometry: ParallelBeam | FanBeam, image_size: int, use_cache: 
     if path is not None and path.is_file():
         matrix = _load(path, shape)
         if matrix is not None:
+            try:
+                os.utime(path)  # most recently used: evicted last
+            except OSError:
+                pass
             return matrix, True
     matrix = build_with_astra(geometry, image_size)
     if path is not None:

@@ -104,7 +104,8 @@ def test_dicom_reconstruct_writes_derived_dicom_matching_the_npy(tmp_path):
     derived = pydicom.dcmread(out / "fbp.dcm")
     assert derived.SOPInstanceUID != source.SOPInstanceUID
     assert derived.SeriesInstanceUID != source.SeriesInstanceUID
-    assert derived.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    reference = derived.SourceImageSequence[0].ReferencedSOPInstanceUID  # remapped: --anonymize must not leak it
+    assert reference != source.SOPInstanceUID and pydicom.uid.UID(reference).is_valid
     assert derived.PatientIdentityRemoved == "YES" and str(derived.PatientName) == ""
     assert (derived.Rows, derived.Columns) == (128, 128)
     assert [float(v) for v in derived.PixelSpacing] == pytest.approx([float(v) for v in source.PixelSpacing])
@@ -200,10 +201,14 @@ def test_force_semantics_and_config_file(tmp_path, phantom_npy):
     config.write_text('method = "fbp"\nviews = 6\nwindow = "lung"\n')
     refused = _invoke("reconstruct", phantom_npy, "--config", config, "--out", out)
     assert refused.exit_code == 1 and "--force" in refused.output
+    foreign = _invoke("reconstruct", phantom_npy, "--config", config, "--out", out, "--force")
+    assert foreign.exit_code == 1 and "not written by ctbird" in foreign.output  # --force never deletes a user's files
     assert (out / "old.txt").read_text() == "previous results"
+    (out / "old.txt").unlink()
+    out.rmdir()
+    assert _invoke("reconstruct", phantom_npy, "--config", config, "--out", out, "--quiet").exit_code == 0
     replaced = _invoke("reconstruct", phantom_npy, "--config", config, "--views", 9, "--out", out, "--force", "--quiet")
     assert replaced.exit_code == 0, replaced.output
-    assert not (out / "old.txt").exists()
     resolved = tomllib.loads((out / "config.toml").read_text())
     assert resolved["views"] == 9 and resolved["window"] == "lung" and resolved["method"] == "fbp"
     assert json.loads((out / "metrics.json").read_text())["views"] == 9

@@ -28,11 +28,14 @@ Writing
 -------
 :func:`write_derived_dicom` writes one reconstructed slice as a CT ``DERIVED\\SECONDARY`` image with
 new SOP Instance / Series UIDs, a ``SourceImageSequence`` pointing at the source slice, int16 storage
-with ``RescaleSlope``/``RescaleIntercept`` in HU, explicit VR little endian and a valid file meta.
+with ``RescaleSlope``/``RescaleIntercept`` in HU, explicit VR little endian and a valid file meta; every
+Type 1/2 attribute of the CT Image IOD is present (validated with dicom3tools' ``dciodvfy``).
+With ``anonymize`` the carried header goes through :class:`ctbird.io.deid.Deidentifier`.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -49,6 +52,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 
 from ..errors import InputError, OutputError
 from .atomic import write_bytes_atomic
+from .deid import Deidentifier, mark_deidentified, valid_uid_or_replacement
+from .plausibility import check_hu_values, check_rescale_slope, collect_warnings
 
 #: Largest accepted image side and frame count (guards against absurd headers).
 MAX_SIDE = 16384
@@ -60,9 +65,6 @@ _PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "
                  "PatientComments", "PatientAddress", "PatientTelephoneNumbers")
 _STUDY_TAGS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
                "ReferringPhysicianName", "StudyDescription", "PhysiciansOfRecord")
-_IDENTIFYING_TAGS = _PATIENT_TAGS + ("AccessionNumber", "ReferringPhysicianName", "PhysiciansOfRecord",
-                                     "InstitutionName", "InstitutionAddress", "StationName", "OperatorsName",
-                                     "PerformingPhysicianName", "StudyID", "DeviceSerialNumber")
 _CARRIED_TAGS = _PATIENT_TAGS + _STUDY_TAGS + (
     "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer", "InstitutionName",
     "StationName", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions", "BodyPartExamined",
@@ -85,12 +87,16 @@ class CTVolume:
         Headers (pixel data removed): one per slice for a series, one for a multi-frame file.
     source_paths : list of Path
         The file of each entry of ``datasets``.
+    warnings : list of str
+        Unusual but possible values met while reading (missing rescale, extreme slope or HU...), also
+        emitted as ``UserWarning``; for the terminal and ``metrics.json``.
     """
 
     hu: np.ndarray
     pixel_spacing_mm: tuple[float, float]
     datasets: list[Dataset] = field(repr=False)
     source_paths: list[Path]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_slices(self) -> int:
@@ -218,7 +224,9 @@ def _float_tag(value, default: float, what: str, path: Path) -> float:
         raise InputError(f"{path}: invalid {what} {value!r}.") from exc
     if not np.isfinite(number):
         raise InputError(f"{path}: {what} is not finite ({value!r}).")
-    return number if number != 0 or what != "RescaleSlope" else default
+    if what == "RescaleSlope":
+        check_rescale_slope(number, str(path))
+    return number
 
 
 def _to_hu(pixels: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
@@ -233,7 +241,9 @@ def _to_hu(pixels: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
             warned = True
         slope_f = 1.0 if slope is None else _float_tag(slope, 1.0, "RescaleSlope", path)
         intercept_f = 0.0 if intercept is None else _float_tag(intercept, 0.0, "RescaleIntercept", path)
-        out[frame] = pixels[frame].astype(np.float32) * np.float32(slope_f) + np.float32(intercept_f)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[frame] = pixels[frame].astype(np.float64) * slope_f + intercept_f
+    check_hu_values(out, str(path))
     return out
 
 
@@ -282,9 +292,43 @@ def _sort_key_builder(datasets: list[Dataset], paths: list[Path]):
     return [str(p.name) for p in paths]
 
 
+def _check_bits(ds: Dataset, path: Path) -> None:
+    """Raise when ``BitsStored``/``HighBit`` contradict ``BitsAllocated`` or the stored (native) values."""
+    try:
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+        high_bit = int(ds.get("HighBit", stored - 1))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    except Exception as exc:
+        raise InputError(f"{path}: invalid BitsAllocated/BitsStored/HighBit ({_one_line(exc)}).") from exc
+    if not 1 <= stored <= allocated or high_bit != stored - 1:
+        raise InputError(f"{path}: BitsStored {stored} / HighBit {high_bit} contradict BitsAllocated {allocated}; "
+                         "the header is corrupt.")
+    transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if stored == allocated or allocated not in (8, 16, 32) or "PixelData" not in ds or \
+            (transfer is not None and transfer.is_compressed):
+        return
+    if any(0x6000 <= element.tag.group <= 0x601E for element in ds):
+        return  # overlays may live in the unused high bits (retired usage): nothing to check
+    order = "<" if transfer is None or transfer.is_little_endian else ">"
+    raw = np.frombuffer(ds.PixelData, dtype=np.dtype(f"{order}u{allocated // 8}"),
+                        count=len(ds.PixelData) // (allocated // 8)).astype(np.uint64)
+    if raw.size == 0:
+        return
+    high = raw >> np.uint64(stored)
+    all_ones = np.uint64((1 << (allocated - stored)) - 1)
+    sign_bit = (raw >> np.uint64(stored - 1)) & np.uint64(1)
+    # unused bits must be zero, or (signed data) a sign extension of a negative value
+    fine = (high == 0) | (signed & (high == all_ones) & (sign_bit == 1))
+    if not bool(fine.all()):
+        bad = raw[~fine]
+        raise InputError(f"{path}: stored values use bits above BitsStored {stored} (e.g. raw {int(bad.max())} with "
+                         f"BitsAllocated {allocated}); the header would relabel the pixel range (corrupt BitsStored).")
+
+
 def _load_file(path: Path) -> tuple[np.ndarray, Dataset]:
     ds = _read_dataset(path)
     _check_ct_image(ds, path)
+    _check_bits(ds, path)
     hu = _to_hu(_decode_pixels(ds, path), ds, path)
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
@@ -318,12 +362,15 @@ def read_dicom(path: str | os.PathLike, *, series_uid: str | None = None) -> CTV
     InputError
         On any unusable input (see the module docstring).
     """
-    try:
-        return _read_dicom(Path(path).expanduser(), series_uid)
-    except InputError:
-        raise
-    except Exception as exc:  # corrupt headers make pydicom raise almost anything
-        raise InputError(f"{path}: corrupt or unsupported DICOM data ({_one_line(exc)}).") from exc
+    with collect_warnings() as notes:
+        try:
+            volume = _read_dicom(Path(path).expanduser(), series_uid)
+        except InputError:
+            raise
+        except Exception as exc:  # corrupt headers make pydicom raise almost anything
+            raise InputError(f"{path}: corrupt or unsupported DICOM data ({_one_line(exc)}).") from exc
+    volume.warnings = notes
+    return volume
 
 
 def _read_dicom(root: Path, series_uid: str | None) -> CTVolume:
@@ -362,6 +409,16 @@ def _read_dicom(root: Path, series_uid: str | None) -> CTVolume:
     shapes = {hu.shape[1:] for _, hu, _ in loaded}
     if len(shapes) > 1:
         raise InputError(f"{root}: slices have different sizes {sorted(shapes)}; a series must have one image size.")
+    positions = [_slice_position(ds) for _, _, ds in loaded]
+    if len(loaded) > 1 and all(p is not None for p in positions):
+        seen: dict[float, Path] = {}
+        for (file, _, _), position in zip(loaded, positions):
+            key = round(position, 3)
+            if key in seen:
+                raise InputError(f"{root}: {seen[key].name} and {file.name} are at the same slice position "
+                                 f"({position:g} mm); a series has one slice per position (duplicate or mixed "
+                                 "acquisitions?).")
+            seen[key] = file
     keys = _sort_key_builder([ds for _, _, ds in loaded], [p for p, _, _ in loaded])
     order = sorted(range(len(loaded)), key=lambda i: keys[i])
     paths = [loaded[i][0] for i in order]
@@ -398,11 +455,35 @@ def _format_ds(value: float) -> str:
     return text if len(text) <= 16 else f"{value:.8e}"[:16]
 
 
+#: Type 2 attributes of the CT Image IOD's Patient, General Study, General Series, Frame of Reference,
+#: General Equipment, General Image, Image Plane and CT Image modules: present, empty where unknown.
+TYPE2_DEFAULTS = {
+    "PatientName": "", "PatientID": "", "PatientBirthDate": "", "PatientSex": "",
+    "StudyDate": "", "StudyTime": "", "ReferringPhysicianName": "", "StudyID": "", "AccessionNumber": "",
+    "Laterality": "", "PatientPosition": "", "PositionReferenceIndicator": "", "Manufacturer": "",
+    "SliceThickness": None, "KVP": None, "AcquisitionNumber": None, "ContentDate": "", "ContentTime": "",
+}
+#: BodyPartExamined values of unpaired structures (PS3.16 Annex L; the ones dciodvfy knows): Laterality
+#: (General Series, Type 2C) must then be absent. For any other or unknown body part it is present, empty.
+UNPAIRED_BODY_PARTS = frozenset(
+    "ABDOMEN BRAIN CHEST HEAD NECK PELVIS SPINE CSPINE TSPINE LSPINE SSPINE COCCYX HEART LIVER PANCREAS SPLEEN "
+    "STOMACH BLADDER PROSTATE UTERUS HEADNECK CHESTABDOMEN CHESTABDPELVIS ABDOMENPELVIS WHOLEBODY SKULL AORTA "
+    "COLON ESOPHAGUS GALLBLADDER LARYNX MEDIASTINUM RECTUM STERNUM THYROID TRACHEA JAW NOSE DUODENUM ILEUM "
+    "JEJUNUM PHARYNX TONGUE VAGINA PENIS CERVIX".split())
+#: Defined terms of ImageType for CT (PS3.3 C.8.2.1.1.1): DERIVED (value 1), SECONDARY (value 2), AXIAL (value 3).
+DERIVED_IMAGE_TYPE = ["DERIVED", "SECONDARY", "AXIAL"]
+
+
 def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.PathLike, *, method_name: str,
                         pixel_spacing_mm: tuple[float, float] | None = None, anonymize: bool = False,
                         series_uid: str | None = None, description: str | None = None,
-                        window: tuple[float, float] = (-1000.0, 1000.0), instance_number: int | None = None) -> Dataset:
+                        window: tuple[float, float] = (-1000.0, 1000.0), instance_number: int | None = None,
+                        deidentifier: Deidentifier | None = None, burned_in_annotation: bool = False) -> Dataset:
     """Write one reconstructed slice as a derived CT DICOM image (atomically).
+
+    Every Type 1 and Type 2 attribute of the CT Image IOD is present (Type 2 ones empty where unknown,
+    :data:`TYPE2_DEFAULTS`); malformed UIDs carried from the source are replaced (deterministically, so
+    the slices of one study stay together); ``ImageType`` is ``DERIVED\\SECONDARY\\AXIAL``.
 
     Parameters
     ----------
@@ -414,12 +495,12 @@ def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.P
     path : path
         Output ``.dcm`` file.
     method_name : str
-        Reconstruction method (appended to ``ImageType`` and the descriptions).
+        Reconstruction method (named in ``SeriesDescription`` and ``DerivationDescription``).
     pixel_spacing_mm : (float, float), optional
         Spacing of ``hu``; default: the source spacing scaled by the change in size, or 1.0 mm.
     anonymize : bool
-        Drop patient-identifying tags, regenerate study/frame-of-reference UIDs and set
-        ``PatientIdentityRemoved`` to ``YES``.
+        Apply the Basic Application Confidentiality Profile (:mod:`ctbird.io.deid`) to everything carried
+        from the source, the source reference included; no creation dates are written.
     series_uid : str, optional
         Series Instance UID shared by the images of one output series; new if omitted.
     description : str, optional
@@ -428,6 +509,11 @@ def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.P
         Display window stored in ``WindowCenter``/``WindowWidth``.
     instance_number : int, optional
         ``InstanceNumber``; default: the source's, or 1.
+    deidentifier : Deidentifier, optional
+        The run's UID mapper (one per run keeps a series a series); a new one per call if omitted.
+    burned_in_annotation : bool
+        Write ``BurnedInAnnotation = YES`` (the source declared text in its pixels; see
+        :func:`ctbird.io.deid.check_burned_in_annotation`).
 
     Returns
     -------
@@ -440,27 +526,26 @@ def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.P
     rows, cols = image.shape
     now = datetime.now()
     ds = Dataset()
+    mapper = (deidentifier or Deidentifier()) if anonymize else None
     if source is not None:
         for keyword in _CARRIED_TAGS:
             if keyword in source:
-                setattr(ds, keyword, source.data_element(keyword).value)
-    else:
-        ds.PatientName = ""
-        ds.PatientID = ""
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
+                setattr(ds, keyword, copy.deepcopy(source.data_element(keyword).value))
+        if mapper is not None:
+            mapper.apply(ds, mark=False)
+    if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
         ds.StudyInstanceUID = generate_uid()
+    if "FrameOfReferenceUID" not in ds or not ds.FrameOfReferenceUID:
+        ds.FrameOfReferenceUID = generate_uid()
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        setattr(ds, keyword, valid_uid_or_replacement(ds.get(keyword)))
+    if not _has_numbers(ds, "ImagePositionPatient", 3):
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+    if not _has_numbers(ds, "ImageOrientationPatient", 6):
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    if source is None and not anonymize:
         ds.StudyDate = now.strftime("%Y%m%d")
         ds.StudyTime = now.strftime("%H%M%S")
-        ds.StudyID = ""
-        ds.AccessionNumber = ""
-        ds.ReferringPhysicianName = ""
-        ds.FrameOfReferenceUID = generate_uid()
-        ds.PositionReferenceIndicator = ""
-        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.KVP = ""
-        ds.AcquisitionNumber = None
     if pixel_spacing_mm is None:
         if source is not None and source.get("PixelSpacing") is not None and source.get("Rows") and source.get("Columns"):
             old_row, old_col = (float(v) for v in source.PixelSpacing)
@@ -471,23 +556,30 @@ def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.P
             pixel_spacing_mm = (1.0, 1.0)
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SeriesInstanceUID = valid_uid_or_replacement(series_uid) if series_uid else generate_uid()
     ds.Modality = "CT"
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", method_name.upper()[:16]]
+    ds.ImageType = list(DERIVED_IMAGE_TYPE)
     ds.SeriesDescription = f"ctbird {method_name} reconstruction"[:64]
     ds.SeriesNumber = 9000 + (sum(method_name.encode()) % 900)
     ds.InstanceNumber = instance_number if instance_number is not None else int(ds.get("InstanceNumber") or 1)
     ds.DerivationDescription = (description or f"Sparse-view reconstruction by ctbird ({method_name})")[:1024]
-    ds.ContentDate = now.strftime("%Y%m%d")
-    ds.ContentTime = now.strftime("%H%M%S")
-    ds.InstanceCreationDate = ds.ContentDate
-    ds.InstanceCreationTime = ds.ContentTime
-    ds.BurnedInAnnotation = "NO"
+    if not anonymize:
+        ds.ContentDate = now.strftime("%Y%m%d")
+        ds.ContentTime = now.strftime("%H%M%S")
+        ds.InstanceCreationDate = ds.ContentDate
+        ds.InstanceCreationTime = ds.ContentTime
+    for keyword, empty in TYPE2_DEFAULTS.items():
+        if keyword not in ds:
+            setattr(ds, keyword, empty)
+    if str(ds.get("BodyPartExamined") or "").strip().upper() in UNPAIRED_BODY_PARTS:
+        del ds.Laterality
+    ds.BurnedInAnnotation = "YES" if burned_in_annotation else "NO"
     source_class, source_instance = _source_uids(source)
     if source_instance:
         ref = Dataset()
-        ref.ReferencedSOPClassUID = source_class or CTImageStorage
-        ref.ReferencedSOPInstanceUID = source_instance
+        ref.ReferencedSOPClassUID = valid_uid_or_replacement(source_class or CTImageStorage)
+        ref.ReferencedSOPInstanceUID = mapper.uid(source_instance) if mapper is not None \
+            else valid_uid_or_replacement(source_instance)
         if "ReferencedFrameNumber" in source:
             ref.ReferencedFrameNumber = source.ReferencedFrameNumber
         ds.SourceImageSequence = Sequence([ref])
@@ -508,21 +600,7 @@ def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.P
     ds.WindowWidth = _format_ds(hi - lo)
     ds.PixelData = stored.tobytes()
     if anonymize:
-        for keyword in _IDENTIFYING_TAGS:
-            if keyword in ds:
-                delattr(ds, keyword)
-        ds.PatientName = ""
-        ds.PatientID = ""
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        ds.StudyID = ""
-        ds.AccessionNumber = ""
-        ds.ReferringPhysicianName = ""
-        ds.StudyInstanceUID = generate_uid()
-        if "FrameOfReferenceUID" in ds:
-            ds.FrameOfReferenceUID = generate_uid()
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "ctbird --anonymize: identity tags removed, UIDs replaced"
+        mark_deidentified(ds)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -536,3 +614,11 @@ def write_derived_dicom(hu: np.ndarray, source: Dataset | None, path: str | os.P
         raise OutputError(f"Cannot encode the derived DICOM for {path}: {_one_line(exc)}") from exc
     write_bytes_atomic(path, buffer.getvalue())
     return ds
+
+
+def _has_numbers(ds: Dataset, keyword: str, count: int) -> bool:
+    try:
+        values = [float(v) for v in ds.get(keyword) or []]
+    except (TypeError, ValueError):
+        return False
+    return len(values) == count and all(np.isfinite(values))

@@ -61,6 +61,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         scaled = np.clip(array.astype(np.float32), 0.0, 1.0)
     else:
         raise InputError(f"{file}: unsupported image mode {mode!r}; save it as 8/16-bit grey or RGB PNG.")
+    if not np.isfinite(scaled).all():
+        raise InputError(f"{file}: the image holds NaN or infinite values.")
     if scaled.ndim == 2:
         return np.ascontiguousarray(scaled[None])
     if scaled.ndim == 3 and scaled.shape[2] == 3:

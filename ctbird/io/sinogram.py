@@ -32,7 +32,9 @@ import numpy as np
 from operators.errors import GeometryError
 from operators.geometry import Geometry, geometry_from_dict
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..limits import check_sizes
+from .plausibility import check_sinogram_values
 
 _ANGLE_KEYS = ("angles_deg", "angle_range_deg", "angles_rad", "angle_range_rad", "angles", "angle_range")
 
@@ -88,6 +90,12 @@ def geometry_from_mapping(data: dict, *, source: str = "geometry") -> tuple[Geom
         fields["angles" if key.startswith("angles") else "angle_range"] = tuple(in_radians)
         if key.startswith("angle_range") and len(in_radians) != 2:
             raise InputError(f"{source}: '{key}' must be [start, stop], got {values}.")
+    kind = str(fields.get("type", "")).lower()
+    if kind == "fan":
+        missing = [k for k in ("source_distance", "detector_distance") if k not in fields]
+        if missing:
+            raise InputError(f"{source}: a fan-beam geometry needs {' and '.join(missing)} (source-to-axis and "
+                             "axis-to-detector distances); defaults would silently reconstruct the wrong geometry.")
     for key in ("views", "detectors"):
         if key in fields and isinstance(fields[key], float) and fields[key].is_integer():
             fields[key] = int(fields[key])
@@ -99,6 +107,10 @@ def geometry_from_mapping(data: dict, *, source: str = "geometry") -> tuple[Geom
         raise InputError(f"{source}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise InputError(f"{source}: invalid geometry ({_one_line(exc)}).") from exc
+    try:
+        check_sizes(views=geometry.views, detectors=geometry.detectors, image_size=image_size)
+    except ConfigError as exc:
+        raise InputError(f"{source}: {exc}") from exc
     return geometry, image_size
 
 
@@ -149,8 +161,10 @@ def read_sinogram(path: str | os.PathLike, geometry_path: str | os.PathLike) -> 
     Raises
     ------
     InputError
-        Unreadable files, non-numeric or non-finite data, or a shape that disagrees with the geometry
-        (the message names both).
+        Unreadable files, non-numeric or non-finite data, negative line integrals far beyond noise, a
+        fan geometry without distances, or a shape that disagrees with the geometry (the message names
+        both). Unusual values (huge line integrals) are a :class:`~ctbird.io.plausibility.PlausibilityWarning`;
+        record them with :func:`~ctbird.io.plausibility.collect_warnings`.
     """
     file = Path(path).expanduser()
     geometry, image_size = read_geometry_file(geometry_path)
@@ -159,8 +173,7 @@ def read_sinogram(path: str | os.PathLike, geometry_path: str | os.PathLike) -> 
         raise InputError(f"{file}: expected a real [views, detectors] or [slices, views, detectors] array, "
                          f"got dtype {array.dtype} shape {array.shape}.")
     data = array.astype(np.float32)
-    if not np.isfinite(data).all():
-        raise InputError(f"{file} contains NaN or infinite values; a sinogram must be finite line integrals.")
+    check_sinogram_values(data, str(file))
     views, detectors = data.shape[-2:]
     if geometry.detectors is None:
         geometry = geometry.resolved(image_size) if image_size is not None else replace(geometry, detectors=detectors)

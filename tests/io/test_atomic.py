@@ -6,6 +6,7 @@ import pytest
 
 from ctbird.errors import OutputError
 from ctbird.io import atomic_output_dir, check_output_dir, write_text_atomic
+from ctbird.io.atomic import MARKER_NAME
 
 
 def test_atomic_file_replaces_and_cleans_up(tmp_path):
@@ -27,23 +28,25 @@ def test_output_dir_is_all_or_nothing(tmp_path, error):
     assert list(tmp_path.iterdir()) == []
     with atomic_output_dir(out, force=False) as staging:
         (staging / "done.txt").write_text("ok")
-    assert [p.name for p in out.iterdir()] == ["done.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, "done.txt"]
 
 
-def test_force_replaces_the_whole_folder_and_failures_keep_the_old_one(tmp_path):
+def test_force_replaces_a_ctbird_folder_as_a_whole_and_failures_keep_the_old_one(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    with atomic_output_dir(out, force=False) as staging:
+        (staging / "old.txt").write_text("old")
+        (staging / "metrics.json").write_text("{}")
     with pytest.raises(OutputError, match="--force"):
         check_output_dir(out, force=False)
     with pytest.raises(ValueError):
         with atomic_output_dir(out, force=True) as staging:
             (staging / "new.txt").write_text("new")
             raise ValueError("boom")
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, "metrics.json", "old.txt"]
     with atomic_output_dir(check_output_dir(out, force=True), force=True) as staging:
         (staging / "new.txt").write_text("new")
-    assert [p.name for p in out.iterdir()] == ["new.txt"]
+        (staging / "metrics.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, "metrics.json", "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
