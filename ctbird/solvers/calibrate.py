@@ -104,7 +104,8 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
               estimate: Sequence[str] = ("center",), prior: DiffusionPrior | None = None,
               input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
               measurement_filter: Operator | None = None, radius: float = SEARCH_RADIUS, sirt_iters: int = 30,
-              refine_iters: int = REFINE_ITERS, refine_lr: float = REFINE_LR, lr_latent: float = 1.2e-2,
+              refine_iters: int = REFINE_ITERS, refine_lr: float = REFINE_LR, warmup_iters: int = 0,
+              lr_latent: float = 1.2e-2,
               generator: torch.Generator | None = None, radon: Radon | None = None,
               **bird_settings) -> CalibrationResult:
     """Estimate the geometry errors of a measured sinogram.
@@ -129,6 +130,9 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
         Stage 1 (see :func:`~ctbird.calibration.find_center_consistency`).
     refine_iters, refine_lr, lr_latent
         Stage 2: BIRD iterations, the Adam rate of the calibration (cells, degrees) and of ``x_T``.
+    warmup_iters : int
+        BIRD iterations on the image alone (geometry frozen at stage 1) before the joint ones, which then start from
+        that latent: early decodes are far from the image and would drag the geometry.
     generator : torch.Generator or None
         Seeds stage 2's latent.
     radon : Radon or None
@@ -142,7 +146,7 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
         raise ConfigError(f"calibrate: estimate must be a non-empty subset of {PARAMETERS}, got {estimate!r}.")
     if "angles" in estimate and prior is None:
         raise ConfigError("calibrate: estimating angle offsets needs a prior (joint refinement with BIRD).")
-    for name, value in (("refine_iters", refine_iters), ("sirt_iters", sirt_iters)):
+    for name, value in (("refine_iters", refine_iters), ("sirt_iters", sirt_iters), ("warmup_iters", warmup_iters)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "sirt_iters" else 0):
             raise ConfigError(f"calibrate: {name} must be a non-negative integer, got {value!r}.")
     if not (math.isfinite(refine_lr) and refine_lr > 0):
@@ -161,9 +165,14 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
     data = y.to(device=device, dtype=torch.float32)
     if measurement_filter is not None:
         data = measurement_filter(data)
+    init_latent = None
+    if warmup_iters:
+        warm = BIRD(prior, operator, iters=warmup_iters, lr_latent=lr_latent, lr_operator=0.0,
+                    input_transform=input_transform, **bird_settings)
+        init_latent = warm.run(data, generator=generator).latent
     bird = BIRD(prior, operator, iters=refine_iters, lr_latent=lr_latent, lr_operator=refine_lr,
                 input_transform=input_transform, **bird_settings)
-    refined = bird.run(data, generator=generator)
+    refined = bird.run(data, generator=generator, init_latent=init_latent)
     calibrated = model.geometry()
     degrees = None
     if "angles" in estimate:

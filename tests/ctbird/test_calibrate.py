@@ -101,6 +101,7 @@ def test_joint_refinement_moves_the_centre_with_birds_operator_mechanism(gaussia
     image = 0.05 * (1 + shepp_logan(n).reshape(1, 1, n, n).clamp_min(0))
     y = Radon(geometry.calibrated(1.0), n)(image)
     result = calibrate(y, geometry, n, estimate=("center", "angles"), prior=gaussian_prior, radius=2.0, refine_iters=3,
+                       warmup_iters=1,
                        input_transform=lambda x: 0.05 * (x + 1), generator=generator)
     assert result.refined is not None and result.refined.iters_run == 3
     assert result.center_offset != result.search.center_offset  # the centre was a trained parameter
