@@ -10,6 +10,13 @@ Three stages (:func:`calibrate`):
    is estimated by BIRD's operator-parameter mechanism (``lr_operator``) together with the latent ``x_T``.
 3. The calibrated geometry (:attr:`CalibrationResult.geometry`) is what the ordinary reconstruction then uses on the
    fast matrix backend: ``Radon(result.geometry, N)``.
+
+Measured (CPU, 30 views, training slices at 128 x 128, shipped prior decoded at 128; ``tests/ctbird/
+test_calibrate_real.py`` for stage 1): stage 1 alone has median centre errors 0.02 cells (parallel) and 0.003 (fan)
+for offsets 0.5-4 cells, also with log-Poisson noise and data from the torch projector. Stage 2 (10 warm-up + 20
+joint iterations, ``refine_lr=0.01``) moved the centre error from -0.03 to -0.01 cells; it did not recover a
+0.3 deg rms per-view angle jitter (rms error stayed 0.32-0.38 deg), and at 64 x 64 (prior decoded off its scale)
+it dragged the centre by up to 0.3 cells: the geometry absorbs what the prior's image gets wrong.
 """
 
 from __future__ import annotations
