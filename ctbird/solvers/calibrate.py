@@ -4,7 +4,8 @@ Three stages (:func:`calibrate`):
 
 1. **Centre search** (:func:`ctbird.calibration.find_center_consistency`): coarse to fine over the detector centre
    offset, each candidate scored by the residual of a short SIRT reconstruction -- cheap (batched SIRT on the
-   nominal matrix projector) and robust over several cells.
+   nominal matrix projector) and robust over several cells. With ``"angles"``, per-view angle offsets follow by
+   projection matching (:func:`match_projections`: SIRT image fixed, angles fitted on the torch projector).
 2. **Joint refinement with BIRD** (optional, needs a prior): the operator is the differentiable torch projector
    whose calibration (:class:`CalibrationParameters`: centre in detector cells, mean-free angle offsets in degrees)
    is estimated by BIRD's operator-parameter mechanism (``lr_operator``) together with the latent ``x_T``.
@@ -34,6 +35,7 @@ from torch import nn
 from operators import FanBeam, ParallelBeam, Radon
 from operators.base import Operator
 
+from .. import baselines
 from ..calibration import SEARCH_RADIUS, CenterSearch, find_center_consistency
 from ..errors import ConfigError
 from ..priors.diffusion import DiffusionPrior
@@ -58,8 +60,8 @@ class CalibrationResult:
         Estimated per-view angle offsets in degrees (mean-free), ``None`` unless ``"angles"`` was estimated.
     geometry : ParallelBeam or FanBeam
         The calibrated geometry (build any backend with it; :meth:`to_dict` writes a valid geometry file).
-    search : CenterSearch
-        Stage 1: the coarse-to-fine centre search.
+    search : CenterSearch or None
+        Stage 1: the coarse-to-fine centre search (``None`` when the centre was not estimated).
     refined : BirdResult or None
         Stage 2: the joint BIRD run (its ``image`` is a reconstruction on the torch projector), if run.
     """
@@ -67,12 +69,14 @@ class CalibrationResult:
     center_offset: float
     angle_offsets_deg: np.ndarray | None
     geometry: ParallelBeam | FanBeam
-    search: CenterSearch
+    search: CenterSearch | None
     refined: BirdResult | None = None
 
     def summary(self) -> dict:
         """JSON-ready estimates (for ``metrics.json``'s ``calibration`` section)."""
-        out = {"center_offset": self.center_offset, "center_offset_search": self.search.center_offset}
+        out = {"center_offset": self.center_offset}
+        if self.search is not None:
+            out["center_offset_search"] = self.search.center_offset
         if self.angle_offsets_deg is not None:
             out["angle_offsets_deg"] = [float(a) for a in self.angle_offsets_deg]
         return out
@@ -109,11 +113,41 @@ class CalibrationParameters(Operator):
         return self.radon.geometry.calibrated(float(self.center_offset.detach().cpu()), angles)
 
 
+def match_projections(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: int, *, rounds: int = 2,
+                      sirt_iters: int = 100, steps: int = 30, lr_deg: float = 0.1) -> ParallelBeam | FanBeam:
+    """Per-view angle offsets by projection matching, starting from ``geometry`` (its centre is kept).
+
+    Each round reconstructs the image by non-negative SIRT on the matrix projector built with the current geometry,
+    then fits mean-free angle offsets (degrees, Adam at ``lr_deg``, ``steps`` steps) to the data through the torch
+    projector with that image held fixed. Returns the calibrated geometry. Measured (two training slices and
+    Shepp-Logan, 30 views, 0.28 deg rms uniform jitter, two rounds): rms error 0.07-0.17 deg at 128 x 128 (parallel
+    and fan), 0.10-0.24 deg at 64 x 64, but 0.33 deg (worse than none) on a 64 x 64 Shepp-Logan, whose few flat
+    regions say little about the angles; more rounds do not help, ``lr_deg`` 0.03-0.1 makes no difference.
+    """
+    for name, value in (("rounds", rounds), ("sirt_iters", sirt_iters), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"match_projections: {name} must be a positive integer, got {value!r}.")
+    y = sinogram if sinogram.dim() == 4 else sinogram[None, None]
+    current = geometry.in_pixels()
+    for _ in range(rounds):
+        with torch.no_grad():
+            image = baselines.sirt(y, Radon(current, image_size, device=y.device), iters=sirt_iters, nonneg=True)
+        model = CalibrationParameters(Radon(current, image_size, backend="torch", device=y.device), ("angles",))
+        optimizer = torch.optim.Adam([model.angle_offsets_deg], lr=lr_deg)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            (model(image) - y).square().sum().backward()
+            optimizer.step()
+        current = model.geometry()
+    return current
+
+
 def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: int, *,
               estimate: Sequence[str] = ("center",), prior: DiffusionPrior | None = None,
               input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
               measurement_filter: Operator | None = None, radius: float = SEARCH_RADIUS, sirt_iters: int = 30,
-              refine_iters: int = REFINE_ITERS, refine_lr: float = REFINE_LR, warmup_iters: int = 0,
+              match_rounds: int = 2, refine_iters: int = REFINE_ITERS, refine_lr: float = REFINE_LR,
+              warmup_iters: int = 0,
               lr_latent: float = 1.2e-2,
               generator: torch.Generator | None = None, radon: Radon | None = None,
               **bird_settings) -> CalibrationResult:
@@ -128,7 +162,8 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
     image_size : int
         Side ``N`` of the reconstruction.
     estimate : subset of ``("center", "angles")``
-        What to estimate; angles need a prior (stage 2).
+        What to estimate. Angles: :func:`match_projections` after the centre search (``match_rounds`` rounds), then
+        stage 2 if a prior is given.
     prior : DiffusionPrior or None
         Enables stage 2 (joint refinement with BIRD); ``None`` returns the stage-1 centre.
     input_transform : callable or None
@@ -153,23 +188,28 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
     unknown = sorted(set(estimate) - set(PARAMETERS))
     if unknown or not estimate:
         raise ConfigError(f"calibrate: estimate must be a non-empty subset of {PARAMETERS}, got {estimate!r}.")
-    if "angles" in estimate and prior is None:
-        raise ConfigError("calibrate: estimating angle offsets needs a prior (joint refinement with BIRD).")
     for name, value in (("refine_iters", refine_iters), ("sirt_iters", sirt_iters), ("warmup_iters", warmup_iters)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "sirt_iters" else 0):
             raise ConfigError(f"calibrate: {name} must be a non-negative integer, got {value!r}.")
     if not (math.isfinite(refine_lr) and refine_lr > 0):
         raise ConfigError(f"calibrate: refine_lr must be a positive number, got {refine_lr!r}.")
 
-    search = find_center_consistency(sinogram, geometry, image_size, radius=radius, sirt_iters=sirt_iters,
-                                     radon=radon)
-    start = geometry.in_pixels().calibrated(search.center_offset, geometry.angle_offsets)
+    search = None
+    start = geometry.in_pixels()
+    if "center" in estimate:
+        search = find_center_consistency(sinogram, geometry, image_size, radius=radius, sirt_iters=sirt_iters,
+                                         radon=radon)
+        start = start.calibrated(search.center_offset, start.angle_offsets)
+    if "angles" in estimate:
+        start = match_projections(sinogram, start, image_size, rounds=match_rounds)
     if prior is None or refine_iters == 0:
-        return CalibrationResult(search.center_offset, None, start, search)
+        degrees = np.rad2deg(start.angles_rad() - start.nominal_angles_rad()) if "angles" in estimate else None
+        return CalibrationResult(start.center_offset, degrees, start, search)
 
     y = sinogram if sinogram.dim() == 4 else sinogram[None, None]
     device = prior.device
     model = CalibrationParameters(Radon(start, image_size, backend="torch", device=device), estimate)
+    # stage 2 trains only what was asked for: "angles" alone keeps the given centre
     operator: Operator = model if measurement_filter is None else measurement_filter.to(device) @ model
     data = y.to(device=device, dtype=torch.float32)
     if measurement_filter is not None:
