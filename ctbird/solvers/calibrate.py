@@ -17,9 +17,10 @@ test_calibrate_real.py`` for stage 1): stage 1 alone has median centre errors 0.
 for offsets 0.5-4 cells, also with log-Poisson noise and data from the torch projector. Stage 2 (10 warm-up + 20
 joint iterations, ``refine_lr=0.01``, offset 2.5 cells) changed the centre error from -0.03/-0.03/+0.017/-0.001 to
 -0.015/-0.010/+0.063/-0.011 cells (two parallel runs on one slice, another parallel slice, fan): no better than stage 1.
-It did not recover a 0.3 deg rms per-view angle jitter (rms error stayed 0.32-0.38 deg), and at 64 x 64 (prior
-decoded off its scale) it dragged the centre by up to 0.3 cells: the geometry absorbs what the prior's image gets
-wrong. So estimate the centre with stage 1 alone (``prior=None``) until stage 2 is shown to help at full size.
+From zero angle offsets it did not recover a 0.32 deg rms per-view jitter (rms error stayed 0.32-0.38 deg); after
+projection matching (0.156 deg) it left 0.165 deg. At 64 x 64 (prior decoded off its scale) it dragged the centre by
+up to 0.3 cells: the geometry absorbs what the prior's image gets wrong. So calibrate with stage 1 and projection
+matching alone (``prior=None``) until stage 2 is shown to help at full size (256 x 256, GPU).
 """
 
 from __future__ import annotations
