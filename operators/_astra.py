@@ -33,7 +33,12 @@ def import_astra() -> Any:
 
 
 def astra_geometries(geometry: ParallelBeam | FanBeam, image_size: int) -> tuple[dict, dict]:
-    """ASTRA ``(vol_geom, proj_geom)`` for a resolved, pixel-unit ``geometry`` and an ``N x N`` image."""
+    """ASTRA ``(vol_geom, proj_geom)`` for a resolved, pixel-unit ``geometry`` and an ``N x N`` image.
+
+    A nominal geometry maps to ASTRA's ``parallel``/``fanflat``; a calibrated one (``center_offset`` or
+    ``angle_offsets`` set) to the equivalent ``parallel_vec``/``fanflat_vec`` with the calibrated angles and the
+    detector centre moved by ``-center_offset`` cells along the detector.
+    """
     astra = import_astra()
     vol_geom = astra.create_vol_geom(image_size, image_size)
     angles = geometry.angles_rad()
@@ -42,6 +47,11 @@ def astra_geometries(geometry: ParallelBeam | FanBeam, image_size: int) -> tuple
     else:
         proj_geom = astra.create_proj_geom("fanflat", float(geometry.detector_spacing), int(geometry.detectors), angles,
                                            float(geometry.source_distance), float(geometry.detector_distance))
+    if geometry.is_calibrated:
+        proj_geom = astra.geom_2vec(proj_geom)
+        vectors = proj_geom["Vectors"].copy()  # rows: (ray or source xy, detector centre xy, cell step xy)
+        vectors[:, 2:4] -= geometry.center_offset * vectors[:, 4:6]
+        proj_geom["Vectors"] = vectors
     return vol_geom, proj_geom
 
 
