@@ -128,7 +128,7 @@ def test_outputs_are_written_whole_or_not_at_all(problem, tmp_path, monkeypatch)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     monkeypatch.undo()
     out = write_volume_outputs(tmp_path / "out", {"fbp": result}, volume, truth=truth)
-    assert sorted(p.name for p in out.iterdir()) == ["fbp", "fbp.npy", "metrics.json", "volume.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".ctbird-output", "fbp", "fbp.npy", "metrics.json", "volume.png"]
     np.testing.assert_array_equal(np.load(out / "fbp.npy"), result.load())
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["methods"]["fbp"]["slices"]) == 4 and "coronal_psnr" in metrics["methods"]["fbp"]["consistency"]
