@@ -28,7 +28,7 @@ class Acquisition:
 
     Attributes
     ----------
-    sinogram : Tensor ``[1, 1, views, detectors]`` float32 (CPU)
+    sinogram : Tensor ``[1, 1, views, detectors]`` float32 (on the ``device`` it was simulated on)
         Line integrals of ``mu`` (1/mm), lengths in mm (``-log(I / I0)``; noisy when ``dose`` is set).
     geometry : operators.ParallelBeam or operators.FanBeam
         The geometry, resolved for the ``image_size`` grid (pixel units).
@@ -80,7 +80,8 @@ def _projector(geometry, size: int, backend: str, device: str):
 
 def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_size: int,
              pixel_spacing_mm: float | tuple[float, float] = 1.0, geometry: str | Any = "parallel",
-             dose: float | None = None, seed: int = 0, radon_backend: str = "matrix") -> Acquisition:
+             dose: float | None = None, seed: int = 0, radon_backend: str = "matrix",
+             device: str | torch.device = "cpu") -> Acquisition:
     """Simulate a CT acquisition of an HU image.
 
     Parameters
@@ -102,7 +103,10 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
     seed : int
         Seed of the noise.
     radon_backend : str
-        Projector backend (``"matrix"``: exact and reproducible on the CPU).
+        Projector backend (``"matrix"``: ASTRA's exact system matrix).
+    device : str or torch.device
+        Where the projection runs and the sinogram lives (e.g. the device the reconstruction will run on). The
+        dose noise is always drawn on the CPU from ``seed``, so a seed gives the same noise on every device.
 
     Returns
     -------
@@ -140,9 +144,13 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
 
     truth = to_working_size(clip_hu(array.astype(np.float32)), image_size)
     pixel_mm = working_pixel_spacing(spacing, array.shape, image_size)
-    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(truth) * pixel_mm, dtype=np.float32))[None, None]
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}.") from exc
+    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(truth) * pixel_mm, dtype=np.float32))[None, None].to(device)
     with torch.no_grad():
-        sinogram = _projector(geometry, image_size, radon_backend, "cpu")(mu_pixels)
+        sinogram = _projector(geometry, image_size, radon_backend, str(device))(mu_pixels)
     if dose is not None:
         sinogram = LogPoissonNoise(float(dose))(sinogram, generator=torch.Generator().manual_seed(seed))
     return Acquisition(sinogram=sinogram, geometry=geometry, truth_hu=truth, pixel_spacing_mm=pixel_mm,
