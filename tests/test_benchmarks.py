@@ -199,7 +199,7 @@ def test_benchmark_ct_excludes_the_slices_of_an_earlier_run(tmp_path):
     assert page.read_text() == written
 
 
-def test_time_bird_reports_both_modes(tmp_path, save_prior):
+def test_timing_study_reports_both_modes(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("benchmarks.studies.timing", "--device", "cpu", "--size", str(SIZE), "--batch-sizes", "1,2", "--iters", "1",
@@ -213,7 +213,7 @@ def test_time_bird_reports_both_modes(tmp_path, save_prior):
     assert "| grad mode | batch |" in (out / "bird_t.md").read_text()
 
 
-def test_bird_convergence_scores_the_latent_during_the_run(tmp_path, save_prior):
+def test_convergence_study_scores_the_latent_during_the_run(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("benchmarks.studies.convergence", "--size", str(SIZE), "--iters", "4", "--every", "2", "--delta-t", "500",
@@ -233,7 +233,7 @@ def test_bird_convergence_scores_the_latent_during_the_run(tmp_path, save_prior)
     assert (out / "figures" / "t.png").stat().st_size > 1000
 
 
-def test_bird_convergence_compares_rates_and_schedules(tmp_path, save_prior):
+def test_convergence_study_compares_rates_and_schedules(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("benchmarks.studies.convergence", "--size", str(SIZE), "--iters", "3", "--every", "3", "--delta-t", "500",
@@ -319,7 +319,7 @@ def _disk_slices(radii: list[float]) -> list[tuple[str, np.ndarray, float]]:
             for radius in radii]
 
 
-def test_bird_margins_relates_each_margin_to_the_field_of_view(tmp_path):
+def test_margins_study_relates_each_margin_to_the_field_of_view(tmp_path):
     radii = [4, 8, 12, 20]  # the last disk runs off the grid's edge
     slices = _disk_slices(radii)
     pack = tmp_path / "pack.npz"
@@ -362,7 +362,7 @@ def test_bird_margins_relates_each_margin_to_the_field_of_view(tmp_path):
     assert (tmp_path / "figures" / "t.png").stat().st_size > 1000
 
 
-def test_bird_margins_refuses_a_run_without_bird(tmp_path):
+def test_margins_study_refuses_a_run_without_bird(tmp_path):
     run = {"run": {"command": "x"}, "settings": {"data": "synthetic", "image_size": SIZE},
            "results": [{"geometry": "parallel", "noise": "noiseless", "views": 8, "method": "fbp", "per_slice": []}]}
     (tmp_path / "run.json").write_text(json.dumps(run))
