@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default 1,16)")
     parser.add_argument("--grad-modes", default="detached,exact", help="detached and/or exact")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per configuration (default 20)")
-    parser.add_argument("--delta-t", type=int, default=100, help="DDIM step (default 100: 10 steps)")
+    parser.add_argument("--delta-t", type=int, default=None, help="DDIM step (default ctbird.config.BirdConfig's)")
     parser.add_argument("--views", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="image side N (default 256; the prior's own size)")
     parser.add_argument("--prior", default=None, help="prior folder (default the shipped one)")
@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="output folder (default docs/results/timing)")
     parser.add_argument("--tag", default=None, help="file-name label (default the device type)")
     args = parser.parse_args(argv)
+    from ctbird.config import BirdConfig
+
+    args.delta_t = args.delta_t or BirdConfig().delta_t
     try:
         args.batch_sizes = parse_list(args.batch_sizes, int)
         args.grad_modes = parse_list(args.grad_modes)
