@@ -152,3 +152,14 @@ def test_readme_python_example_runs(monkeypatch, tiny_prior, capsys):
     assert tuple(namespace["result"].image.shape) == (1, 1, 16, 16)
     printed = capsys.readouterr().out
     assert "torch.Size([1, 1, 16, 16])" in printed and "'psnr'" in printed and "'rmse_hu'" in printed
+
+
+def test_every_module_the_docs_run_exists():
+    """``python -m NAME`` in a page (README, docs/, data/; generated pages included) names a module of this tree."""
+    from importlib.util import find_spec
+
+    named = {name.rstrip(".") for page in markdown_files()
+             for name in re.findall(r"python3? -m ((?:benchmarks|ctbird|operators)[\w.]*)", page.read_text(encoding="utf-8"))}
+    assert "benchmarks.ct" in named
+    missing = sorted(name for name in named if find_spec(name) is None)
+    assert not missing, f"the docs run modules that do not exist: {missing}"
