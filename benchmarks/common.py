@@ -126,14 +126,15 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
 def read_working_slice(path: Path, size: int) -> tuple[np.ndarray, float]:
     """One DICOM slice (the middle frame) at the working size: HU ``[size, size]`` float32, pixel spacing (mm).
 
-    ``read_dicom -> clip_hu -> to_working_size``, with the pixel spacing scaled to match.
+    ``read_dicom`` then :func:`ctbird.stacks.working_slices` (the prior's one pre-processing: clip to its window, pad
+    to a square with air, resample), with the pixel spacing scaled to match.
     """
-    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
-    from ctbird.units import clip_hu
+    from ctbird.io import read_dicom, working_pixel_spacing
+    from ctbird.stacks import working_slices
 
     volume = read_dicom(path)
     hu = volume.hu[volume.hu.shape[0] // 2]
-    return to_working_size(clip_hu(hu), size), working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
+    return working_slices(hu, size)[0], working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
 
 
 def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float, str]:

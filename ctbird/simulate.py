@@ -1,8 +1,9 @@
 """Simulated CT acquisitions: an HU image -> the sinogram a scanner would measure (the one place this is done).
 
-``simulate`` clips the image to the prior's HU window, resamples it to the ``N x N`` working grid
-(:func:`ctbird.io.to_working_size`), converts HU to attenuation (:mod:`ctbird.units`), projects it with
-:class:`operators.radon.Radon` and optionally adds log-Poisson dose noise. The sinogram holds line integrals of
+``simulate`` brings the image to the ``N x N`` working grid by the prior's one pre-processing
+(:func:`ctbird.stacks.working_slices`: clip to the prior's HU window, pad to a square with air, resample),
+converts HU to attenuation (:mod:`ctbird.units`), projects it with :class:`operators.radon.Radon` (on the CPU or
+the given device) and optionally adds log-Poisson dose noise. The sinogram holds line integrals of
 ``mu`` (1/mm) with ray lengths in mm, the units :func:`ctbird.reconstruct` expects.
 """
 
@@ -114,8 +115,9 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
     """
     from operators.noise import LogPoissonNoise
 
-    from .io import to_working_size, working_pixel_spacing
-    from .units import clip_hu, hu_to_mu
+    from .io import working_pixel_spacing
+    from .stacks import working_slices
+    from .units import hu_to_mu
 
     array = hu.detach().cpu().numpy() if isinstance(hu, torch.Tensor) else np.asarray(hu)
     array = np.squeeze(array)
@@ -142,7 +144,7 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
             raise ConfigError(f"views={views} disagrees with the geometry's {geometry.views} views.")
         geometry = geometry if geometry.detectors else geometry.resolved(image_size)
 
-    truth = to_working_size(clip_hu(array.astype(np.float32)), image_size)
+    truth, _ = working_slices(array, image_size)
     pixel_mm = working_pixel_spacing(spacing, array.shape, image_size)
     try:
         device = torch.device(device)
