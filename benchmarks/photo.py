@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "domain": args.domain, "data": "synthetic Shepp-Logan" if args.synthetic else str(args.data or DOMAINS[args.domain]),
         "prior": prior_label, "prior_size": prior.image_size, "prior_channels": prior.channels, "size": size,
-        "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0]).delta_t, "iters": args.iters, "task_defaults": {t: BirdConfig.for_task(t).to_dict() for t in args.tasks},
+        "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0]).delta_t, "iters": args.iters,
+        "task_defaults": {t: BirdConfig.for_task(t).to_dict() for t in args.tasks},
         "kernel_size": kernel_size, "gaussian_sigma_px": GAUSSIAN_SIGMA_256 * size / 256.0, "sr_factor": args.sr_factor,
         "inpaint_hole_px": int(round(HOLE_256 * size / 256)), "metric_data_range": 1.0, "seed": args.seed,
         "noise": "SpeckleGaussianNoise() for deblur/sr/inpaint, (speckle 0.4, gaussian 0.15, clip) for denoise; "
