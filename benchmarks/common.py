@@ -1,14 +1,15 @@
-"""What every benchmark shares: data selection, the simulated acquisition, scoring, run records, tables.
+"""What every benchmark shares: data selection, run records, tables, figures.
 
-The CT acquisition is simulated in one function (:func:`simulate`) and a CT reconstruction scored in one
-(:func:`score`); images on the prior's ``[0, 1]`` scale are scored by :func:`score_unit`. Every benchmark and
-study imports these from here and nothing from another benchmark.
+The science is the library's: a CT acquisition is simulated by :func:`ctbird.simulate.simulate` (on the run's
+device) and a CT reconstruction scored by :func:`ctbird.metrics.score_ct` with ``ctbird.units.EVAL_HU_RANGE``,
+exactly as ``ctbird reconstruct`` does; images on the prior's ``[0, 1]`` scale are scored by :func:`score_unit`.
+Slice packs are :mod:`ctbird.stacks` files. Every benchmark and study imports shared code from here and nothing
+from another benchmark.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import math
 import platform
@@ -94,7 +95,8 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
 
     Real data: one slice per DICOM file under ``data_dir`` (the middle frame of multi-frame files), an evenly
     spread deterministic subset of ``count`` files, ``read_dicom -> clip_hu -> to_working_size`` with the pixel
-    spacing scaled accordingly; or a slice pack (``.npz`` from :func:`write_slice_pack`) holding such slices. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
+    spacing scaled accordingly; or a slice pack (a :mod:`ctbird.stacks` ``.npz`` with ``pixel_spacing_mm``, e.g.
+    from :func:`slice_stack`) holding such slices. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
     ``[0, 1]`` values span air to dense bone) and its mirror images, ``SYNTHETIC_FOV_MM`` across.
     ``exclude``: labels (paths relative to ``data_dir``) left out before the subset is chosen, e.g. the slices
     of an earlier run, for a disjoint replicate.
@@ -124,14 +126,15 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
 def read_working_slice(path: Path, size: int) -> tuple[np.ndarray, float]:
     """One DICOM slice (the middle frame) at the working size: HU ``[size, size]`` float32, pixel spacing (mm).
 
-    ``read_dicom -> clip_hu -> to_working_size``, with the pixel spacing scaled to match.
+    ``read_dicom`` then :func:`ctbird.stacks.working_slices` (the prior's one pre-processing: clip to its window, pad
+    to a square with air, resample), with the pixel spacing scaled to match.
     """
-    from ctbird.io import read_dicom, to_working_size, working_pixel_spacing
-    from ctbird.units import clip_hu
+    from ctbird.io import read_dicom, working_pixel_spacing
+    from ctbird.stacks import working_slices
 
     volume = read_dicom(path)
     hu = volume.hu[volume.hu.shape[0] // 2]
-    return to_working_size(clip_hu(hu), size), working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
+    return working_slices(hu, size)[0], working_pixel_spacing(volume.pixel_spacing_mm, hu.shape, size)
 
 
 def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float, str]:
@@ -149,68 +152,23 @@ def read_slice(spec: str, size: int, pixel_mm: float) -> tuple[np.ndarray, float
         hu, spacing = read_working_slice(path, size)
         label = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path
         return hu, spacing, str(label)
-    with np.load(stack_path) as stack:
-        image = clip_hu(stack["images"][int(index)].astype(np.float32))
-        if "pixel_spacing_mm" in stack.files:
-            pixel_mm = float(stack["pixel_spacing_mm"][int(index)])
+    from ctbird.stacks import read_slice_stack
+
+    stack = read_slice_stack(stack_path)
+    if not index.isdigit() or int(index) >= len(stack):
+        raise InputError(f"{spec}: {Path(stack_path).name} holds slices 0..{len(stack) - 1}, not {index!r}.")
+    image = clip_hu(stack.images[int(index)].astype(np.float32))
+    if stack.pixel_spacing_mm is not None:
+        pixel_mm = float(stack.pixel_spacing_mm[int(index)])
     if image.shape != (size, size):
         raise InputError(f"{spec} is {image.shape[0]}x{image.shape[1]}, not --size {size}.")
     return image, pixel_mm, f"{Path(stack_path).name}[{index}]"
 
 
 # ------------------------------------------------------------------------------- acquisition and scoring
-def simulation_geometry(kind: str, views: int, size: int):
-    """The simulated acquisitions of ``ctbird reconstruct``: ``parallel`` over 180 degrees, or ``fan`` with the
-    source at 2 ``size`` and the detector at ``size`` from the axis (pixel units) over 360 degrees."""
-    from operators.geometry import FanBeam, ParallelBeam
-
-    if kind == "parallel":
-        return ParallelBeam(views=views).resolved(size)
-    return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
-
-
 def noise_label(i0: float | None) -> str:
     """``noiseless`` or ``I0=1e+05``: the dose as the result pages name it."""
     return "noiseless" if i0 is None else f"I0={i0:.0e}"
-
-
-@functools.lru_cache(maxsize=16)
-def projector(geometry, size: int, device: torch.device):
-    """The matrix-backend Radon of one acquisition (cached: every slice and the solver's data term reuse it)."""
-    from operators.radon import Radon
-
-    return Radon(geometry, size, backend="matrix", device=device)
-
-
-def simulate(hu: np.ndarray, spacing: float, geometry, i0: float | None, seed: int, device: torch.device) -> torch.Tensor:
-    """The measured sinogram ``[1, 1, views, detectors]`` of an HU slice ``[N, N]`` with pixels of ``spacing`` mm.
-
-    Line integrals ``Radon(hu_to_mu(hu) * spacing)`` (the units of :func:`ctbird.reconstruct`), plus
-    ``LogPoissonNoise(i0)`` drawn from ``seed`` unless ``i0`` is None (noiseless).
-    """
-    from operators.noise import LogPoissonNoise
-    from ctbird.units import hu_to_mu
-
-    radon = projector(geometry, hu.shape[-1], device)
-    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(hu) * spacing, dtype=np.float32))[None, None].to(device)
-    with torch.no_grad():
-        sinogram = radon(mu_pixels)
-    if i0 is not None:
-        sinogram = LogPoissonNoise(i0)(sinogram, generator=torch.Generator().manual_seed(seed))
-    return sinogram
-
-
-def score(hu, truth: np.ndarray) -> dict:
-    """PSNR and SSIM on HU with data range ``EVAL_HU_RANGE`` ([-1000, 1000], both images clipped to it) and RMSE
-    in HU over the whole grid, of a reconstruction ``hu`` (``[N, N]`` array or ``[1, 1, N, N]`` tensor)."""
-    from ctbird.metrics import psnr, rmse_hu, ssim
-    from ctbird.units import EVAL_HU_RANGE
-
-    if isinstance(hu, torch.Tensor):
-        hu = hu.detach().cpu().numpy().reshape(truth.shape)
-    return {"psnr": float(psnr(hu, truth, data_range=EVAL_HU_RANGE)),
-            "ssim": float(ssim(hu, truth, data_range=EVAL_HU_RANGE)),
-            "rmse_hu": float(rmse_hu(hu, truth))}
 
 
 def score_unit(image: torch.Tensor, truth: torch.Tensor) -> dict:
@@ -237,31 +195,35 @@ def start_run(args, argv: Sequence[str] | None) -> tuple[torch.device, dict]:
     return device, run_record(device, argv)
 
 
-def write_slice_pack(path: Path, slices: list[tuple[str, np.ndarray, float]]) -> int:
-    """Save :func:`load_ct_slices` output as a compressed ``.npz`` (``labels``, ``hu`` int16, ``pixel_spacing_mm``).
+def slice_stack(slices: list[tuple[str, np.ndarray, float]], description: str | None = None):
+    """:func:`load_ct_slices` output as a :class:`ctbird.stacks.SliceStack` (``images``, ``labels``,
+    ``pixel_spacing_mm``), HU rounded to integers (the DICOM precision) so that it is written as int16."""
+    from ctbird.stacks import SliceStack
 
-    HU are rounded to integers (the DICOM precision). Returns the file size in bytes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, labels=np.array([s[0] for s in slices]),
-                        hu=np.stack([np.round(s[1]) for s in slices]).astype(np.int16),
-                        pixel_spacing_mm=np.array([s[2] for s in slices], dtype=np.float64))
-    return path.stat().st_size
+    return SliceStack(images=np.stack([np.round(s[1]) for s in slices]).astype(np.float32),
+                      labels=np.array([s[0] for s in slices]),
+                      pixel_spacing_mm=np.array([s[2] for s in slices], dtype=np.float64), description=description)
 
 
 def _load_slice_pack(path: Path, count: int | None, size: int, exclude: Collection[str]
                      ) -> list[tuple[str, np.ndarray, float]]:
+    """The slices of a :mod:`ctbird.stacks` file at ``size`` (labels ``NAME[i]`` when it has none), clipped to the
+    prior's window as :func:`read_working_slice` clips."""
     from ctbird.errors import InputError
+    from ctbird.stacks import read_slice_stack
+    from ctbird.units import clip_hu
 
-    with np.load(path) as pack:
-        missing = {"labels", "hu", "pixel_spacing_mm"} - set(pack.files)
-        if missing:
-            raise InputError(f"{path} is not a slice pack (missing {sorted(missing)}); see write_slice_pack.")
-        labels, hu, spacing = pack["labels"], pack["hu"], pack["pixel_spacing_mm"]
-    if hu.shape[1:] != (size, size):
-        raise InputError(f"slice pack {path} holds {hu.shape[1]}x{hu.shape[2]} slices, not --size {size}.")
-    chosen = evenly_spread([i for i in range(len(labels)) if str(labels[i]) not in exclude], count)
-    return [(str(labels[i]), hu[i].astype(np.float32), float(spacing[i])) for i in chosen]
+    stack = read_slice_stack(path)
+    if stack.images.shape[1:] != (size, size):
+        raise InputError(f"slice pack {path} holds {stack.images.shape[1]}x{stack.images.shape[2]} slices, "
+                         f"not --size {size}.")
+    if stack.pixel_spacing_mm is None:
+        raise InputError(f"slice pack {path} has no 'pixel_spacing_mm'; write it with ctbird.stacks.write_slice_stack "
+                         "and benchmarks.common.slice_stack.")
+    labels = ([str(label) for label in stack.labels] if stack.labels is not None
+              else [f"{path.name}[{i}]" for i in range(len(stack))])
+    chosen = evenly_spread([i for i in range(len(labels)) if labels[i] not in exclude], count)
+    return [(labels[i], clip_hu(stack.images[i].astype(np.float32)), float(stack.pixel_spacing_mm[i])) for i in chosen]
 
 
 def git_commit() -> str:

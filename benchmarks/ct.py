@@ -1,16 +1,18 @@
 """Sparse-view CT benchmark: FBP, SIRT, TV, DPS and BIRD on held-out DICOM slices.
 
 Each slice (``read_dicom -> clip_hu -> to_working_size``, pixel spacing scaled with it) is projected with
-``operators.radon.Radon`` (matrix backend) into ``hu_to_mu(hu) * pixel_spacing_mm`` line integrals -- the
+``operators.radon.Radon`` (matrix backend, :func:`ctbird.simulate.simulate`) into ``hu_to_mu(hu) * pixel_spacing_mm`` line integrals -- the
 units of :func:`ctbird.reconstruct` -- for every geometry (parallel over [0, pi); fan: source at 2 N and
 detector at N from the axis, full circle, as ``ctbird reconstruct`` simulates), view count and dose
 (noiseless, or ``operators.noise.LogPoissonNoise(I0)``), then reconstructed by every method with
 :func:`ctbird.reconstruct`. The same projector simulates and reconstructs (an "inverse crime" that favours
 every method alike).
 
-Metrics on HU images: PSNR and SSIM with data range ``ctbird.units.EVAL_HU_RANGE`` = [-1000, 1000] HU (both
-images clipped to it, span 2000 HU) and RMSE in HU over the whole grid; mean and std over slices, plus
-seconds and UNet evaluations (NFE) per slice.
+Each slice is simulated by :func:`ctbird.simulate.simulate` on the run's device and each reconstruction scored by
+:func:`ctbird.metrics.score_ct`, as ``ctbird reconstruct`` does: PSNR and SSIM with data range
+``ctbird.units.EVAL_HU_RANGE`` = [-1000, 1000] HU (both images clipped to it, span 2000 HU) and RMSE in HU over the
+whole grid of the reconstruction clipped to the prior's window; mean and std over slices, plus seconds and UNet
+evaluations (NFE) per slice.
 
 Methods: ``fbp``, ``sirt``, ``tv``, ``dps``, ``bird`` (detached gradients), ``bird-exact`` (backpropagation
 through the UNet) and ``bird+dc`` (BIRD, then conjugate-gradient data-consistency steps). When both ``bird``
@@ -43,15 +45,22 @@ import torch
 
 from benchmarks.common import (RESULTS_DIR, SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,
                                noise_label, parse_list, progress, record_markdown, require_positive, run_script,
-                               save_png, score, simulate, simulation_geometry, start_run, summarize, write_outputs)
+                               save_png, start_run, summarize, write_outputs)
+from ctbird.metrics import score_ct
+from ctbird.simulate import simulate, simulation_geometry
+from ctbird.units import EVAL_HU_RANGE, PRIOR_HU_WINDOW
 
+#: How RMSE treats the reconstruction (:func:`ctbird.metrics.score_ct`), recorded in each run's settings.
+RMSE_CONVENTION = "reconstruction clipped to the prior's HU window [{:.0f}, {:.0f}]".format(*PRIOR_HU_WINDOW)
+#: What runs made before the convention was recorded did (their JSON has no ``settings["rmse"]``).
+RMSE_UNCLIPPED = "reconstruction unclipped"
 METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
 PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
 ABLATION_DELTA_T = (20, 50, 100, 200, 250)
 ABLATION_VIEWS = 30
 GRID_VIEWS = 30
 FULL = {"views": "8,18,30,60", "geometry": "parallel,fan", "noise": "none,1e5", "methods": ",".join(METHODS),
-        "max_slices": None, "iters": None, "delta_t": 100}
+        "max_slices": None, "iters": None, "delta_t": None}
 QUICK = {"views": "30", "geometry": "parallel", "noise": "none", "methods": "fbp,sirt,bird",
          "max_slices": 2, "iters": 3, "delta_t": 250}
 
@@ -72,17 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise", default=None,
                         help="'none' and/or incident photons I0 for log-Poisson noise (default none,1e5)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {', '.join(METHODS)} (default all)")
-    parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default TASK_DEFAULTS['ct'])")
-    parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default 100)")
-    parser.add_argument("--lr-latent", type=float, default=None, help="BIRD latent learning rate (default TASK_DEFAULTS['ct'])")
+    parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default ctbird.config.BirdConfig)")
+    parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default ctbird.config.BirdConfig)")
+    parser.add_argument("--lr-latent", type=float, default=None, help="BIRD latent learning rate (default ctbird.config.BirdConfig)")
     from ctbird.solvers.bird import LATENT_LR_SCHEDULES, LATENT_OPTIMIZERS
 
     parser.add_argument("--latent-optimizer", choices=LATENT_OPTIMIZERS, default=None,
-                        help="how BIRD moves x_T (default TASK_DEFAULTS['ct'])")
+                        help="how BIRD moves x_T (default ctbird.config.BirdConfig)")
     parser.add_argument("--latent-lr-schedule", choices=LATENT_LR_SCHEDULES, default=None,
-                        help="rate schedule of x_T (default TASK_DEFAULTS['ct'])")
+                        help="rate schedule of x_T (default ctbird.config.BirdConfig)")
     add_data_filter_option(parser)
-    parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default METHOD_DEFAULTS['dps'])")
+    parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default ctbird.config.DPSConfig)")
     parser.add_argument("--ablation", action="store_true",
                         help=f"run only the delta_t ablation of BIRD ({ABLATION_DELTA_T}, {ABLATION_VIEWS} views, parallel, noiseless)")
     parser.add_argument("--ablation-delta-t", default=",".join(map(str, ABLATION_DELTA_T)),
@@ -222,12 +231,12 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
     return {
         "data": "synthetic Shepp-Logan (HU = -1000 + 2000 v)" if args.synthetic else str(args.data),
         "image_size": args.size, "prior": prior_label, "seed": args.seed, "batch_size": args.batch_size,
-        "metric_data_range_hu": list(EVAL_HU_RANGE),
-        "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t, "lr_latent": args.lr_latent or ct["lr_latent"],
+        "metric_data_range_hu": list(EVAL_HU_RANGE), "rmse": RMSE_CONVENTION,
+        "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t or ct["delta_t"], "lr_latent": args.lr_latent or ct["lr_latent"],
                  "latent_optimizer": args.latent_optimizer or ct["latent_optimizer"],
                  "latent_lr_schedule": args.latent_lr_schedule or ct["latent_lr_schedule"],
                  "data_filter": args.data_filter,
-                 "task_defaults_ct": dict(ct)},
+                 "defaults": dict(ct)},
         "dps": {"steps": args.dps_steps or DPSConfig().iters, "zeta": DPSConfig().zeta},
         "sirt_iters": SIRTConfig().iters, "tv_iters": TVConfig().iters,
         "dc": {"weight": DCConfig().dc_weight, "iters": DCConfig().dc_iters},
@@ -244,11 +253,11 @@ def settings_markdown(settings: dict, slices: list[str]) -> str:
         f"- Prior: `{settings['prior']}`" if settings["prior"] else "- Prior: none (classical methods only)",
         f"- Metrics: PSNR/SSIM on HU clipped to [{settings['metric_data_range_hu'][0]:.0f}, "
         f"{settings['metric_data_range_hu'][1]:.0f}] (data range {settings['metric_data_range_hu'][1] - settings['metric_data_range_hu'][0]:.0f} HU); "
-        "RMSE in HU over the whole grid; mean ± std over slices.",
+        f"RMSE in HU over the whole grid, {settings.get('rmse', RMSE_UNCLIPPED)}; mean ± std over slices.",
         f"- BIRD: {bird['iters']} iterations (NFE = (iterations + 1) x DDIM steps: one more decode scores the "
         f"result), delta_t {bird['delta_t']}, lr_latent {bird['lr_latent']}, latent optimizer "
         f"{bird.get('latent_optimizer', 'adam')} ({bird.get('latent_lr_schedule', 'constant')} rate), data filter exponent {bird.get('data_filter')} "
-        f"(TASK_DEFAULTS['ct'] = {bird['task_defaults_ct']}); DPS: {settings['dps']['steps']} steps, zeta "
+        f"(the version's BIRD defaults: {bird.get('defaults', bird.get('task_defaults_ct'))}); DPS: {settings['dps']['steps']} steps, zeta "
         f"{settings['dps']['zeta']}; SIRT {settings['sirt_iters']} and TV {settings['tv_iters']} iterations; "
         f"bird+dc: {settings['dc']}.",
         f"- Geometries: parallel {settings['parallel_geometry']}; fan {settings['fan_geometry']}. "
@@ -320,6 +329,13 @@ def write_figures(out_dir: Path, tag: str, results: list[dict], grid: dict | Non
 
 
 # ------------------------------------------------------------------------------------------ main runs
+def simulate_slices(slices, geometry, i0: float | None, device: torch.device) -> list[torch.Tensor]:
+    """The sinogram ``[1, 1, V, D]`` of each ``(label, hu, spacing)`` slice, on ``device``; slice ``i``'s noise is
+    drawn from seed ``1000 + i``."""
+    return [simulate(hu, image_size=hu.shape[-1], pixel_spacing_mm=spacing, geometry=geometry, dose=i0,
+                     seed=1000 + index, device=device).sinogram for index, (_, hu, spacing) in enumerate(slices)]
+
+
 def benchmark(args, slices, prior, prior_label, device, record) -> None:
     runner = Runner(args, prior, device)
     methods = [m for m in METHODS if m in args.methods]
@@ -330,15 +346,14 @@ def benchmark(args, slices, prior, prior_label, device, record) -> None:
     with progress(total=len(configs) * len(slices) * len(methods), desc="ct benchmark", unit="run") as bar:
         for geometry_kind, views, i0 in configs:
             geometry = simulation_geometry(geometry_kind, views, args.size)
-            sinograms = [simulate(hu, spacing, geometry, i0, 1000 + index, device)
-                         for index, (_, hu, spacing) in enumerate(slices)]
+            sinograms = simulate_slices(slices, geometry, i0, device)
             bar.set_description(f"{geometry_kind} {views}v {noise_label(i0)}")
             outputs = runner.run(methods, sinograms, geometry, [s[2] for s in slices], bar)
             for index, (label, hu, _) in enumerate(slices):
                 scores = {}
                 for method in methods:
                     item = outputs[method][index]
-                    scores[method] = score(item["image"], hu)
+                    scores[method] = score_ct(item["image"], hu, data_range=EVAL_HU_RANGE)
                     per_config[(geometry_kind, views, i0)][method].append(
                         {"slice": label, **scores[method], "seconds": item["seconds"], "nfe": item["nfe"]})
                 if grid is None and index == 0 and views == grid_views and geometry_kind == args.geometry[0] \
@@ -408,20 +423,24 @@ def per_slice_markdown(results: list[dict], methods: list[str]) -> list[str]:
 
 
 def rerender(path: Path) -> Path:
-    """Rewrite the markdown of an earlier run from its results JSON (no computation)."""
+    """Rewrite the markdown of an earlier run (benchmark or ``--ablation``) from its results JSON (no computation)."""
     from ctbird.io import write_text_atomic
 
     payload = json.loads(path.read_text())
-    results = payload["results"]
-    # the run's option lists, in the order its results were written (geometry, then views, then noise)
-    args = argparse.Namespace(
-        tag=path.stem,
-        geometry=list(dict.fromkeys(r["geometry"] for r in results)),
-        noise=list(dict.fromkeys(r["I0"] for r in results)),
-        views=list(dict.fromkeys(r["views"] for r in results)))
-    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     figures = [f.removeprefix("figures/") for f in payload.get("figures", [])]
-    markdown = ct_markdown(payload["run"], payload["settings"], payload["slices"], results, methods, figures, args)
+    if "ablation" in payload:
+        markdown = ablation_markdown(payload["run"], payload["settings"], payload["slices"], payload["ablation"], figures,
+                                     path.stem.removeprefix("ablation_"))
+    else:
+        results = payload["results"]
+        # the run's option lists, in the order its results were written (geometry, then views, then noise)
+        args = argparse.Namespace(
+            tag=path.stem,
+            geometry=list(dict.fromkeys(r["geometry"] for r in results)),
+            noise=list(dict.fromkeys(r["I0"] for r in results)),
+            views=list(dict.fromkeys(r["views"] for r in results)))
+        methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+        markdown = ct_markdown(payload["run"], payload["settings"], payload["slices"], results, methods, figures, args)
     md_path = path.with_suffix(".md")
     write_text_atomic(md_path, markdown.rstrip() + "\n")
     return md_path
@@ -431,14 +450,14 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
     runner = Runner(args, prior, device)
     rows = []
     geometry = simulation_geometry("parallel", ABLATION_VIEWS, args.size)
-    sinograms = [simulate(hu, spacing, geometry, None, 1000 + index, device)
-                 for index, (_, hu, spacing) in enumerate(slices)]
+    sinograms = simulate_slices(slices, geometry, None, device)
     per_delta: dict[int, list] = {}
     with progress(total=len(args.ablation_delta_t) * len(slices), desc="delta_t ablation", unit="run") as bar:
         for delta_t in args.ablation_delta_t:
             bar.set_description(f"delta_t {delta_t}")
             items = runner.run(["bird"], sinograms, geometry, [s[2] for s in slices], bar, delta_t=delta_t)["bird"]
-            per_delta[delta_t] = [{"slice": label, **score(item["image"], hu), "seconds": item["seconds"],
+            per_delta[delta_t] = [{"slice": label, **score_ct(item["image"], hu, data_range=EVAL_HU_RANGE),
+                                   "seconds": item["seconds"],
                                    "nfe": item["nfe"]} for (label, hu, _), item in zip(slices, items)]
     for delta_t, per_slice in per_delta.items():
         rows.append({"delta_t": delta_t, "ddim_steps": len(prior.timestep_pairs(delta_t)),
@@ -466,18 +485,22 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
         save_png(args.out_dir / "figures" / name, fig)
         plt.close(fig)
         figures.append(name)
-    table = markdown_table(["delta_t", "DDIM steps", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice", "NFE / slice"],
-                           [[r["delta_t"], r["ddim_steps"], fmt(r["psnr_mean"], r["psnr_std"]), fmt(r["ssim_mean"], r["ssim_std"], 3),
-                             fmt(r["rmse_hu_mean"], r["rmse_hu_std"], 1), fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0)]
-                            for r in rows])
-    markdown = "\n".join([f"# BIRD delta_t ablation `{args.tag}`", "", "Generated by `python -m benchmarks.ct --ablation`; do not edit by hand.", "",
-                          record_markdown(record), settings_markdown(settings, [s[0] for s in slices]),
-                          f"- Setting: {ABLATION_VIEWS} views, parallel beam, noiseless; same iterations for every delta_t.",
-                          "", table, ""] + [f"![{f}](figures/{f})" for f in figures])
+    markdown = ablation_markdown(record, settings, [s[0] for s in slices], rows, figures, args.tag)
     payload = {"run": record, "settings": settings, "slices": [s[0] for s in slices], "ablation": rows,
                "figures": [f"figures/{f}" for f in figures]}
     json_path, md_path = write_outputs(args.out_dir, f"ablation_{args.tag}", payload, markdown)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+
+
+def ablation_markdown(record, settings, slices, rows, figures, tag) -> str:
+    table = markdown_table(["delta_t", "DDIM steps", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice", "NFE / slice"],
+                           [[r["delta_t"], r["ddim_steps"], fmt(r["psnr_mean"], r["psnr_std"]), fmt(r["ssim_mean"], r["ssim_std"], 3),
+                             fmt(r["rmse_hu_mean"], r["rmse_hu_std"], 1), fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0)]
+                            for r in rows])
+    return "\n".join([f"# BIRD delta_t ablation `{tag}`", "", "Generated by `python -m benchmarks.ct --ablation`; do not edit by hand.", "",
+                      record_markdown(record), settings_markdown(settings, slices),
+                      f"- Setting: {ABLATION_VIEWS} views, parallel beam, noiseless; same iterations for every delta_t.",
+                      "", table, ""] + [f"![{f}](figures/{f})" for f in figures])
 
 
 def excluded_slices(runs: list[Path]) -> set[str]:

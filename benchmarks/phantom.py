@@ -40,8 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "phantom",
                         help="output folder (default docs/results/phantom)")
-    parser.add_argument("--sirt-iters", type=int, default=100, help="SIRT iterations (default 100)")
-    parser.add_argument("--tv-iters", type=int, default=300, help="TV (Chambolle-Pock) iterations (default 300)")
+    from ctbird.config import SIRTConfig, TVConfig
+
+    parser.add_argument("--sirt-iters", type=int, default=SIRTConfig().iters,
+                        help="SIRT iterations (default ctbird.config.SIRTConfig's, %(default)s)")
+    parser.add_argument("--tv-iters", type=int, default=TVConfig().iters,
+                        help="TV (Chambolle-Pock) iterations (default ctbird.config.TVConfig's, %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.size < 16 or args.views < 1 or args.sirt_iters < 0 or args.tv_iters < 0:

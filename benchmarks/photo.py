@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=None, help="evenly spread subset of this many images (default 4)")
     parser.add_argument("--size", type=int, default=None, help="working size S (default: the prior's native size)")
     parser.add_argument("--sr-factor", type=int, default=8, help="super-resolution factor (default 8)")
-    parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default TASK_DEFAULTS per task)")
-    parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default 100)")
+    parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default ctbird.config.BirdConfig.for_task)")
+    parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default ctbird.config.BirdConfig.for_task)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="compute device (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents; noise and motion kernels use 1000 + image index")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "photo",
@@ -81,7 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, key) is None:
                 setattr(args, key, value)
     args.max_images = 4 if args.max_images is None else args.max_images
-    args.delta_t = 100 if args.delta_t is None else args.delta_t
     args.tasks = parse_list(args.tasks)
     bad = [t for t in args.tasks if t not in TASKS]
     if bad or not args.tasks:
@@ -252,7 +251,7 @@ def observation_view(task: str, y: torch.Tensor, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import _default_kernel_size, restore  # the kernel side restore() picks; to be made public
+    from ctbird.api import default_kernel_size, restore
     from ctbird.errors import ConfigError
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.config import BirdConfig
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or prior.image_size
     if size % args.sr_factor and "sr" in args.tasks:
         raise ConfigError(f"--size {size} must be divisible by --sr-factor {args.sr_factor} for the sr task.")
-    kernel_size = _default_kernel_size(size)
+    kernel_size = default_kernel_size(size)
     images = load_images(args, size, prior.channels)
     per_task: dict[str, list[dict]] = {t: [] for t in args.tasks}
     examples: dict[str, dict] = {}
@@ -311,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "domain": args.domain, "data": "synthetic Shepp-Logan" if args.synthetic else str(args.data or DOMAINS[args.domain]),
         "prior": prior_label, "prior_size": prior.image_size, "prior_channels": prior.channels, "size": size,
-        "delta_t": args.delta_t, "iters": args.iters, "task_defaults": {t: BirdConfig.for_task(t).to_dict() for t in args.tasks},
+        "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0]).delta_t, "iters": args.iters,
+        "task_defaults": {t: BirdConfig.for_task(t).to_dict() for t in args.tasks},
         "kernel_size": kernel_size, "gaussian_sigma_px": GAUSSIAN_SIGMA_256 * size / 256.0, "sr_factor": args.sr_factor,
         "inpaint_hole_px": int(round(HOLE_256 * size / 256)), "metric_data_range": 1.0, "seed": args.seed,
         "noise": "SpeckleGaussianNoise() for deblur/sr/inpaint, (speckle 0.4, gaussian 0.15, clip) for denoise; "
@@ -332,7 +332,7 @@ def photo_markdown(record, settings, images, results, figures, args) -> str:
              record_markdown(record),
              f"- Data: {settings['data']}; {len(images)} image(s) at {settings['size']}²: " + ", ".join(f"`{i}`" for i in images),
              f"- Prior: `{settings['prior']}` ({settings['prior_channels']} channel(s), {settings['prior_size']}²)",
-             f"- BIRD: iterations {settings['iters'] or 'TASK_DEFAULTS'}, delta_t {settings['delta_t']}; blind kernel "
+             f"- BIRD: iterations {settings['iters'] or 'the defaults of each task (BirdConfig.for_task)'}, delta_t {settings['delta_t']}; blind kernel "
              f"{settings['kernel_size']}x{settings['kernel_size']}, true Gaussian sigma {settings['gaussian_sigma_px']:.2f} px; "
              f"SR x{settings['sr_factor']}; inpainting hole {settings['inpaint_hole_px']} px",
              f"- Noise: {settings['noise']}",

@@ -438,7 +438,9 @@ def render_markdown(report: dict) -> str:
         f"{sum(collections.values())} slices of {n_patients} patients: every second slice of each series of "
         "`ct/train/ct256_train_hu.npz` (1403 slices, made from native 512² DICOM by clipping HU to "
         "[-1024, 3071] and averaging 2x2 blocks; see the data README). HU are mapped to [-1, 1] by "
-        "`ctbird.units.hu_to_unit` (window [-1024, 3071]).",
+        "`ctbird.units.hu_to_unit` (window [-1024, 3071]). Training and inference share one pre-processing "
+        "(`ctbird.stacks.working_slices`): clip to that window, pad a non-square slice with air to a square (never "
+        "crop it), resample to the working size.",
         "",
         "| TCIA collection | slices | licence / citation |",
         "|---|---|---|",

@@ -196,7 +196,9 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
 
 
 # ---------------------------------------------------------------------- photographs
-def _default_kernel_size(size: int) -> int:
+def default_kernel_size(size: int) -> int:
+    """The blur-kernel side :func:`restore` estimates on an image of side ``size`` when none is given: the
+    reference's 41 px at 256 px, scaled with the image, odd and at least 3."""
     k = round(REFERENCE_KERNEL_SIZE * size / REFERENCE_SIZE)
     return max(3, k if k % 2 else k + 1)
 
@@ -310,7 +312,7 @@ def _restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool
     side = min(shape[1:])
     if task in ("gaussian-deblur", "motion-deblur"):
         if blind:
-            k = _default_kernel_size(side) if kernel_size is None else _check_int("kernel_size", kernel_size, 1)
+            k = default_kernel_size(side) if kernel_size is None else _check_int("kernel_size", kernel_size, 1)
             if k % 2 == 0 or k > side:
                 raise ConfigError(f"kernel_size must be odd and at most the image side {side}, got {k}.")
             parametrization = "mlp" if task == "gaussian-deblur" else "logits"

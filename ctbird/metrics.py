@@ -212,13 +212,15 @@ def ssim(x: ArrayLike, ref: ArrayLike, *, data_range: DataRange | None = None,
 
 
 def score_ct(image_hu: ArrayLike, truth_hu: ArrayLike, *, data_range: DataRange) -> dict[str, float]:
-    """Score a CT reconstruction against its ground truth: ``{"psnr", "ssim", "rmse_hu"}`` (the CLI's and the
-    benchmarks' convention).
+    """Score a CT reconstruction against its ground truth: ``{"psnr", "ssim", "rmse_hu"}``, the one scoring of the
+    project (``ctbird reconstruct`` and every benchmark use it).
 
     PSNR and SSIM use ``data_range`` (for HU the project's :data:`ctbird.units.EVAL_HU_RANGE` = (-1000, 1000): both
-    images clipped to it); SSIM is left out for images under 11 x 11 pixels. RMSE is in HU over the whole grid, on
-    the reconstruction clipped to the prior's window :data:`ctbird.units.PRIOR_HU_WINDOW` (what the ground truth
-    is clipped to when it is simulated).
+    images clipped to it); SSIM is left out for images under 11 x 11 pixels. RMSE is in HU over the whole grid, of
+    the reconstruction clipped to the prior's window :data:`ctbird.units.PRIOR_HU_WINDOW` (-1024, 3071) against the
+    truth, which :func:`ctbird.simulate.simulate` clips to the same window. The clip removes only values no CT image
+    can hold (the DICOM output is clipped alike) and can only lower the error, since the truth lies inside the
+    window. PSNR and SSIM see the reconstruction as given (clipped only by a ``(lo, hi)`` ``data_range``).
 
     Parameters
     ----------

@@ -1,8 +1,9 @@
 """Simulated CT acquisitions: an HU image -> the sinogram a scanner would measure (the one place this is done).
 
-``simulate`` clips the image to the prior's HU window, resamples it to the ``N x N`` working grid
-(:func:`ctbird.io.to_working_size`), converts HU to attenuation (:mod:`ctbird.units`), projects it with
-:class:`operators.radon.Radon` and optionally adds log-Poisson dose noise. The sinogram holds line integrals of
+``simulate`` brings the image to the ``N x N`` working grid by the prior's one pre-processing
+(:func:`ctbird.stacks.working_slices`: clip to the prior's HU window, pad to a square with air, resample),
+converts HU to attenuation (:mod:`ctbird.units`), projects it with :class:`operators.radon.Radon` (on the CPU or
+the given device) and optionally adds log-Poisson dose noise. The sinogram holds line integrals of
 ``mu`` (1/mm) with ray lengths in mm, the units :func:`ctbird.reconstruct` expects.
 """
 
@@ -28,7 +29,7 @@ class Acquisition:
 
     Attributes
     ----------
-    sinogram : Tensor ``[1, 1, views, detectors]`` float32 (CPU)
+    sinogram : Tensor ``[1, 1, views, detectors]`` float32 (on the ``device`` it was simulated on)
         Line integrals of ``mu`` (1/mm), lengths in mm (``-log(I / I0)``; noisy when ``dose`` is set).
     geometry : operators.ParallelBeam or operators.FanBeam
         The geometry, resolved for the ``image_size`` grid (pixel units).
@@ -80,7 +81,8 @@ def _projector(geometry, size: int, backend: str, device: str):
 
 def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_size: int,
              pixel_spacing_mm: float | tuple[float, float] = 1.0, geometry: str | Any = "parallel",
-             dose: float | None = None, seed: int = 0, radon_backend: str = "matrix") -> Acquisition:
+             dose: float | None = None, seed: int = 0, radon_backend: str = "matrix",
+             device: str | torch.device = "cpu") -> Acquisition:
     """Simulate a CT acquisition of an HU image.
 
     Parameters
@@ -102,7 +104,10 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
     seed : int
         Seed of the noise.
     radon_backend : str
-        Projector backend (``"matrix"``: exact and reproducible on the CPU).
+        Projector backend (``"matrix"``: ASTRA's exact system matrix).
+    device : str or torch.device
+        Where the projection runs and the sinogram lives (e.g. the device the reconstruction will run on). The
+        dose noise is always drawn on the CPU from ``seed``, so a seed gives the same noise on every device.
 
     Returns
     -------
@@ -110,8 +115,9 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
     """
     from operators.noise import LogPoissonNoise
 
-    from .io import to_working_size, working_pixel_spacing
-    from .units import clip_hu, hu_to_mu
+    from .io import working_pixel_spacing
+    from .stacks import working_slices
+    from .units import hu_to_mu
 
     array = hu.detach().cpu().numpy() if isinstance(hu, torch.Tensor) else np.asarray(hu)
     array = np.squeeze(array)
@@ -138,11 +144,15 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
             raise ConfigError(f"views={views} disagrees with the geometry's {geometry.views} views.")
         geometry = geometry if geometry.detectors else geometry.resolved(image_size)
 
-    truth = to_working_size(clip_hu(array.astype(np.float32)), image_size)
+    truth, _ = working_slices(array, image_size)
     pixel_mm = working_pixel_spacing(spacing, array.shape, image_size)
-    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(truth) * pixel_mm, dtype=np.float32))[None, None]
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}.") from exc
+    mu_pixels = torch.from_numpy(np.asarray(hu_to_mu(truth) * pixel_mm, dtype=np.float32))[None, None].to(device)
     with torch.no_grad():
-        sinogram = _projector(geometry, image_size, radon_backend, "cpu")(mu_pixels)
+        sinogram = _projector(geometry, image_size, radon_backend, str(device))(mu_pixels)
     if dose is not None:
         sinogram = LogPoissonNoise(float(dose))(sinogram, generator=torch.Generator().manual_seed(seed))
     return Acquisition(sinogram=sinogram, geometry=geometry, truth_hu=truth, pixel_spacing_mm=pixel_mm,

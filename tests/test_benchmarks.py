@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.common import load_ct_slices, write_slice_pack
+from benchmarks.common import load_ct_slices, slice_stack
 from benchmarks.photo import gaussian_kernel, kernel_error, motion_kernel
 from benchmarks.studies.margins import slice_features
 
@@ -106,7 +106,12 @@ def test_benchmark_ct_ablation(tmp_path, save_prior):
     assert rows[100]["ddim_steps"] == 10 and rows[250]["ddim_steps"] == 4
     assert rows[100]["nfe_mean"] == 2 * 10 and rows[250]["nfe_mean"] == 2 * 4
     assert all(_finite(r[k]) for r in rows.values() for k in ("psnr_mean", "ssim_mean", "seconds_mean"))
-    assert "| delta_t | DDIM steps |" in (out / "ablation_test.md").read_text()
+    page = out / "ablation_test.md"
+    written = page.read_text()
+    assert "| delta_t | DDIM steps |" in written and "reconstruction clipped to the prior's HU window" in written
+    page.unlink()  # the ablation page, too, is a pure function of its JSON
+    _run("benchmarks.ct", "--rerender", str(out / "ablation_test.json"), cwd=tmp_path)
+    assert page.read_text() == written
 
 
 def test_benchmark_ct_batches_match_single_slice_runs(tmp_path, save_prior):
@@ -130,12 +135,20 @@ def test_benchmark_ct_batches_match_single_slice_runs(tmp_path, save_prior):
     assert per_slice["2"]["fbp"][1]["psnr"] == pytest.approx(per_slice["1"]["fbp"][1]["psnr"], abs=1e-6)
 
 
+def write_slice_pack(path: Path, slices: list[tuple[str, np.ndarray, float]]) -> None:
+    from ctbird.stacks import write_slice_stack
+
+    write_slice_stack(path, slice_stack(slices))
+
+
 def test_slice_pack_round_trip(tmp_path):
     from ctbird.errors import InputError
+    from ctbird.stacks import read_slice_stack
 
     slices = load_ct_slices(None, 3, SIZE, synthetic=True)
     pack = tmp_path / "pack.npz"
     write_slice_pack(pack, slices)
+    assert read_slice_stack(pack).images.dtype == np.int16  # a ctbird.stacks file, HU as whole numbers
     loaded = load_ct_slices(pack, None, SIZE, synthetic=False)
     assert [s[0] for s in loaded] == [s[0] for s in slices]
     for (_, hu, spacing), (_, ref, ref_spacing) in zip(loaded, slices):
@@ -144,6 +157,11 @@ def test_slice_pack_round_trip(tmp_path):
     assert [s[0] for s in load_ct_slices(pack, 2, SIZE, synthetic=False)] == [slices[0][0], slices[2][0]]
     with pytest.raises(InputError, match="not --size"):
         load_ct_slices(pack, None, 2 * SIZE, synthetic=False)
+    # a stack without labels (e.g. the training stack) names its slices by position
+    np.savez(tmp_path / "bare.npz", images=np.full((2, SIZE, SIZE), -3000, np.int16), pixel_spacing_mm=np.ones(2))
+    bare = load_ct_slices(tmp_path / "bare.npz", None, SIZE, synthetic=False)
+    assert [label for label, _, _ in bare] == ["bare.npz[0]", "bare.npz[1]"]
+    assert bare[0][1].min() == -1024.0  # clipped to the prior's window, as DICOM slices are
 
 
 def test_benchmark_ct_excludes_the_slices_of_an_earlier_run(tmp_path):
@@ -157,6 +175,20 @@ def test_benchmark_ct_excludes_the_slices_of_an_earlier_run(tmp_path):
          cwd=tmp_path)
     second = json.loads((tmp_path / "second.json").read_text())["slices"]
     assert first == ["shepp-logan", "shepp-logan-rot"]  # the evenly spread pair: first and last
+    # one simulation and one scoring: the library's, as ctbird reconstruct uses them
+    from ctbird import reconstruct
+    from ctbird.metrics import score_ct
+    from ctbird.simulate import simulate
+    from ctbird.units import EVAL_HU_RANGE
+
+    (label, hu, spacing), = [s for s in load_ct_slices(pack, None, SIZE, synthetic=False) if s[0] == "shepp-logan"]
+    acquisition = simulate(hu, views=8, image_size=SIZE, pixel_spacing_mm=spacing, seed=1000)
+    image = reconstruct(acquisition.sinogram, acquisition.geometry, image_size=SIZE, pixel_spacing_mm=spacing,
+                        method="fbp").image[0, 0]
+    recorded = json.loads((tmp_path / "first.json").read_text())["results"][0]["per_slice"][0]
+    expected = score_ct(image, hu, data_range=EVAL_HU_RANGE)
+    assert recorded["slice"] == label
+    assert {key: recorded[key] for key in expected} == pytest.approx(expected, rel=1e-6)
     assert second == ["shepp-logan-lr", "shepp-logan-ud"]  # all the others, none of the first run's
     # the markdown is a pure function of the JSON: --rerender writes the same page again
     page = tmp_path / "second.md"
@@ -167,7 +199,7 @@ def test_benchmark_ct_excludes_the_slices_of_an_earlier_run(tmp_path):
     assert page.read_text() == written
 
 
-def test_time_bird_reports_both_modes(tmp_path, save_prior):
+def test_timing_study_reports_both_modes(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("benchmarks.studies.timing", "--device", "cpu", "--size", str(SIZE), "--batch-sizes", "1,2", "--iters", "1",
@@ -181,7 +213,7 @@ def test_time_bird_reports_both_modes(tmp_path, save_prior):
     assert "| grad mode | batch |" in (out / "bird_t.md").read_text()
 
 
-def test_bird_convergence_scores_the_latent_during_the_run(tmp_path, save_prior):
+def test_convergence_study_scores_the_latent_during_the_run(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("benchmarks.studies.convergence", "--size", str(SIZE), "--iters", "4", "--every", "2", "--delta-t", "500",
@@ -201,7 +233,7 @@ def test_bird_convergence_scores_the_latent_during_the_run(tmp_path, save_prior)
     assert (out / "figures" / "t.png").stat().st_size > 1000
 
 
-def test_bird_convergence_compares_rates_and_schedules(tmp_path, save_prior):
+def test_convergence_study_compares_rates_and_schedules(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("benchmarks.studies.convergence", "--size", str(SIZE), "--iters", "3", "--every", "3", "--delta-t", "500",
@@ -287,7 +319,7 @@ def _disk_slices(radii: list[float]) -> list[tuple[str, np.ndarray, float]]:
             for radius in radii]
 
 
-def test_bird_margins_relates_each_margin_to_the_field_of_view(tmp_path):
+def test_margins_study_relates_each_margin_to_the_field_of_view(tmp_path):
     radii = [4, 8, 12, 20]  # the last disk runs off the grid's edge
     slices = _disk_slices(radii)
     pack = tmp_path / "pack.npz"
@@ -330,7 +362,7 @@ def test_bird_margins_relates_each_margin_to_the_field_of_view(tmp_path):
     assert (tmp_path / "figures" / "t.png").stat().st_size > 1000
 
 
-def test_bird_margins_refuses_a_run_without_bird(tmp_path):
+def test_margins_study_refuses_a_run_without_bird(tmp_path):
     run = {"run": {"command": "x"}, "settings": {"data": "synthetic", "image_size": SIZE},
            "results": [{"geometry": "parallel", "noise": "noiseless", "views": 8, "method": "fbp", "per_slice": []}]}
     (tmp_path / "run.json").write_text(json.dumps(run))
@@ -388,10 +420,6 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-#: Private library names a benchmark still needs until the library makes them public.
-PRIVATE_NAMES_PENDING = {("ctbird.api", "_default_kernel_size")}
-
-
 def test_benchmarks_share_code_only_through_common_and_public_names():
     modules = sorted((REPO / "benchmarks").rglob("*.py"))
     assert modules
@@ -400,7 +428,7 @@ def test_benchmarks_share_code_only_through_common_and_public_names():
             if module.startswith("benchmarks"):
                 assert module == "benchmarks.common", f"{path.relative_to(REPO)} imports {module}"
             if module.startswith(("ctbird", "operators")):
-                private = {(module, name) for name in names if name.startswith("_")} - PRIVATE_NAMES_PENDING
+                private = {(module, name) for name in names if name.startswith("_")}
                 assert not private, f"{path.relative_to(REPO)} imports private names {sorted(private)}"
 
 
@@ -428,3 +456,22 @@ def test_benchmark_phantom_writes_page_json_and_figure(tmp_path):
     page = (out / "baselines.md").read_text()
     assert "| TV (100 it) |" in page and report["command"] in page
     assert (out / "figures" / "baselines.png").stat().st_size > 1000
+
+
+def test_gpu_pack_keeps_every_patient_in_the_stack_format(tmp_path):
+    from benchmarks.gpu.pack import pack
+    from ctbird.errors import InputError
+    from ctbird.stacks import SliceStack, read_slice_stack, write_slice_stack
+
+    source = tmp_path / "train.npz"
+    images = np.arange(6 * 4 * 4, dtype=np.int16).reshape(6, 4, 4)
+    write_slice_stack(source, SliceStack(images=images, patient=np.array(["a", "a", "b", "b", "c", "c"]),
+                                         pixel_spacing_mm=np.linspace(0.5, 1.0, 6)))
+    info = pack(source, tmp_path / "out" / "subset.npz", stride=2, offset=1)
+    subset = read_slice_stack(tmp_path / "out" / "subset.npz")
+    assert info["slices"] == 3 and info["patients"] == 3
+    np.testing.assert_array_equal(subset.images, images[1::2])
+    np.testing.assert_allclose(subset.pixel_spacing_mm, np.linspace(0.5, 1.0, 6)[1::2])
+    assert "Slices 1, 3, 5, ... of train.npz (6 slices)" in subset.description
+    with pytest.raises(InputError, match="lost patients"):
+        pack(source, tmp_path / "lost.npz", stride=4, offset=0)

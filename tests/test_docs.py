@@ -69,3 +69,97 @@ def test_every_result_page_has_its_json_and_command():
 def test_docs_fit_their_budget():
     total = sum(path.stat().st_size for path in DOCS.rglob("*") if path.is_file())
     assert total < DOCS_BUDGET_BYTES, f"docs/ holds {total / 2**20:.1f} MiB, over {DOCS_BUDGET_BYTES / 2**20:.0f} MiB"
+
+
+def _section_tables(page: Path, heading: str) -> list[list[dict[str, str]]]:
+    """The markdown tables of one ``###`` section of a page, as rows of ``{column: cell}`` (backticks removed)."""
+    text = page.read_text(encoding="utf-8")
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    tables, lines = [], section.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and set(lines[i + 1].replace("|", "").strip()) <= set("-: "):
+            if i > 0 and lines[i - 1].startswith("|"):
+                continue
+            header = [cell.strip() for cell in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                cells = [cell.strip().replace("`", "") for cell in row.strip("|").split("|")]
+                rows.append(dict(zip(header, cells)))
+            tables.append(rows)
+    return tables
+
+
+def _stated(cell: str, value) -> bool:
+    """Whether a table cell states ``value`` (its first word; '–' is zero, as for a rate that is not used)."""
+    word = cell.split()[0] if cell.split() else ""
+    if value is None or isinstance(value, (bool, str)):
+        return word == str(value)
+    return (0.0 if word == "–" else float(word)) == pytest.approx(float(value), rel=1e-12)
+
+
+def test_method_page_states_the_defaults_of_ctbird_config():
+    from ctbird.config import METHOD_CONFIGS, PRESETS, BirdConfig
+
+    page = DOCS / "method.md"
+    bird_table, other_table = _section_tables(page, "### Defaults (`ctbird.config`)")[:2]  # then measurements
+    assert {row["task"] for row in bird_table} == {"ct", "gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint"}
+    for row in bird_table:
+        config = BirdConfig.for_task(row["task"])
+        for key in ("iters", "lr_latent", "lr_operator"):
+            assert _stated(row[key], getattr(config, key)), (row["task"], key, row[key], getattr(config, key))
+    ct, ct_row = BirdConfig(), next(row for row in bird_table if row["task"] == "ct")
+    assert ct.latent_optimizer in ct_row["lr_latent"] and ct.latent_lr_schedule in ct_row["lr_latent"]
+    assert f"SinogramFilter({ct.data_filter:g})" in ct_row["lr_latent"] and ("keep_best" in ct_row["lr_latent"]) == ct.keep_best
+    text = page.read_text(encoding="utf-8")
+    stated_delta_t = int(re.search(r"`delta_t = (\d+)` \(\d+ DDIM steps\) everywhere", text).group(1))
+    assert {BirdConfig.for_task(row["task"]).delta_t for row in bird_table} == {stated_delta_t}
+    fast = PRESETS["cpu-fast"]
+    assert "`cpu-fast` preset" in text and f"runs {fast['iters']} iterations at delta_t {fast['delta_t']}" in text
+    assert {row["method"] for row in other_table} == set(METHOD_CONFIGS) - {"bird"}
+    for row in other_table:
+        config = METHOD_CONFIGS[row["method"]]()
+        assert _stated(row["default"], getattr(config, row["setting"])), (row["method"], row["setting"], row["default"])
+
+
+def readme_python_example() -> str:
+    """The Python block of the README's ``Use`` section."""
+    use = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Use", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", use, re.S | re.M)
+    assert len(blocks) == 1, "the README's Use section should hold one Python example"
+    return blocks[0]
+
+
+def test_readme_python_example_runs(monkeypatch, tiny_prior, capsys):
+    """The README's example, as written, on a 16 x 16 grid with a tiny random prior and a one-iteration budget
+    (the example itself asks for the shipped prior and the full budget at 256 x 256)."""
+    import ctbird
+
+    code = readme_python_example()
+    assert "n = 256" in code
+    reconstruct = ctbird.reconstruct
+    calls = []
+
+    def small_budget(*args, **kwargs):
+        calls.append(kwargs["method"])
+        return reconstruct(*args, **kwargs, prior=tiny_prior, iters=1, delta_t=500)
+
+    monkeypatch.setattr(ctbird, "reconstruct", small_budget)
+    namespace: dict = {}
+    exec(compile(code.replace("n = 256", "n = 16"), "README.md", "exec"), namespace)
+    assert calls == ["bird"]
+    assert tuple(namespace["result"].image.shape) == (1, 1, 16, 16)
+    printed = capsys.readouterr().out
+    assert "torch.Size([1, 1, 16, 16])" in printed and "'psnr'" in printed and "'rmse_hu'" in printed
+
+
+def test_every_module_the_docs_run_exists():
+    """``python -m NAME`` in a page (README, docs/, data/; generated pages included) names a module of this tree."""
+    from importlib.util import find_spec
+
+    named = {name.rstrip(".") for page in markdown_files()
+             for name in re.findall(r"python3? -m ((?:benchmarks|ctbird|operators)[\w.]*)", page.read_text(encoding="utf-8"))}
+    assert "benchmarks.ct" in named
+    missing = sorted(name for name in named if find_spec(name) is None)
+    assert not missing, f"the docs run modules that do not exist: {missing}"

@@ -16,8 +16,8 @@ stay under 64 MiB: the script prints the total and fails above it. ``--stride 3 
 of the slices, the ones the shipped prior (``--stride 2 --offset 0``) saw least, for a continuation run.
 
 ``--eval-slices K`` also writes ``.gpu/ct_eval_subset.npz``: an evenly spread subset of K evaluation slices
-of ``../shared/data/ct/eval`` at 256² (``benchmarks.common.write_slice_pack``), which ``python -m benchmarks.ct --data``
-reads on the GPU machine (the native DICOM files are too large to travel). ``--no-wheels`` skips the wheels when
+of ``../shared/data/ct/eval`` at 256² (a :mod:`ctbird.stacks` file with ``labels`` and ``pixel_spacing_mm``, from
+``benchmarks.common.slice_stack``), which ``python -m benchmarks.ct --data`` reads on the GPU machine (the native DICOM files are too large to travel). ``--no-wheels`` skips the wheels when
 the device run installs them from a carried ``.whl/`` instead.
 
 Usage (repository root)::
@@ -29,6 +29,7 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO_ROOT, SHARED_DATA, load_ct_slices, run_script, write_slice_pack
+from benchmarks.common import REPO_ROOT, SHARED_DATA, load_ct_slices, run_script, slice_stack
 from ctbird.errors import InputError
+from ctbird.stacks import read_slice_stack, write_slice_stack
 
 DEFAULT_SOURCE = SHARED_DATA / "ct" / "train" / "ct256_train_hu.npz"
 TRANSPORT_LIMIT = 64 * 2**20
@@ -46,19 +48,18 @@ WHEEL_PATTERNS = ("diffusers-*.whl", "importlib_metadata-*.whl", "pydicom-*.whl"
 
 def pack(source: Path, out: Path, stride: int = 2, offset: int = 0) -> dict[str, int]:
     """Write every ``stride``-th slice of ``source``, starting at ``offset`` (and its metadata) to ``out``."""
-    data = np.load(source)
-    keep = np.arange(offset, data["images"].shape[0], stride)
-    arrays = {key: data[key][keep] for key in data.files if key != "description"}
-    arrays["description"] = np.array(f"Slices {offset}, {offset + stride}, {offset + 2 * stride}, ... of {source.name} "
-                                     f"({data['images'].shape[0]} slices), made by python -m benchmarks.gpu.pack "
-                                     f"--stride {stride} --offset {offset}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **arrays)
-    patients_before = len(np.unique(data["patient"]))
-    patients_after = len(np.unique(arrays["patient"]))
+    stack = read_slice_stack(source)
+    if stack.patient is None:
+        raise InputError(f"{source} has no 'patient' array: cannot check that the subset keeps every patient.")
+    keep = np.arange(offset, len(stack), stride)
+    description = (f"Slices {offset}, {offset + stride}, {offset + 2 * stride}, ... of {source.name} ({len(stack)} "
+                   f"slices), made by python -m benchmarks.gpu.pack --stride {stride} --offset {offset}")
+    subset = dataclasses.replace(stack.subset(keep), description=description)
+    patients_before, patients_after = len(np.unique(stack.patient)), len(np.unique(subset.patient))
     if patients_after != patients_before:
         raise InputError(f"subset lost patients: {patients_before} -> {patients_after}; use a smaller --stride.")
-    return {"slices": int(keep.size), "patients": patients_after, "bytes": out.stat().st_size}
+    size = write_slice_stack(out, subset)
+    return {"slices": int(keep.size), "patients": patients_after, "bytes": size}
 
 
 def copy_wheels(wheel_dir: Path, dest: Path) -> list[Path]:
@@ -94,8 +95,9 @@ def main() -> int:
           f"{info['bytes'] / 2**20:.1f} MiB")
     if args.eval_slices > 0:
         eval_out = args.out.parent / "ct_eval_subset.npz"
-        size = write_slice_pack(eval_out, load_ct_slices(SHARED_DATA / "ct" / "eval", args.eval_slices, 256,
-                                                         synthetic=False))
+        slices = load_ct_slices(SHARED_DATA / "ct" / "eval", args.eval_slices, 256, synthetic=False)
+        size = write_slice_stack(eval_out, slice_stack(slices, f"{len(slices)} evaluation slices of ../shared/data/ct/eval "
+                                                               "at 256², made by python -m benchmarks.gpu.pack"))
         print(f"wrote {eval_out}: {args.eval_slices} evaluation slices, {size / 2**20:.1f} MiB")
     if args.no_wheels:
         shutil.rmtree(args.out.parent / "wheels", ignore_errors=True)

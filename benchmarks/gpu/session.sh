@@ -20,7 +20,8 @@
 # are packed into $OUT/results.tar
 # after every part; the prior comes back as $OUT/prior.tar, the logs as $OUT/session.log and train.log.
 #
-# Carry .gpu and .whl. Make them here with
+# Carry .gpu and .whl. Make them here with (.gpu/ct_eval_subset.npz is a ctbird.stacks file: images, labels,
+# pixel_spacing_mm; a pack from before that format, with "hu" arrays, must be made again)
 #   python -m benchmarks.gpu.pack --stride 6 --offset 1 --eval-slices 32 --no-wheels
 # (.gpu: training subset + evaluation slice pack) and the wheels of ../shared/tools/astra-cuda13/README.md in
 # .whl (astra-toolbox, nvidia-cuda-runtime-cu12, diffusers, pydicom, importlib_metadata, lazy-importer, and
@@ -82,10 +83,10 @@ part() {  # part CAP COMMAND...: run with a cap, then pack the results
   echo "=== exit $? after $(( $(date +%s) - START )) s"
   tar cf "$OUT/results.tar" -C "$RESULTS" docs
 }
-BENCH=(python3 python -m benchmarks.ct --device "$DEVICE" --data "$EVAL" --out-dir "$RESULTS/docs" "${ITERS[@]}")
+BENCH=(python3 -m benchmarks.ct --device "$DEVICE" --data "$EVAL" --out-dir "$RESULTS/docs" "${ITERS[@]}")
 for name in "$@"; do
   case $name in
-    timing) part 90 python3 python -m benchmarks.studies.timing --device "$DEVICE" --tag gpu --batch-sizes 1,16 \
+    timing) part 90 python3 -m benchmarks.studies.timing --device "$DEVICE" --tag gpu --batch-sizes 1,16 \
               --iters "${BIRD_ITERS:-10}" --out-dir "$RESULTS/docs" ;;
     main) part $(( 100 + 3 * EVAL_SLICES )) "${BENCH[@]}" --tag gpu --max-slices "$EVAL_SLICES" --batch-size "$BATCH" --views 30 \
             --geometry parallel --noise none --methods fbp,sirt,tv,dps,bird,bird+dc ;;
@@ -99,7 +100,7 @@ for name in "$@"; do
     fan-noise) part 200 "${BENCH[@]}" --tag gpu_fan_noise --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
                  --batch-size 16 --views 30 --geometry parallel,fan --noise none,1e5 \
                  --methods fbp,sirt,tv,bird,bird+dc ;;
-    operators) part 60 python3 python -m benchmarks.gpu.radon_timing 256 512 ;;
+    operators) part 60 python3 -m benchmarks.gpu.radon_timing 256 512 ;;
     *) echo "unknown part $name" ;;
   esac
 done

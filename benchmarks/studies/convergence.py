@@ -1,11 +1,11 @@
 """BIRD's PSNR against iterations on one CT slice, for each latent optimizer, rate and schedule: is the budget converged?
 
 Simulates ``--views`` parallel-beam views of one slice (noiseless, matrix projector, the units of
-:func:`ctbird.reconstruct`), runs BIRD (detached gradients, ``TASK_DEFAULTS['ct']`` learning rate and schedule unless
+:func:`ctbird.reconstruct`), runs BIRD (detached gradients, ``ctbird.config.BirdConfig``'s learning rate and schedule unless
 given) with each of ``--optimizers`` for ``--iters`` iterations and, every ``--every`` iterations, decodes the
 current latent (extra decodes, not counted in the timing) to score it against the slice: PSNR/SSIM on HU with
-data range ``EVAL_HU_RANGE`` = [-1000, 1000] HU and the data loss. FBP, SIRT and TV on the same sinogram are
-the reference lines. The slice is a DICOM file, or ``STACK.npz:INDEX`` (a slice of an HU stack such as the
+data range ``EVAL_HU_RANGE`` = [-1000, 1000] HU (:func:`ctbird.metrics.score_ct`) and the data loss. FBP, SIRT and
+TV at their defaults (:func:`ctbird.reconstruct`) on the same sinogram are the reference lines. The slice is a DICOM file, or ``STACK.npz:INDEX`` (a slice of an HU stack such as the
 training set, at ``--pixel-mm``), so that settings can be tuned away from the evaluation slices. Writes
 ``<tag>.json`` / ``.md`` and ``figures/<tag>.png`` under ``--out-dir`` (default ``docs/results/convergence``).
 
@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (RESULTS_DIR, SAMPLE_SLICE, add_data_filter_option, fmt, markdown_table, parse_list,
-                               projector, read_slice, record_markdown, run_script, save_png, score, simulate,
-                               simulation_geometry, start_run, write_outputs)
+                               read_slice, record_markdown, run_script, save_png, start_run, write_outputs)
+from ctbird.metrics import score_ct
+from ctbird.simulate import simulate, simulation_geometry
+from ctbird.units import EVAL_HU_RANGE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,14 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optimizers", default="adam", help="latent optimizers to compare (adam, normalized-gd)")
     add_data_filter_option(parser)
     parser.add_argument("--latent-lr-schedule", default=None,
-                        help="rate schedules of x_T to compare, of constant, cosine (default TASK_DEFAULTS['ct'])")
+                        help="rate schedules of x_T to compare, of constant, cosine (default ctbird.config.BirdConfig)")
     parser.add_argument("--views", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="working grid side N (default 256)")
     parser.add_argument("--iters", type=int, default=400)
     parser.add_argument("--every", type=int, default=25, help="score the latent every this many iterations")
     parser.add_argument("--delta-t", type=int, default=250, help="DDIM step (default 250: 4 steps, CPU-friendly)")
     parser.add_argument("--lr-latent", default=None,
-                        help="latent learning rates to compare, comma-separated (default TASK_DEFAULTS['ct'])")
+                        help="latent learning rates to compare, comma-separated (default ctbird.config.BirdConfig)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior", default=None, help="prior folder (default the shipped one)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
@@ -78,21 +80,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from operators import SinogramFilter
-    from ctbird import baselines
+    from operators.radon import Radon
+    from ctbird.api import reconstruct
+    from ctbird.config import SIRTConfig, TVConfig
     from ctbird.priors import default_prior_path, load_prior
     from ctbird.solvers.bird import BIRD, data_loss
-    from ctbird.units import EVAL_HU_RANGE, mu_to_hu, unit_to_hu, unit_to_mu
+    from ctbird.units import unit_to_hu, unit_to_mu
 
     device, record = start_run(args, argv)
     truth, spacing, slice_label = read_slice(args.slice, args.size, args.pixel_mm)
     geometry = simulation_geometry("parallel", args.views, args.size)
-    radon = projector(geometry, args.size, device)
-    sinogram = simulate(truth, spacing, geometry, None, args.seed, device)
-    references = {
-        "fbp": score(mu_to_hu(baselines.fbp(sinogram, geometry, args.size) / spacing), truth),
-        "sirt": score(mu_to_hu(baselines.sirt(sinogram, radon, iters=100, nonneg=True) / spacing), truth),
-        "tv": score(mu_to_hu(baselines.tv(sinogram, radon, iters=300, nonneg=True) / spacing), truth),
-    }
+    radon = Radon(geometry, args.size, backend="matrix", device=device)
+    sinogram = simulate(truth, image_size=args.size, pixel_spacing_mm=spacing, geometry=geometry, seed=args.seed,
+                        device=device).sinogram
+
+    def score(image_hu: torch.Tensor) -> dict:
+        return score_ct(image_hu[0, 0], truth, data_range=EVAL_HU_RANGE)
+
+    references = {method: score(reconstruct(sinogram, geometry, image_size=args.size, pixel_spacing_mm=spacing,
+                                            method=method, device=device).image)
+                  for method in ("fbp", "sirt", "tv")}  # at their defaults (ctbird.config)
     prior = load_prior(args.prior, device=str(device))
     fitted, y_fitted = radon, sinogram
     if args.data_filter is not None:
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss = float(data_loss(fitted(unit_to_mu(x0) * spacing), y_fitted, "mse", None))
             prior.nfe = nfe_before  # scoring decodes are not part of BIRD's budget
             rows.append({"iteration": info["iteration"], "loss": loss, "nfe": info["nfe"],
-                         "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0), truth)})
+                         "seconds": info["seconds"] - scoring_seconds, **score(unit_to_hu(x0))})
             scoring_seconds += time.perf_counter() - started
             print(f"{label} iteration {info['iteration']}: loss {loss:.4g}, PSNR {rows[-1]['psnr']:.2f} dB",
                   file=sys.stderr, flush=True)
@@ -169,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{lr:g}' for lr in args.lr_latent)}, rate schedule {', '.join(args.latent_lr_schedule)}, data filter exponent {args.data_filter}, seed "
         f"{args.seed}; prior `{settings['prior']}`.",
         "- Metrics: PSNR/SSIM on HU clipped to [-1000, 1000] (data range 2000 HU); seconds exclude the scoring decodes.",
-        f"- References on the same sinogram: {reference_line} (SIRT 100, TV 300 iterations).", "", table, ""]
+        f"- References on the same sinogram: {reference_line} (SIRT {SIRTConfig().iters}, TV {TVConfig().iters} "
+        "iterations).", "", table, ""]
         + [f"![{f}](figures/{f})" for f in figures])
     json_path, md_path = write_outputs(args.out_dir, args.tag,
                                        {"run": record, "settings": settings, "references": references, "curves": curves,

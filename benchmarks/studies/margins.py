@@ -51,10 +51,15 @@ def slice_features(hu: np.ndarray, pixel_spacing_mm: float) -> dict[str, float]:
 
 
 def training_features(path: Path) -> dict[str, np.ndarray]:
-    """:func:`slice_features` of every slice of an HU stack ``.npz`` (``images`` and ``pixel_spacing_mm``)."""
-    with np.load(path) as stack:
-        images, spacing = stack["images"], stack["pixel_spacing_mm"]
-        rows = [slice_features(image.astype(np.float32), float(s)) for image, s in zip(images, spacing)]
+    """:func:`slice_features` of every slice of an HU stack (:func:`ctbird.stacks.read_slice_stack`; it needs
+    ``pixel_spacing_mm``)."""
+    from ctbird.errors import InputError
+    from ctbird.stacks import read_slice_stack
+
+    stack = read_slice_stack(path)
+    if stack.pixel_spacing_mm is None:
+        raise InputError(f"{path} has no 'pixel_spacing_mm': the field of view of its slices is unknown.")
+    rows = [slice_features(image.astype(np.float32), float(s)) for image, s in zip(stack.images, stack.pixel_spacing_mm)]
     return {name: np.array([row[name] for row in rows]) for name in FEATURES}
 
 

@@ -3,7 +3,7 @@
 For each batch size and gradient mode (``detached``: the UNet under no_grad, the reference code's choice;
 ``exact``: backpropagation through the UNet) BIRD runs ``--iters`` iterations on copies of one slice
 (``data/samples/chest_tcga_0000.dcm``, 30 parallel views, noiseless) after one untimed warm-up run. Reports
-seconds per iteration, the projected seconds of a default run (``TASK_DEFAULTS['ct']`` iterations at the
+seconds per iteration, the projected seconds of a default run (``ctbird.config.BirdConfig`` iterations at the
 given delta_t), seconds per slice, and peak GPU memory. Writes ``bird_<tag>.json`` / ``.md`` under
 ``--out-dir`` (default ``docs/results/timing``).
 
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (RESULTS_DIR, SAMPLE_SLICE, fmt, markdown_table, parse_list, read_working_slice,
-                               record_markdown, run_script, simulate, simulation_geometry, start_run, write_outputs)
+                               record_markdown, run_script, start_run, write_outputs)
+from ctbird.simulate import simulate, simulation_geometry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default 1,16)")
     parser.add_argument("--grad-modes", default="detached,exact", help="detached and/or exact")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per configuration (default 20)")
-    parser.add_argument("--delta-t", type=int, default=100, help="DDIM step (default 100: 10 steps)")
+    parser.add_argument("--delta-t", type=int, default=None, help="DDIM step (default ctbird.config.BirdConfig's)")
     parser.add_argument("--views", type=int, default=30)
     parser.add_argument("--size", type=int, default=256, help="image side N (default 256; the prior's own size)")
     parser.add_argument("--prior", default=None, help="prior folder (default the shipped one)")
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="output folder (default docs/results/timing)")
     parser.add_argument("--tag", default=None, help="file-name label (default the device type)")
     args = parser.parse_args(argv)
+    from ctbird.config import BirdConfig
+
+    args.delta_t = args.delta_t or BirdConfig().delta_t
     try:
         args.batch_sizes = parse_list(args.batch_sizes, int)
         args.grad_modes = parse_list(args.grad_modes)
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size
     hu, spacing = read_working_slice(SAMPLE_SLICE, size)
     geometry = simulation_geometry("parallel", args.views, size)
-    one = simulate(hu, spacing, geometry, None, 0, device)
+    one = simulate(hu, image_size=size, pixel_spacing_mm=spacing, geometry=geometry, device=device).sinogram
     default_iters = BirdConfig().iters
 
     def sync() -> None:
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         record_markdown(record),
         f"- Setting: `{SAMPLE_SLICE.name}` at {size}², {args.views} parallel views, delta_t {args.delta_t} "
         f"({settings['ddim_steps']} DDIM steps); {args.iters} timed iterations after a warm-up; a "
-        f"{default_iters}-iteration run (TASK_DEFAULTS['ct']) is projected from the per-iteration time.",
+        f"{default_iters}-iteration run (ctbird.config.BirdConfig) is projected from the per-iteration time.",
         f"- Prior: `{settings['prior']}`", "", table, ""])
     json_path, md_path = write_outputs(args.out_dir, f"bird_{args.tag}",
                                        {"run": record, "settings": settings, "rows": rows}, markdown)

@@ -6,7 +6,7 @@ projector's norm), so that one relative value serves every geometry and pixel si
 relative value works, on slices away from the evaluation set: each ``--slice`` (a DICOM file or
 ``STACK.npz:INDEX``, e.g. a training slice) is projected noiselessly (``--views`` parallel views, matrix backend,
 the units of :func:`ctbird.reconstruct`) and reconstructed by DPS for every (zeta, steps) pair, with FBP and SIRT
-as reference lines. PSNR/SSIM on HU with data range ``EVAL_HU_RANGE``. Writes ``dps_<tag>.json`` / ``.md`` under
+as reference lines. PSNR/SSIM on HU with data range ``EVAL_HU_RANGE`` (:func:`ctbird.metrics.score_ct`). Writes ``dps_<tag>.json`` / ``.md`` under
 ``--out-dir`` (default ``docs/results/tuning``).
 
 Example (repository root)::
@@ -22,7 +22,10 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, parse_list, progress, read_slice, record_markdown,
-                               run_script, score, simulate, simulation_geometry, start_run, summarize, write_outputs)
+                               run_script, start_run, summarize, write_outputs)
+from ctbird.metrics import score_ct
+from ctbird.simulate import simulate, simulation_geometry
+from ctbird.units import EVAL_HU_RANGE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.slice:
             truth, spacing, label = read_slice(spec, args.size, args.pixel_mm)
             labels.append(label)
-            sinogram = simulate(truth, spacing, geometry, None, args.seed, device)
+            sinogram = simulate(truth, image_size=args.size, pixel_spacing_mm=spacing, geometry=geometry, seed=args.seed,
+                                device=device).sinogram
             for method, zeta, steps in settings:
                 bar.set_description(f"{label} {method}" + (f" zeta {zeta:g}, {steps} steps" if zeta else ""))
                 result = reconstruct(sinogram, geometry, image_size=args.size, pixel_spacing_mm=spacing,
                                      prior=prior, method=method, iters=steps, zeta=zeta, seed=args.seed,
                                      device=device)
-                rows[(method, zeta, steps)].append({"slice": label, **score(result.image[0, 0].cpu().numpy(), truth),
+                rows[(method, zeta, steps)].append({"slice": label, **score_ct(result.image[0, 0], truth, data_range=EVAL_HU_RANGE),
                                                     "seconds": result.seconds, "nfe": result.nfe})
                 bar.update(1)
     results = [{"method": method, "relative_zeta": zeta, "steps": steps, **summarize(per_slice), "per_slice": per_slice}
