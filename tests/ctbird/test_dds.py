@@ -116,3 +116,23 @@ def test_cli_reconstructs_with_dds(tmp_path, tiny_unet_config_factory, bird_sche
     entry = json.loads((out / "metrics.json").read_text())["methods"]["dds"]
     assert (entry["nfe"], entry["iters"], entry["cg_iters"], entry["delta_t"]) == (4, 4, DDSConfig().cg_iters, 250)
     assert np.isfinite(entry["psnr"]) and np.load(out / "dds.npy").shape == (32, 32)
+
+
+def test_tune_dds_scores_every_setting_against_fbp_and_sirt(tmp_path, tiny_unet_config_factory, bird_scheduler_config):
+    from benchmarks.studies.tune_dds import main
+    from ctbird.priors import DiffusionPrior
+
+    folder = DiffusionPrior.from_config(tiny_unet_config_factory(size=32), bird_scheduler_config,
+                                        seed=0).save_pretrained(tmp_path / "prior")
+    yy, xx = np.mgrid[-1:1:32j, -1:1:32j]
+    disks = [np.where(xx ** 2 + yy ** 2 < r, 0.0, -1000.0) for r in (0.5, 0.8)]
+    stack = tmp_path / "stack.npz"
+    np.savez(stack, images=np.stack(disks).astype(np.int16), pixel_spacing_mm=np.full(2, 1.5, np.float32))
+    assert main(["--slice", f"{stack}:0", "--slice", f"{stack}:1", "--steps", "3", "--cg-iters", "0,4", "--views", "8",
+                 "--size", "32", "--prior", str(folder), "--device", "cpu", "--tag", "t", "--out-dir", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "dds_t.json").read_text())
+    rows = {(r["method"], r["cg_iters"]): r for r in payload["results"]}
+    assert list(rows) == [("fbp", None), ("sirt", None), ("dds", 0), ("dds", 4)]
+    assert all(s["nfe"] == 3 for s in rows[("dds", 4)]["per_slice"]) and rows[("fbp", None)]["nfe_mean"] == 0
+    assert rows[("dds", 4)]["psnr_mean"] > rows[("dds", 0)]["psnr_mean"] + 3  # the CG data steps reach the result
+    assert "| dds | 3 | 4 | 1 | 0 |" in (tmp_path / "dds_t.md").read_text()
