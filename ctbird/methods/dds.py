@@ -1,10 +1,10 @@
-"""DDS (Decomposed Diffusion Sampling; Chung, Lee & Ye, ICLR 2024) as a CT method: the strongest classical-style
-prior-based baseline.
+"""DDS (Decomposed Diffusion Sampling; Chung, Lee & Ye, ICLR 2024) as a CT method: a prior-based baseline beside DPS.
 
 DDIM sampling in which every denoised estimate is pulled toward the data before the step. At each step
 ``t -> t_prev`` (``iters`` steps, ``delta_t = 1000 // iters``):
 
-1. ``x0_hat = x0_hat(x_t)`` by the UNet (Tweedie; one UNet evaluation, no backpropagation);
+1. ``x0_hat = x0_hat(x_t)`` by the UNet (Tweedie; one UNet evaluation, no backpropagation); its squared data
+   residual (mean over the sinogram) is the step's entry of ``loss_history``;
 2. ``x0' = x0_hat + argmin_{d in K} ||A T(x0_hat + d) - y||^2 + w ||d||^2`` by ``cg_iters`` conjugate-gradient
    steps (:func:`ctbird.solvers.refine.conjugate_gradient`) started at ``x0_hat``: the minimisation is restricted to
    the Krylov subspace ``K`` of the normal operator at the initial residual, so ``x0'`` stays near the clean-image
