@@ -83,8 +83,9 @@ def conjugate_gradient(normal: Callable[[torch.Tensor], torch.Tensor], x: torch.
 
     Returns
     -------
-    Tensor ``[B, ...]``: the last iterate.
+    Tensor ``[B, ...]``: the last iterate (a new tensor).
     """
+    x = x.clone()
     r = residual.clone()
     p = r.clone()
     rs = _dot(r, r)
