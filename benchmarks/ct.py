@@ -14,10 +14,11 @@ Each slice is simulated by :func:`ctbird.simulate.simulate` on the run's device 
 whole grid of the reconstruction clipped to the prior's window; mean and std over slices, plus seconds and UNet
 evaluations (NFE) per slice.
 
-Methods: ``fbp``, ``sirt``, ``tv``, ``dps``, ``bird`` (detached gradients), ``bird-exact`` (backpropagation
+Methods: ``fbp``, ``sirt``, ``tv``, ``dps``, ``dds``, ``bird`` (detached gradients), ``bird-exact`` (backpropagation
 through the UNet) and ``bird+dc`` (BIRD, then conjugate-gradient data-consistency steps). When both ``bird``
 and ``bird+dc`` are requested, BIRD runs once: ``bird`` is the BIRD stage of the ``bird+dc`` run (same seed,
-identical result to a separate run) and its seconds are that stage's.
+identical result to a separate run) and its seconds are that stage's. With ``--samples K > 1`` (BIRD restarts) the
+tables add how well BIRD's per-pixel std predicts its error (:func:`ctbird.metrics.uncertainty_calibration`).
 
 Writes ``<tag>.json`` / ``.md`` and ``figures/<tag>_*.png`` under ``--out-dir`` (default ``docs/results/ct``);
 ``--ablation`` instead runs the ``delta_t`` ablation of BIRD (30 views, parallel, noiseless) into
@@ -54,8 +55,8 @@ from ctbird.units import EVAL_HU_RANGE, PRIOR_HU_WINDOW
 RMSE_CONVENTION = "reconstruction clipped to the prior's HU window [{:.0f}, {:.0f}]".format(*PRIOR_HU_WINDOW)
 #: What runs made before the convention was recorded did (their JSON has no ``settings["rmse"]``).
 RMSE_UNCLIPPED = "reconstruction unclipped"
-METHODS = ("fbp", "sirt", "tv", "dps", "bird", "bird-exact", "bird+dc")
-PRIOR_METHODS = {"dps", "bird", "bird-exact", "bird+dc"}
+METHODS = ("fbp", "sirt", "tv", "dps", "dds", "bird", "bird-exact", "bird+dc")
+PRIOR_METHODS = {"dps", "dds", "bird", "bird-exact", "bird+dc"}
 ABLATION_DELTA_T = (20, 50, 100, 200, 250)
 ABLATION_VIEWS = 30
 GRID_VIEWS = 30
@@ -92,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rate schedule of x_T (default ctbird.config.BirdConfig)")
     add_data_filter_option(parser)
     parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default ctbird.config.DPSConfig)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="BIRD restarts per slice (default 1); > 1 scores the std map against the error")
     parser.add_argument("--ablation", action="store_true",
                         help=f"run only the delta_t ablation of BIRD ({ABLATION_DELTA_T}, {ABLATION_VIEWS} views, parallel, noiseless)")
     parser.add_argument("--ablation-delta-t", default=",".join(map(str, ABLATION_DELTA_T)),
@@ -129,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--geometry takes parallel and/or fan, got {args.geometry}.")
     if not args.views or min(args.views) < 1 or any(n is not None and n <= 0 for n in args.noise):
         parser.error("--views must be positive integers and --noise 'none' or positive photon counts.")
-    require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices", "batch_size"))
+    require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices", "batch_size", "samples"))
     if args.size < 16:
         parser.error("--size must be >= 16.")
     try:
@@ -172,13 +175,15 @@ class Runner:
 
     def run(self, methods: list[str], sinograms: list[torch.Tensor], geometry, spacings: list[float], bar, *,
             delta_t: int | None = None) -> dict[str, list[dict]]:
-        """``{method: [{"image": hu [N, N], "seconds", "nfe"} per slice]}`` for ``[1, 1, V, D]`` sinograms."""
+        """``{method: [{"image": hu [N, N], "std": HU [N, N] or None, "seconds", "nfe"} per slice]}`` for ``[1, 1, V, D]``
+        sinograms."""
         out: dict[str, list[dict]] = {m: [] for m in methods}
         for method in methods:
             if method in ("fbp", "sirt", "tv"):
                 for sinogram, spacing in zip(sinograms, spacings):
                     result, seconds = self._timed(method, sinogram, geometry, spacing, bar)
-                    out[method].append({"image": result.image[0, 0].cpu().numpy(), "seconds": seconds, "nfe": 0})
+                    out[method].append({"image": result.image[0, 0].cpu().numpy(), "std": None, "seconds": seconds,
+                                        "nfe": 0})
                     bar.update(1)
         prior_methods = [m for m in methods if m in PRIOR_METHODS]
         size = self.args.batch_size
@@ -188,28 +193,32 @@ class Runner:
                 batch, spacing = sinograms[chunk[0]], spacings[chunk[0]]
             else:
                 batch, spacing = torch.cat([sinograms[i] / spacings[i] for i in chunk]), 1.0
-            for method, images, seconds, nfe in self._prior_runs(prior_methods, batch, geometry, spacing, bar, delta_t):
-                for image in images:
-                    out[method].append({"image": image, "seconds": seconds / len(chunk), "nfe": nfe})
+            for method, images, stds, seconds, nfe in self._prior_runs(prior_methods, batch, geometry, spacing, bar,
+                                                                       delta_t):
+                for image, std in zip(images, stds):
+                    out[method].append({"image": image, "std": std, "seconds": seconds / len(chunk), "nfe": nfe})
                 bar.update(len(chunk))
         return out
 
     def _prior_runs(self, methods: list[str], batch, geometry, spacing: float, bar, delta_t: int | None):
-        """Yield ``(method, [hu [N, N] per slice], batch seconds, NFE)`` for the prior methods on one batch."""
+        """Yield ``(method, [hu [N, N] per slice], [std in HU [N, N] or None per slice], batch seconds, NFE)`` for the
+        prior methods on one batch."""
         from ctbird.api import resize
         from ctbird.units import unit_to_hu
 
         args = self.args
         bird_kwargs = {"iters": args.iters, "delta_t": delta_t or args.delta_t, "lr_latent": args.lr_latent,
                        "latent_optimizer": args.latent_optimizer, "latent_lr_schedule": args.latent_lr_schedule,
-                       "data_filter": args.data_filter}
+                       "data_filter": args.data_filter, "n_samples": args.samples}
 
         def images(tensor):
-            return list(tensor[:, 0].detach().cpu().numpy())
+            return [None] * batch.shape[0] if tensor is None else list(tensor[:, 0].detach().cpu().numpy())
 
         for method in methods:
             if method == "dps":
                 result, seconds = self._timed("dps", batch, geometry, spacing, bar, iters=args.dps_steps)
+            elif method == "dds":
+                result, seconds = self._timed("dds", batch, geometry, spacing, bar)
             elif method == "bird-exact":
                 result, seconds = self._timed("bird", batch, geometry, spacing, bar, grad_mode="exact", **bird_kwargs)
             elif method == "bird" and "bird+dc" in methods:
@@ -219,12 +228,12 @@ class Runner:
                 if method == "bird+dc" and "bird" in methods:
                     stage = result.solver_result
                     bird_hu = unit_to_hu(resize(stage.image, (args.size, args.size)))
-                    yield "bird", images(bird_hu), float(stage.seconds), int(stage.nfe)
-            yield method, images(result.image), seconds, int(result.nfe)
+                    yield "bird", images(bird_hu), images(result.uncertainty), float(stage.seconds), int(stage.nfe)
+            yield method, images(result.image), images(result.uncertainty), seconds, int(result.nfe)
 
 
 def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
-    from ctbird.config import DCConfig, DPSConfig, SIRTConfig, TVConfig, BirdConfig
+    from ctbird.config import DCConfig, DDSConfig, DPSConfig, SIRTConfig, TVConfig, BirdConfig
     from ctbird.units import EVAL_HU_RANGE
 
     ct = BirdConfig().to_dict()
@@ -235,9 +244,10 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
         "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t or ct["delta_t"], "lr_latent": args.lr_latent or ct["lr_latent"],
                  "latent_optimizer": args.latent_optimizer or ct["latent_optimizer"],
                  "latent_lr_schedule": args.latent_lr_schedule or ct["latent_lr_schedule"],
-                 "data_filter": args.data_filter,
+                 "data_filter": args.data_filter, "n_samples": args.samples,
                  "defaults": dict(ct)},
         "dps": {"steps": args.dps_steps or DPSConfig().iters, "zeta": DPSConfig().zeta},
+        "dds": DDSConfig().to_dict(),
         "sirt_iters": SIRTConfig().iters, "tv_iters": TVConfig().iters,
         "dc": {"weight": DCConfig().dc_weight, "iters": DCConfig().dc_iters},
         "fan_geometry": "source at 2N, detector at N from the axis (pixel units), 360 degrees",
@@ -258,7 +268,8 @@ def settings_markdown(settings: dict, slices: list[str]) -> str:
         f"result), delta_t {bird['delta_t']}, lr_latent {bird['lr_latent']}, latent optimizer "
         f"{bird.get('latent_optimizer', 'adam')} ({bird.get('latent_lr_schedule', 'constant')} rate), data filter exponent {bird.get('data_filter')} "
         f"(the version's BIRD defaults: {bird.get('defaults', bird.get('task_defaults_ct'))}); DPS: {settings['dps']['steps']} steps, zeta "
-        f"{settings['dps']['zeta']}; SIRT {settings['sirt_iters']} and TV {settings['tv_iters']} iterations; "
+        f"{settings['dps']['zeta']}; DDS: {settings.get('dds', 'not run')}; SIRT {settings['sirt_iters']} and TV "
+        f"{settings['tv_iters']} iterations; "
         f"bird+dc: {settings['dc']}.",
         f"- Geometries: parallel {settings['parallel_geometry']}; fan {settings['fan_geometry']}. "
         "The same matrix projector simulates and reconstructs.",
@@ -355,7 +366,8 @@ def benchmark(args, slices, prior, prior_label, device, record) -> None:
                     item = outputs[method][index]
                     scores[method] = score_ct(item["image"], hu, data_range=EVAL_HU_RANGE)
                     per_config[(geometry_kind, views, i0)][method].append(
-                        {"slice": label, **scores[method], "seconds": item["seconds"], "nfe": item["nfe"]})
+                        {"slice": label, **scores[method], **calibration(item, hu), "seconds": item["seconds"],
+                         "nfe": item["nfe"]})
                 if grid is None and index == 0 and views == grid_views and geometry_kind == args.geometry[0] \
                         and i0 == args.noise[0]:
                     grid = {"truth": hu, "images": {m: outputs[m][index]["image"] for m in methods}, "metrics": scores,
@@ -364,7 +376,8 @@ def benchmark(args, slices, prior, prior_label, device, record) -> None:
     for (geometry_kind, views, i0), by_method in per_config.items():
         for method in methods:
             results.append({"geometry": geometry_kind, "views": views, "noise": noise_label(i0), "I0": i0,
-                            "method": method, **summarize(by_method[method]), "per_slice": by_method[method]})
+                            "method": method, **summarize(by_method[method]), **summarize_calibration(by_method[method]),
+                            "per_slice": by_method[method]})
     settings = settings_record(args, prior_label)
     figures = [] if args.no_figures else write_figures(args.out_dir, args.tag, results, grid)
     payload = {"run": record, "settings": settings, "slices": [s[0] for s in slices], "results": results,
@@ -372,6 +385,25 @@ def benchmark(args, slices, prior, prior_label, device, record) -> None:
     json_path, md_path = write_outputs(args.out_dir, args.tag, payload,
                                        ct_markdown(record, settings, [s[0] for s in slices], results, methods, figures, args))
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+
+
+def calibration(item: dict, truth: np.ndarray) -> dict:
+    """``{"spearman", "within_2std"}`` of a result's std map against its error (empty without one)."""
+    from ctbird.metrics import uncertainty_calibration
+    from ctbird.units import EVAL_HU_RANGE
+
+    if item["std"] is None:
+        return {}
+    return uncertainty_calibration(item["image"], item["std"], truth, data_range=EVAL_HU_RANGE)
+
+
+def summarize_calibration(per_slice: list[dict]) -> dict:
+    """Means over the slices of :func:`calibration` (empty when the method has no std map)."""
+    if "within_2std" not in per_slice[0]:
+        return {}
+    spearman = [row["spearman"] for row in per_slice if row["spearman"] is not None]
+    return {"spearman_mean": float(np.mean(spearman)) if spearman else None,
+            "within_2std_mean": float(np.mean([row["within_2std"] for row in per_slice]))}
 
 
 def ct_markdown(record, settings, slices, results, methods, figures, args) -> str:
@@ -393,8 +425,13 @@ def ct_markdown(record, settings, slices, results, methods, figures, args) -> st
     rows = [[r["geometry"], r["noise"], r["views"], r["method"], fmt(r["psnr_mean"], r["psnr_std"]),
              fmt(r["ssim_mean"], r["ssim_std"], 3), fmt(r["rmse_hu_mean"], r["rmse_hu_std"], 1),
              fmt(r["seconds_mean"], None, 2), fmt(r["nfe_mean"], None, 0)] for r in results]
-    lines += [markdown_table(["geometry", "noise", "views", "method", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice",
-                              "NFE / slice"], rows), ""]
+    headers = ["geometry", "noise", "views", "method", "PSNR (dB)", "SSIM", "RMSE (HU)", "s / slice", "NFE / slice"]
+    if any("within_2std_mean" in r for r in results):  # restarts' std maps: do they predict the error?
+        headers += ["std–error Spearman", "error ≤ 2 std"]
+        for row, r in zip(rows, results):
+            row += ["–", "–"] if "within_2std_mean" not in r else [
+                "–" if r["spearman_mean"] is None else fmt(r["spearman_mean"], None, 2), fmt(r["within_2std_mean"], None, 3)]
+    lines += [markdown_table(headers, rows), ""]
     lines += per_slice_markdown(results, methods)
     if figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]

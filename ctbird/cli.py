@@ -460,7 +460,7 @@ def _run_record(result) -> dict[str, Any]:
 
 
 def _reconstruct_metrics(study: _Study, params, acquisition: _Acquisition, prior_label, results) -> dict:
-    from .metrics import score_ct
+    from .metrics import score_ct, uncertainty_calibration
 
     size = acquisition.image_size
     summary: dict[str, Any] = {"input": study.label, **acquisition.settings, "prior": prior_label,
@@ -475,6 +475,9 @@ def _reconstruct_metrics(study: _Study, params, acquisition: _Acquisition, prior
         if acquisition.truth_hu is not None:
             image = _as_numpy(result.image).reshape(-1, size, size)[0]
             entry.update(score_ct(image, acquisition.truth_hu, data_range=EVAL_HU_RANGE))
+            if result.uncertainty is not None:  # does the restarts' std predict the error?
+                entry["uncertainty"] = uncertainty_calibration(image, _reshape_optional(result.uncertainty, size),
+                                                               acquisition.truth_hu, data_range=EVAL_HU_RANGE)
         summary["methods"][method] = entry
     return summary
 

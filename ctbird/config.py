@@ -2,7 +2,7 @@
 
 * :class:`BirdConfig` — BIRD (its defaults are the CT ones; :meth:`BirdConfig.for_task` gives the photograph tasks').
 * :class:`DCConfig` — ``bird+dc``: BIRD's settings plus the data-consistency refinement.
-* :class:`DPSConfig`, :class:`FBPConfig`, :class:`SIRTConfig`, :class:`TVConfig` — the other CT methods.
+* :class:`DPSConfig`, :class:`DDSConfig`, :class:`FBPConfig`, :class:`SIRTConfig`, :class:`TVConfig` — the other CT methods.
 * :data:`PRESETS` — named BIRD budgets: ``full`` (the defaults) and ``cpu-fast`` (50 iterations at ``delta_t=333``,
   about a minute for a 256² slice on a CPU); :func:`resolve_preset` turns ``auto`` into one of them.
 
@@ -267,7 +267,7 @@ class DCConfig(BirdConfig):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DPSConfig(Settings):
     """DPS baseline: ``iters`` sampling steps (``delta_t = 1000 // iters``), guidance ``zeta`` relative to the Lipschitz
-    constant of the measurement model (measured on training slices: ``docs/tuning_dps_cpu-train.md``), DDIM ``eta``."""
+    constant of the measurement model (measured on training slices: ``docs/results/tuning/dps_cpu-train.md``), DDIM ``eta``."""
 
     label: ClassVar[str] = "DPS"
 
@@ -279,6 +279,39 @@ class DPSConfig(Settings):
         self._int("iters")
         self._float("zeta")
         self._float("eta")
+        if self.eta > 1.0:
+            raise self._fail("eta", "in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DDSConfig(Settings):
+    """DDS baseline (Decomposed Diffusion Sampling, Chung, Lee & Ye, ICLR 2024; :mod:`ctbird.methods.dds`).
+
+    Attributes
+    ----------
+    iters : int
+        DDIM sampling steps (``delta_t = 1000 // iters``); one UNet evaluation each.
+    cg_iters : int
+        Conjugate-gradient steps on the data term per sampling step (0: unconditional DDIM).
+    eta : float
+        DDIM stochasticity of the renoising (Song et al.'s eta, in [0, 1]; 0: deterministic).
+    gamma : float
+        Weight of ``||x - x0_hat||^2`` relative to ``||A T||^2`` in the CG problem (0: the plain data term of
+        noiseless DDS; larger stays closer to the denoised estimate, for noisy data).
+    """
+
+    label: ClassVar[str] = "DDS"
+
+    iters: int = 50
+    cg_iters: int = 5
+    eta: float = 1.0
+    gamma: float = 0.0
+
+    def _validate(self) -> None:
+        self._int("iters")
+        self._int("cg_iters", 0)
+        self._float("eta")
+        self._float("gamma")
         if self.eta > 1.0:
             raise self._fail("eta", "in [0, 1]")
 
@@ -324,9 +357,10 @@ class TVConfig(Settings):
 #: Each CT method's settings class (the methods themselves: :data:`ctbird.methods.REGISTRY`).
 METHOD_CONFIGS: Mapping[str, type[Settings]] = MappingProxyType({
     "bird": BirdConfig, "bird+dc": DCConfig, "fbp": FBPConfig, "sirt": SIRTConfig, "tv": TVConfig, "dps": DPSConfig,
+    "dds": DDSConfig,
 })
 
 
-__all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS",
+__all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "DDSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS",
            "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
            "FBP_FILTERS"]

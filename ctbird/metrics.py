@@ -250,4 +250,37 @@ def fov_mask(shape: int | tuple[int, ...]) -> np.ndarray:
     return (yy[:, None] ** 2 + xx[None, :] ** 2) <= (min(h, w) / 2.0) ** 2
 
 
-__all__ = ["psnr", "ssim", "rmse", "rmse_hu", "score_ct", "fov_mask", "SSIM_SETTINGS"]
+def uncertainty_calibration(mean_hu: ArrayLike, std_hu: ArrayLike, truth_hu: ArrayLike, *,
+                            data_range: DataRange) -> dict[str, float | None]:
+    """How well a per-pixel std predicts the actual error of a reconstruction (e.g. BIRD's restarts).
+
+    Parameters
+    ----------
+    mean_hu, std_hu, truth_hu : array or tensor
+        Same shape ``[H, W]``, ``[C, H, W]`` or ``[B, C, H, W]``: the reconstruction, its per-pixel standard deviation
+        (>= 0) and the ground truth, in HU; every pixel counts.
+    data_range : float or (lo, hi)
+        Required, as for :func:`psnr`: a ``(lo, hi)`` tuple clips the reconstruction and the truth to it before the
+        error ``|mean - truth|`` is taken (the std is used as given).
+
+    Returns
+    -------
+    dict
+        ``"spearman"``: Spearman rank correlation between the std and the absolute error over the pixels (ties
+        averaged; ``None`` when either is constant); ``"within_2std"``: the share of pixels whose absolute error is
+        at most twice their std (about 0.95 for Gaussian errors of that std).
+    """
+    from scipy.stats import spearmanr
+
+    xa, ra = _as_batch(mean_hu, truth_hu)
+    std, _ = _as_batch(std_hu, truth_hu)
+    if np.any(std < 0):
+        raise InputError("std_hu must be >= 0 everywhere.")
+    _, xa, ra = _resolve_data_range(data_range, xa, ra)
+    error, std = np.abs(xa - ra).ravel(), std.ravel()
+    constant = np.ptp(error) == 0 or np.ptp(std) == 0
+    return {"spearman": None if constant else float(spearmanr(std, error).statistic),
+            "within_2std": float(np.mean(error <= 2.0 * std))}
+
+
+__all__ = ["psnr", "ssim", "rmse", "rmse_hu", "score_ct", "fov_mask", "uncertainty_calibration", "SSIM_SETTINGS"]

@@ -46,8 +46,8 @@ from .io.atomic import atomic_file, atomic_output_dir, write_text_atomic
 from .io.series import VolumeInput, parse_slices, slice_headers, write_derived_series, write_volume_npy
 from .units import EVAL_HU_RANGE, clip_hu, hu_to_mu, mu_to_hu
 
-#: Methods whose result depends on a random start (latents, DPS noise).
-RANDOM_METHODS = ("bird", "bird+dc", "dps")
+#: Methods whose result depends on a random start (latents, DPS and DDS noise).
+RANDOM_METHODS = ("bird", "bird+dc", "dps", "dds")
 #: Methods ``ctbird.reconstruct`` can only seed per call (one seed for the whole batch), so they run per slice.
 PER_SLICE_SEEDED = RANDOM_METHODS
 #: Upper bound of the automatic batch size.

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from .base import CTProblem, Reconstruction, resize
 from .bird import bird, bird_dc
 from .classical import fbp, sirt, tv
+from .dds import dds
 from .dps import dps
 
 
@@ -41,7 +42,7 @@ class Method:
 
 
 _FUNCTIONS = {"bird": (bird, True), "bird+dc": (bird_dc, True), "fbp": (fbp, False), "sirt": (sirt, False),
-              "tv": (tv, False), "dps": (dps, True)}
+              "tv": (tv, False), "dps": (dps, True), "dds": (dds, True)}
 #: Every CT method by name (the names and settings classes of :data:`ctbird.config.METHOD_CONFIGS`).
 REGISTRY: Mapping[str, Method] = MappingProxyType({
     name: Method(name, config, _FUNCTIONS[name][1], _FUNCTIONS[name][0]) for name, config in METHOD_CONFIGS.items()

@@ -21,7 +21,7 @@ class Reconstruction:
     image : Tensor ``[B, 1, N, N]`` float32
         Reconstruction in HU.
     method : str
-        ``"bird"``, ``"bird+dc"``, ``"fbp"``, ``"sirt"``, ``"tv"`` or ``"dps"``.
+        ``"bird"``, ``"bird+dc"``, ``"fbp"``, ``"sirt"``, ``"tv"``, ``"dps"`` or ``"dds"``.
     mu : Tensor ``[B, 1, N, N]``
         The same in attenuation per pixel length (``mu * pixel_spacing_mm``, the sinogram's units).
     uncertainty : Tensor ``[B, 1, N, N]`` or None
@@ -33,11 +33,11 @@ class Reconstruction:
     loss_history : list of float
         Per-iteration data loss (prior-based methods).
     grad_mode, delta_t : str or None, int or None
-        BIRD/DPS settings (None for classical methods).
+        BIRD/DPS/DDS settings (None for classical methods; DDS: ``grad_mode`` None).
     pixel_spacing_mm : float
         Pixel size assumed for the units.
     solver_result : BirdResult or DPSResult or None
-        The raw solver output.
+        The raw solver output (None for DDS and the classical methods).
     config : ctbird.config.Settings or None
         The settings the method ran with (:meth:`~ctbird.config.Settings.to_dict` for the record).
     info : dict
@@ -113,6 +113,15 @@ class CTProblem:
     def prior_to_hu(self, x0: torch.Tensor) -> torch.Tensor:
         """Prior scale ``[-1, 1]`` -> HU on the ``N x N`` grid (float32)."""
         return unit_to_hu(resize(x0, (self.image_size, self.image_size))).to(torch.float32)
+
+    def measurement_norm(self) -> float:
+        """``d(mu * px) / d(unit) * ||A||``: the Lipschitz constant of ``x0 -> A(prior_to_measured(x0))`` when the
+        prior's size is the grid's (the step-size scale of the prior-based baselines, whatever the pixel spacing and
+        geometry)."""
+        from ..baselines import operator_norm
+
+        slope = float(unit_to_mu(torch.tensor(1.0)) - unit_to_mu(torch.tensor(0.0))) * self.pixel_spacing_mm
+        return slope * operator_norm(self.radon)
 
     def measured_to_hu(self, mu_pixels: torch.Tensor) -> torch.Tensor:
         """Attenuation per pixel length -> HU."""

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-
-from .. import baselines
 from ..config import DPSConfig
 from ..solvers.dps import DPS
-from ..units import unit_to_mu
 from .base import CTProblem, Reconstruction
 
 
 def dps(problem: CTProblem, config: DPSConfig) -> Reconstruction:
     """DPS with the guidance step ``config.zeta`` relative to the measurement model's Lipschitz constant
     (``d(mu * px) / d(unit) * ||A||``), so one setting fits every pixel spacing and geometry."""
-    slope = float(unit_to_mu(torch.tensor(1.0)) - unit_to_mu(torch.tensor(0.0))) * problem.pixel_spacing_mm
-    zeta = config.zeta / (slope * baselines.operator_norm(problem.radon))
+    zeta = config.zeta / problem.measurement_norm()
     out = DPS(problem.prior, problem.radon, steps=config.iters, zeta=zeta, eta=config.eta,
               input_transform=problem.prior_to_measured, callback=problem.callback).run(
         problem.sinogram, generator=problem.generator())

@@ -3,11 +3,13 @@
 Solves ``min_x ||A x - y||^2 + w ||x - x_prior||^2`` with ``w = weight * ||A||^2`` by a few conjugate-gradient
 steps on the normal equations ``(A^T A + w I) x = A^T y + w x_prior``, started at ``x_prior``. The prior's
 image is the anchor; CG moves it toward the measurements mostly along the well-measured directions of ``A``.
+:func:`conjugate_gradient` is the one CG of ctbird (also the data step of the ``dds`` method).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -58,12 +60,33 @@ def refine_data_consistency(y: torch.Tensor, operator: LinearOperator, x_prior: 
         raise InputError(f"y and x_prior must have the same batch size, got {y.shape[0]} and {x_prior.shape[0]}.")
     norm = operator.norm(dtype=x_prior.dtype, device=x_prior.device) if op_norm is None else op_norm
     w = weight * norm ** 2
+    residual = operator.adjoint(y - operator(x_prior))  # b - M x at x = x_prior (the anchor term vanishes)
+    x = conjugate_gradient(lambda v: operator.adjoint(operator(v)) + w * v, x_prior, residual, iters)
+    return x.clamp_min(0.0) if nonneg else x
 
-    def normal(x: torch.Tensor) -> torch.Tensor:
-        return operator.adjoint(operator(x)) + w * x
 
-    x = x_prior.clone()
-    r = operator.adjoint(y - operator(x))  # b - M x at x = x_prior (the anchor term vanishes)
+@torch.no_grad()
+def conjugate_gradient(normal: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, residual: torch.Tensor,
+                       iters: int) -> torch.Tensor:
+    """``iters`` conjugate-gradient steps on ``M x = b`` for a symmetric positive semi-definite ``M``, per sample.
+
+    Parameters
+    ----------
+    normal : callable
+        ``v -> M v`` on tensors ``[B, ...]`` shaped like ``x`` (e.g. ``A^T A v + w v``).
+    x : Tensor ``[B, ...]``
+        Starting point ``x_0``; the iterates stay in ``x_0 + K_iters(M, r_0)`` (a Krylov subspace).
+    residual : Tensor ``[B, ...]``
+        ``r_0 = b - M x_0``.
+    iters : int
+        Steps (each one ``normal`` call); a sample whose residual vanishes stops moving.
+
+    Returns
+    -------
+    Tensor ``[B, ...]``: the last iterate (a new tensor).
+    """
+    x = x.clone()
+    r = residual.clone()
     p = r.clone()
     rs = _dot(r, r)
     for _ in range(iters):
@@ -76,4 +99,4 @@ def refine_data_consistency(y: torch.Tensor, operator: LinearOperator, x_prior: 
         beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
         p = r + beta * p
         rs = rs_new
-    return x.clamp_min(0.0) if nonneg else x
+    return x

@@ -90,4 +90,4 @@ def test_method_settings_classes_are_public():
 
     assert ctbird.BirdConfig is BirdConfig and ctbird.DCConfig is DCConfig and ctbird.PRESETS is PRESETS
     assert {name: method.config for name, method in REGISTRY.items()} == dict(METHOD_CONFIGS)
-    assert [name for name, method in REGISTRY.items() if method.needs_prior] == ["bird", "bird+dc", "dps"]
+    assert [name for name, method in REGISTRY.items() if method.needs_prior] == ["bird", "bird+dc", "dps", "dds"]
