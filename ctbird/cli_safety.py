@@ -32,6 +32,8 @@ from .limits import PRIOR_METHODS, RunEstimate, check_run_fits, estimate_run
 
 #: Files written per slice and method by ``reconstruct`` (NPY, PNG, DICOM, uncertainty).
 OUTPUTS_PER_METHOD = 4
+#: Warnings printed on stderr per run (a series of unusual slices warns once per file); all go to metrics.json.
+MAX_PRINTED_WARNINGS = 10
 
 
 def check_run_limits(*, views: int, detectors: int, image_size: int, methods: Iterable[str], device,
@@ -97,17 +99,25 @@ class RunSafety:
 
     def public(self, value: Any) -> Any:
         """``value`` (``metrics.json``/``config.toml`` content) with inputs and paths removed under ``--anonymize``
-        (:func:`ctbird.io.deid.scrub_paths`); unchanged otherwise."""
-        return scrub_paths(value, self.anonymize, replacements=self._replacements)
+        (:func:`ctbird.io.deid.scrub_paths`); unchanged otherwise. Warnings that became equal (the same note
+        on several files of a series, each now named ``input``) are listed once."""
+        public = scrub_paths(value, self.anonymize, replacements=self._replacements)
+        if isinstance(public, dict) and isinstance(public.get("warnings"), list):
+            public["warnings"] = list(dict.fromkeys(public["warnings"]))
+        return public
 
     # --------------------------------------------------------------- warnings
     def warn(self, messages: Iterable[str]) -> None:
-        """Print each new message as one ``warning: ...`` line on stderr and keep it for ``metrics.json``."""
+        """Print each new message as one ``warning: ...`` line on stderr (the first :data:`MAX_PRINTED_WARNINGS`)
+        and keep it for ``metrics.json``."""
         for message in messages:
             text = " ".join(str(message).split())
             if text and text not in self.warnings:
                 self.warnings.append(text)
-                click.echo(f"warning: {text}", err=True)
+                if len(self.warnings) <= MAX_PRINTED_WARNINGS:
+                    click.echo(f"warning: {text}", err=True)
+                elif len(self.warnings) == MAX_PRINTED_WARNINGS + 1:
+                    click.echo("warning: more warnings are listed in metrics.json", err=True)
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[None]:

@@ -149,7 +149,10 @@ def test_anonymized_run_leaks_no_planted_identifier_in_any_output_byte(tmp_path)
             "comparison.png", "geometry.json", MARKER_NAME} <= set(files)
     assert find_identifiers(out, identifiers) == []  # every byte of every file, PNG text chunks included
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["input"] == "input" and any(w.startswith("input") and "RescaleSlope" in w for w in metrics["warnings"])
+    # one note per file of the series in the terminal; in metrics.json both read "input: ..." and are listed once
+    assert result.stderr.count("RescaleSlope 0.0005") == 2
+    assert metrics["input"] == "input" and len(metrics["warnings"]) == 1
+    assert metrics["warnings"][0].startswith("input: RescaleSlope 0.0005 is unusual for CT")
     assert png_text_chunks((out / "comparison.png").read_bytes()) == []
     fbp, sirt = (pydicom.dcmread(out / f"{m}.dcm") for m in ("fbp", "sirt"))
     assert fbp.PatientIdentityRemoved == "YES" and fbp.BurnedInAnnotation == "NO"
@@ -357,6 +360,16 @@ def test_impossible_npy_values_are_errors(tmp_path, phantom):
     assert "no material reaches" in _one_error_line(_invoke("reconstruct", phantom, "--method", "fbp",
                                                             "--out", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_many_warnings_are_all_recorded_but_printed_up_to_a_bound(capsys):
+    from ctbird.cli_safety import MAX_PRINTED_WARNINGS, RunSafety
+
+    safety = RunSafety(anonymize=False)
+    safety.warn([f"slice {i}: unusual\nslope" for i in range(MAX_PRINTED_WARNINGS + 5)] + ["slice 0: unusual slope"])
+    printed = capsys.readouterr().err.splitlines()
+    assert len(safety.warnings) == MAX_PRINTED_WARNINGS + 5 and safety.warnings[0] == "slice 0: unusual slope"
+    assert len(printed) == MAX_PRINTED_WARNINGS + 1 and printed[-1] == "warning: more warnings are listed in metrics.json"
 
 
 def test_clean_runs_record_no_warnings(tmp_path, phantom):
