@@ -465,7 +465,7 @@ def _cli_child(phase: str, *args) -> subprocess.Popen:
     return child
 
 
-@pytest.mark.parametrize("phase", ["compute", "write"])
+@pytest.mark.parametrize("phase", [pytest.param("compute", marks=pytest.mark.slow), "write"])
 def test_sigterm_during_a_cli_run_leaves_no_debris_and_the_previous_result_intact(tmp_path, phantom, phase):
     out = tmp_path / "out"
     assert _invoke("reconstruct", phantom, "--method", "fbp", "--views", 8, "--out", out, "--quiet").exit_code == 0
