@@ -34,7 +34,9 @@ an explicit ``BurnedInAnnotation = NO``) unless the caller accepts it; the deriv
 Non-DICOM outputs
 -----------------
 :func:`public_input_label` is what outputs (metrics.json, config.toml, figure titles) may say about
-the input; :func:`scrub_paths` removes every path from a mapping written under ``--anonymize``; :func:`identifying_values` lists a source header's identifying values and
+the input; :func:`scrub_paths` removes every path from a mapping written under ``--anonymize`` (and
+replaces the inputs' spellings from :func:`input_path_replacements` inside messages);
+:func:`identifying_values` lists a source header's identifying values and
 :func:`find_identifiers` searches text, mappings, bytes or a whole output folder for them.
 """
 
