@@ -19,6 +19,7 @@ import torch
 
 from .config import RESTORE_TASKS, BirdConfig, Settings
 from .errors import ConfigError, InputError
+from .limits import check_run_fits, check_sizes, estimate_run, validate_device
 from .methods import REGISTRY, CTProblem, Reconstruction, get_method, resize
 from .priors import DiffusionPrior, load_prior
 from .solvers.bird import BIRD, BirdResult
@@ -67,16 +68,28 @@ class Restoration:
 
 # ---------------------------------------------------------------------- helpers
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; raises :class:`ConfigError` for unavailable CUDA."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"Unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} was requested but CUDA is not available; use device='cpu' or 'auto'.")
-    return dev
+    """``"auto"``/``None`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` checked.
+
+    One rule for the API and the CLI (:func:`ctbird.limits.validate_device`): any other device
+    (``"mps"``, ``"meta"``, ``"tpu"``...), CUDA without a GPU or a CUDA index that does not exist raises
+    :class:`ConfigError`.
+    """
+    return validate_device(device)
+
+
+def _check_run_fits(geometry, image_size: int, *, method: str, batch: int, backend: str, device: torch.device,
+                    prior_size: int | None = None) -> None:
+    """Refuse sizes beyond ctbird's caps and runs that cannot fit in memory, before any allocation.
+
+    ``geometry`` may still be malformed (the projector reports that); only its sizes are read here.
+    """
+    views = getattr(geometry, "views", None)
+    detector_count = getattr(geometry, "detector_count", None)
+    if detector_count is None or isinstance(views, bool) or not isinstance(views, int):
+        return
+    estimate = estimate_run(views=views, detectors=int(detector_count(image_size)), image_size=image_size,
+                            method=method, batch=batch, backend=backend, prior_size=prior_size)
+    check_run_fits(estimate, device=device)
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -180,6 +193,9 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     if isinstance(spacing, bool) or not (isinstance(spacing, (int, float)) and math.isfinite(spacing) and spacing > 0):
         raise ConfigError(f"pixel_spacing_mm must be a positive number (mm), got {spacing!r}.")
     dev = resolve_device(device)
+    batch = int(sinogram.shape[0]) if getattr(sinogram, "ndim", 0) == 4 else 1
+    check_sizes(image_size=image_size, batch=max(batch, 1))
+    _check_run_fits(geometry, image_size, method=method, batch=max(batch, 1), backend=radon_backend, device=dev)
     radon = Radon(geometry, image_size, backend=radon_backend, channels=1, device=dev)
     y = _ct_sinogram(sinogram, radon.out_shape).to(dev)
     model = None
@@ -274,8 +290,12 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         raise ConfigError("restore() needs prior=: a diffusers folder or hub id holding a photograph UNet2DModel.")
     y = _photo(image)
     dev = resolve_device(device)
-    model = _prior_on(prior, dev)
     batch, channels, height, width = y.shape
+    side = max(height, width) * (_check_int("sr_factor", sr_factor, 2) if task == "sr" else 1)
+    check_sizes(image_size=side, batch=batch)
+    model = _prior_on(prior, dev)
+    check_run_fits(estimate_run(views=1, detectors=1, image_size=side, method="bird", batch=batch, backend="none",
+                                prior_size=model.image_size), device=dev)
     if channels != model.channels:
         raise InputError(f"The image has {channels} channels but the prior expects {model.channels}; convert it "
                          "(e.g. grayscale -> repeat to RGB) or use a matching prior.")

@@ -177,15 +177,17 @@ def _as_numpy(value) -> np.ndarray | None:
     return np.asarray(value, dtype=np.float32)
 
 
-def _default_out(input_path: Path) -> Path:
+def _default_out(input_path: Path, anonymize: bool = False) -> Path:
     stem = input_path.name if input_path.is_dir() else input_path.stem
-    return Path.cwd() / "ctbird-out" / (stem or "input")
+    # under --anonymize the default folder is not named after the input (file names are often the patient's)
+    return Path.cwd() / "ctbird-out" / ("input" if anonymize else stem or "input")
 
 
-def _check_out(out: str | None, input_paths: list[Path], force: bool) -> Path:
+def _check_out(out: str | None, input_paths: list[Path], force: bool, anonymize: bool = False) -> Path:
     from .io import check_output_dir
 
-    return check_output_dir(out if out else _default_out(input_paths[0]), force=force, inputs=tuple(input_paths))
+    return check_output_dir(out if out else _default_out(input_paths[0], anonymize), force=force,
+                            inputs=tuple(input_paths))
 
 
 # ----------------------------------------------------------------------------------- the group
@@ -242,12 +244,15 @@ def _pick_slice(stack: np.ndarray, choice: int | None, label: str) -> int:
     return index
 
 
-def _load_study(input_path: Path, params: dict[str, Any]) -> _Study:
+def _load_study(input_path: Path, params: dict[str, Any], safety) -> _Study:
+    """Read INPUT (``safety``: a :class:`ctbird.cli_safety.RunSafety` naming it and checking its header)."""
     from .io import read_dicom, read_image, read_sinogram
     from .io.images import IMAGE_SUFFIXES
+    from .io.plausibility import check_hu_values
     from .io.sinogram import default_image_size, read_geometry_file
 
     suffix = input_path.suffix.lower()
+    label = safety.label(input_path)
     if not input_path.exists():
         raise InputError(f"{input_path} does not exist; pass a DICOM file/folder, PNG, NPY image or sinogram.")
     if params["geometry_file"]:
@@ -258,13 +263,14 @@ def _load_study(input_path: Path, params: dict[str, Any]) -> _Study:
         if data.ndim == 3:
             data = data[_pick_slice(data, params["slice"], str(input_path))]
         spacing = geometry.pixel_spacing or 1.0
-        return _Study(label=str(input_path), input_paths=[input_path, Path(params["geometry_file"])], sinogram=data,
+        safety.label(params["geometry_file"], index=2)
+        return _Study(label=label, input_paths=[input_path, Path(params["geometry_file"])], sinogram=data,
                       geometry=geometry, image_size=image_size or default_image_size(geometry), spacing_mm=(spacing, spacing))
     if suffix in IMAGE_SUFFIXES:
         image = read_image(input_path)
         grey = image[0] if image.shape[0] == 1 else image.mean(axis=0)
         lo, hi = EVAL_HU_RANGE
-        return _Study(label=str(input_path), input_paths=[input_path], hu=(lo + (hi - lo) * grey).astype(np.float32),
+        return _Study(label=label, input_paths=[input_path], hu=(lo + (hi - lo) * grey).astype(np.float32),
                       notes={"png_to_hu": f"grey [0, 1] mapped linearly to {list(EVAL_HU_RANGE)} HU"})
     if suffix in NUMPY_SUFFIXES:
         try:
@@ -286,11 +292,14 @@ def _load_study(input_path: Path, params: dict[str, Any]) -> _Study:
         stack = array.astype(np.float32)[None] if array.ndim == 2 else array.astype(np.float32)
         if not np.isfinite(stack).all():
             raise InputError(f"{input_path} contains NaN or infinite values.")
+        check_hu_values(stack, str(input_path))
         index = _pick_slice(stack, params["slice"], str(input_path))
-        return _Study(label=str(input_path), input_paths=[input_path], hu=stack[index], notes={"slice": index})
+        return _Study(label=label, input_paths=[input_path], hu=stack[index], notes={"slice": index})
     volume = read_dicom(input_path, series_uid=params.get("series"))
+    safety.hide_paths(volume.source_paths, label)  # the files of a series folder are named in warnings
+    safety.check_burned_in(volume.datasets, source=str(input_path))
     index = _pick_slice(volume.hu, params["slice"], str(input_path))
-    return _Study(label=str(input_path), input_paths=[input_path], hu=volume.hu[index], spacing_mm=volume.pixel_spacing_mm,
+    return _Study(label=label, input_paths=[input_path], hu=volume.hu[index], spacing_mm=volume.pixel_spacing_mm,
                   source_header=volume.header(index), notes={"slice": index, "slices": volume.n_slices})
 
 
@@ -326,9 +335,13 @@ def _load_study(input_path: Path, params: dict[str, Any]) -> _Study:
 @click.option("--window", default="wide", show_default=True,
               help=f"Display window of the PNGs: {'|'.join(WINDOWS)} or LO,HI in HU.")
 @click.option("--anonymize/--no-anonymize", default=False, show_default=True,
-              help="Strip patient identity from the output DICOM.")
+              help="De-identify every output: DICOM by the PS3.15 Basic Profile; no input name or path in "
+                   "metrics.json, config.toml or figures (docs/security.md).")
+@click.option("--accept-burned-in-annotation", is_flag=True, default=False,
+              help="With --anonymize: process a source that declares text burned into its pixels (outputs then "
+                   "say BurnedInAnnotation YES); refused without it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default ./ctbird-out/<input stem>).")
-@click.option("--force", is_flag=True, default=False, help="Replace an existing non-empty output folder.")
+@click.option("--force", is_flag=True, default=False, help="Replace an existing ctbird output folder.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bars or summary.")
 @click.option("--config", type=click.Path(path_type=Path), default=None,
               help="TOML file with any of these options (flags given here override it) and tables of method "
@@ -357,7 +370,9 @@ def _method_settings(method: str, params: dict[str, Any], table: dict[str, Any] 
 
 
 def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dict[str, Any]]) -> None:
+    from .cli_safety import RunSafety
     from .io import atomic_output_dir, resolve_window
+    from .limits import check_dose, check_sizes
 
     methods = _parse_methods(params["method"])
     window = resolve_window(params["window"])
@@ -365,11 +380,19 @@ def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dic
     params["preset"] = resolve_preset(params["preset"], device)
     configs = {method: _method_settings(method, params, tables.get(method)) for method in methods}
     quiet = params["quiet"]
+    safety = RunSafety(params["anonymize"], params["accept_burned_in_annotation"])
+    if not params["geometry_file"]:
+        check_sizes(views=params["views"])
+    safety.hide([params["series"]] if params["series"] else [])
     input_path = input_path.expanduser()
     inputs = [input_path] + ([Path(params["geometry_file"])] if params["geometry_file"] else [])
-    out = _check_out(params["out"], inputs, params["force"])
-    study = _load_study(input_path, params)
+    out = _check_out(params["out"], inputs, params["force"], params["anonymize"])
+    with safety.collecting():
+        study = _load_study(input_path, params, safety)
+    if study.sinogram is None:
+        safety.warn(check_dose(params["dose"]))
     prior, prior_label = _load_prior(params["prior"], methods, device)
+    _check_reconstruct_limits(study, params, prior, methods, device, out)
     acquisition = _acquire(study, params, prior)
 
     from . import api
@@ -386,8 +409,9 @@ def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dic
                 seed=params["seed"], device=device, callback=callback)
 
     summary = _reconstruct_metrics(study, params, acquisition, prior_label, results)
+    summary["warnings"] = safety.warnings
     with atomic_output_dir(out, force=params["force"]) as staging:
-        _write_reconstruct_outputs(staging, study, params, results, summary, acquisition, window, configs)
+        _write_reconstruct_outputs(staging, study, params, results, summary, acquisition, window, configs, safety)
     if not quiet:
         click.echo(f"Wrote {', '.join(methods)} results to {out}", err=True)
 
@@ -417,16 +441,37 @@ class _Acquisition:
     settings: dict[str, Any]
 
 
+def _working_grid(study: _Study, params: dict[str, Any], prior) -> tuple[Any, int]:
+    """``(geometry, image_size)`` the methods will work on: the measured sinogram's, or the simulation's (on the
+    prior's grid, else at most ``DEFAULT_WORKING_SIZE``)."""
+    if study.sinogram is not None:
+        return study.geometry, study.image_size
+    from .simulate import simulation_geometry
+
+    size = prior.image_size if prior is not None else min(DEFAULT_WORKING_SIZE, max(study.hu.shape))
+    return simulation_geometry(params["geometry"], params["views"], size), size
+
+
+def _check_reconstruct_limits(study: _Study, params: dict[str, Any], prior, methods: list[str], device: str,
+                              out: Path) -> None:
+    """Refuse, before simulating or reconstructing, a run whose memory or disk estimate cannot fit."""
+    from .cli_safety import check_run_limits
+
+    geometry, size = _working_grid(study, params, prior)
+    check_run_limits(views=geometry.views, detectors=geometry.detector_count(size), image_size=size, methods=methods,
+                     device=device, out=out, prior_size=prior.image_size if prior is not None else None)
+
+
 def _acquire(study: _Study, params: dict[str, Any], prior) -> _Acquisition:
-    """Simulate the acquisition of an image (on the prior's grid, else at most ``DEFAULT_WORKING_SIZE``), or wrap the
-    measured sinogram."""
+    """Simulate the acquisition of an image on the working grid (:func:`_working_grid`), or wrap the measured
+    sinogram."""
     import torch
 
     if study.sinogram is None:
         from .simulate import simulate
 
         height, width = study.hu.shape
-        size = prior.image_size if prior is not None else min(DEFAULT_WORKING_SIZE, max(height, width))
+        _, size = _working_grid(study, params, prior)
         simulated = simulate(study.hu, views=params["views"], image_size=size, pixel_spacing_mm=study.spacing_mm,
                              geometry=params["geometry"], dose=params["dose"], seed=params["seed"])
         return _Acquisition(simulated.sinogram, simulated.geometry, size, simulated.pixel_spacing_mm,
@@ -483,7 +528,7 @@ def _reconstruct_metrics(study: _Study, params, acquisition: _Acquisition, prior
 
 
 def _write_reconstruct_outputs(staging: Path, study: _Study, params, results, summary, acquisition: _Acquisition,
-                               window, configs: dict[str, Settings]) -> None:
+                               window, configs: dict[str, Settings], safety) -> None:
     from pydicom.uid import generate_uid
 
     from .figures import comparison_figure
@@ -497,9 +542,9 @@ def _write_reconstruct_outputs(staging: Path, study: _Study, params, results, su
         np.save(staging / f"{method}.npy", image.astype(np.float32))
         write_png(image, staging / f"{method}.png", window=window)
         write_derived_dicom(image, study.source_header, staging / f"{method}.dcm", method_name=method,
-                            pixel_spacing_mm=acquisition.output_spacing_mm, anonymize=params["anonymize"],
-                            series_uid=generate_uid(), window=window,
-                            description=f"ctbird {method} reconstruction from {summary['views']} views")
+                            pixel_spacing_mm=acquisition.output_spacing_mm, series_uid=generate_uid(), window=window,
+                            description=f"ctbird {method} reconstruction from {summary['views']} views",
+                            **safety.dicom_options())
         if stds[method] is not None:
             std = from_working_size(stds[method], acquisition.output_shape)
             np.save(staging / f"{method}_std.npy", std.astype(np.float32))
@@ -507,13 +552,14 @@ def _write_reconstruct_outputs(staging: Path, study: _Study, params, results, su
     measured = _as_numpy(sinogram).reshape(-1, *sinogram.shape[-2:])[0]
     np.save(staging / "sinogram.npy", measured)
     write_text_atomic(staging / "geometry.json", json.dumps(summary["geometry"], indent=2) + "\n")
-    write_text_atomic(staging / "metrics.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    public_summary = safety.public(json.loads(json.dumps(summary, default=_json_default)))
+    write_text_atomic(staging / "metrics.json", json.dumps(public_summary, indent=2) + "\n")
     figure = comparison_figure(images, reference=acquisition.truth_hu, window=window, metrics=summary["methods"],
                                uncertainty=stds, sinogram=measured, error_range=CT_ERROR_RANGE_HU,
-                               title=f"{Path(study.label).name}: {summary['views']} views")
+                               title=f"{study.label}: {summary['views']} views")
     (staging / "comparison.png").write_bytes(figure)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k not in ("config",)}
-    write_text_atomic(staging / "config.toml", to_toml({"input": study.label, **options},
+    write_text_atomic(staging / "config.toml", to_toml(safety.public({"input": study.label, **options}),
                                                        header="ctbird reconstruct: resolved configuration",
                                                        tables={m: c.to_dict() for m, c in configs.items()}))
 
@@ -545,8 +591,10 @@ def _json_default(value):
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: the task's own).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--anonymize/--no-anonymize", default=False, show_default=True,
+              help="Name no input file or path in metrics.json, config.toml or the figure (docs/security.md).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default ./ctbird-out/<image stem>).")
-@click.option("--force", is_flag=True, default=False, help="Replace an existing non-empty output folder.")
+@click.option("--force", is_flag=True, default=False, help="Replace an existing ctbird output folder.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bars or summary.")
 @click.option("--config", type=click.Path(path_type=Path), default=None,
               help="TOML file with any of these options and a [bird] table of BIRD settings (ctbird.config).")
@@ -600,10 +648,21 @@ def _restore_operator_inputs(params: dict[str, Any], shape: tuple[int, int]):
     return kernel, mask
 
 
+def _kernel_file(text: str | None) -> str | None:
+    """``--kernel`` when it names a file (not a Gaussian sigma)."""
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return text
+    return None
+
+
 def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | None) -> None:
     import torch
 
+    from .cli_safety import RunSafety
     from .io import atomic_output_dir, read_image, write_png, write_text_atomic
+    from .limits import check_sizes
 
     if params["task"] is None:
         raise ConfigError(f"--task is required: one of {', '.join(RESTORE_TASKS)}.")
@@ -613,9 +672,17 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         raise ConfigError("--prior is required for restore: a diffusers folder or hub id of a photograph prior.")
     device = _resolve_device(params["device"])
     inputs = [image_path] + ([Path(params["reference"])] if params["reference"] else [])
-    out = _check_out(params["out"], inputs, params["force"])
-    observed = read_image(image_path)
-    reference = read_image(params["reference"]) if params["reference"] else None
+    out = _check_out(params["out"], inputs, params["force"], params["anonymize"])
+    safety = RunSafety(params["anonymize"])
+    label = safety.label(image_path)
+    for index, extra_input in enumerate((params["reference"], params["mask"], _kernel_file(params["kernel"])), start=2):
+        if extra_input is not None:
+            safety.label(extra_input, index=index)
+    with safety.collecting():
+        observed = read_image(image_path)
+        reference = read_image(params["reference"]) if params["reference"] else None
+    factor = params["sr_factor"] if params["task"] == "sr" else 1
+    check_sizes(image_size=max(observed.shape[-2:]) * factor)
     kernel_arg, mask_arg = _restore_operator_inputs(params, observed.shape[-2:])
     from .priors import load_prior
 
@@ -630,7 +697,7 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
                              seed=params["seed"], device=device, callback=callback)
     restored = _as_numpy(result.image)[0]
     kernel = _as_numpy(result.kernel)
-    summary: dict[str, Any] = {"input": str(image_path), "task": params["task"], "blind": params["blind"],
+    summary: dict[str, Any] = {"input": label, "task": params["task"], "blind": params["blind"],
                                "prior": str(params["prior"]), "seed": params["seed"],
                                "seconds": round(result.seconds, 3), "nfe": result.nfe,
                                "settings": result.config.to_dict()}
@@ -646,6 +713,7 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         summary["psnr"] = psnr(restored, reference, data_range=(0.0, 1.0))
         if min(restored.shape[-2:]) >= 11:
             summary["ssim"] = ssim(restored, reference, data_range=(0.0, 1.0))
+    summary["warnings"] = safety.warnings
     with atomic_output_dir(out, force=params["force"]) as staging:
         np.save(staging / "restored.npy", restored.astype(np.float32))
         write_png(restored, staging / "restored.png")
@@ -665,11 +733,12 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         images = {"observed": observed if observed.shape[-2:] == restored.shape[-2:] else None, "restored": restored}
         figure = comparison_figure({k: v for k, v in images.items() if v is not None}, reference=reference,
                                    window=(0.0, 1.0), metrics=metrics, extra=extra, unit="[0,1]", error_range=0.25,
-                                   title=f"{image_path.name}: {params['task']}")
+                                   title=f"{label}: {params['task']}")
         (staging / "comparison.png").write_bytes(figure)
-        write_text_atomic(staging / "metrics.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+        public_summary = safety.public(json.loads(json.dumps(summary, default=_json_default)))
+        write_text_atomic(staging / "metrics.json", json.dumps(public_summary, indent=2) + "\n")
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k != "config"}
-        write_text_atomic(staging / "config.toml", to_toml({"input": str(image_path), **options},
+        write_text_atomic(staging / "config.toml", to_toml(safety.public({"input": label, **options}),
                                                            header="ctbird restore: resolved configuration",
                                                            tables={"bird": result.config.to_dict()}))
     if not params["quiet"]:

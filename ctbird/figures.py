@@ -6,13 +6,17 @@ import io
 
 import numpy as np
 
+#: PNG text chunks of ctbird figures: none (no software string, no title or path in metadata), so that an
+#: anonymized run's figures carry nothing but pixels.
+PNG_METADATA = {"Software": None}
+
 
 def comparison_figure(images: dict[str, np.ndarray], *, reference: np.ndarray | None = None,
                       window: tuple[float, float] = (0.0, 1.0), metrics: dict[str, dict] | None = None,
                       uncertainty: dict[str, np.ndarray] | None = None, sinogram: np.ndarray | None = None,
                       extra: dict[str, np.ndarray] | None = None, title: str | None = None,
                       unit: str = "HU", error_range: float | None = None) -> bytes:
-    """PNG bytes of a grid: reference, each result (with PSNR/SSIM in the title), error maps,
+    """PNG bytes (no text chunks) of a grid: reference, each result (with PSNR/SSIM in the title), error maps,
     uncertainty maps, the measured sinogram and extra panels (e.g. an estimated blur kernel).
 
     Parameters
@@ -85,6 +89,6 @@ def comparison_figure(images: dict[str, np.ndarray], *, reference: np.ndarray | 
     if title:
         figure.suptitle(title, fontsize=10)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", metadata=PNG_METADATA)
     return buffer.getvalue()
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
+from .limits import check_run_fits, check_sizes, estimate_run
 
 #: Simulated beam geometries (:func:`simulation_geometry`).
 GEOMETRY_KINDS = ("parallel", "fan")
@@ -138,11 +139,16 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
     if isinstance(geometry, str):
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"views must be an integer >= 1, got {views!r}.")
+        check_sizes(views=views, image_size=image_size)
         geometry = simulation_geometry(geometry, views, image_size)
     else:
         if views is not None and views != geometry.views:
             raise ConfigError(f"views={views} disagrees with the geometry's {geometry.views} views.")
         geometry = geometry if geometry.detectors else geometry.resolved(image_size)
+    # sizes beyond the caps or a system matrix that cannot fit: a ConfigError before any allocation
+    check_sizes(views=geometry.views, detectors=geometry.detectors, image_size=image_size)
+    check_run_fits(estimate_run(views=geometry.views, detectors=geometry.detectors, image_size=image_size,
+                                backend=radon_backend, outputs_per_slice=0))
 
     truth, _ = working_slices(array, image_size)
     pixel_mm = working_pixel_spacing(spacing, array.shape, image_size)

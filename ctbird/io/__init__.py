@@ -2,8 +2,8 @@
 
 from .atomic import (atomic_file, atomic_output_dir, check_output_dir, remove_stale_debris, write_bytes_atomic,
                      write_text_atomic)
-from .deid import (Deidentifier, check_burned_in_annotation, find_identifiers, identifying_values, public_input_label,
-                   scrub_paths)
+from .deid import (Deidentifier, check_burned_in_annotation, find_identifiers, identifying_values,
+                   input_path_replacements, public_input_label, scrub_paths)
 from .dicom import CTVolume, read_dicom, write_derived_dicom
 from .plausibility import PlausibilityWarning, collect_warnings
 from .images import from_working_size, read_image, resolve_window, to_working_size, working_pixel_spacing, write_png
@@ -16,6 +16,6 @@ __all__ = [
     "atomic_file", "atomic_output_dir", "check_output_dir", "remove_stale_debris", "write_bytes_atomic",
     "write_text_atomic",
     "Deidentifier", "check_burned_in_annotation", "public_input_label", "identifying_values", "find_identifiers",
-    "scrub_paths",
+    "scrub_paths", "input_path_replacements",
     "PlausibilityWarning", "collect_warnings",
 ]

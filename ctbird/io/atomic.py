@@ -43,6 +43,30 @@ MARKER_FORMAT = 1
 LEGACY_DEBRIS_AGE_S = 600.0
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_mode(fd_or_path, *, folder: bool) -> None:
+    """Give a ``tempfile`` file (0600) or folder (0700) the permissions a plain ``open``/``mkdir`` would have:
+    results are shared like any other file, not private to the user."""
+    mode = (0o777 if folder else 0o666) & ~_umask()
+    with contextlib.suppress(OSError):
+        if isinstance(fd_or_path, int):
+            os.fchmod(fd_or_path, mode)
+        else:
+            os.chmod(fd_or_path, mode)
+
+
 def describe_os_error(exc: OSError, path: str | os.PathLike) -> str:
     """One line saying why ``path`` cannot be written and what to do."""
     code = exc.errno
@@ -78,6 +102,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise OutputError(describe_os_error(exc, target)) from exc
+    _ordinary_mode(fd, folder=False)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -204,8 +229,8 @@ def check_output_dir(out: str | os.PathLike, *, force: bool, inputs: tuple[str |
     """Validate an output folder before any work is done (and remove debris of killed runs beside it).
 
     Refuses an output folder that contains (or is inside) an input, a path that is an existing file,
-    a mount point, an existing non-empty folder unless ``force``, and with ``force`` a folder that
-    ctbird did not write (see :func:`foreign_entries`).
+    a path whose parent is a file, read-only or not writable, a mount point, an existing non-empty folder
+    unless ``force``, and with ``force`` a folder that ctbird did not write (see :func:`foreign_entries`).
 
     Returns
     -------
@@ -222,6 +247,7 @@ def check_output_dir(out: str | os.PathLike, *, force: bool, inputs: tuple[str |
     remove_stale_debris(out_path)
     if out_path.exists() and not out_path.is_dir():
         raise OutputError(f"Output path {out_path} exists and is not a folder; choose another --out.")
+    _check_parent_writable(out_path)
     if out_path.is_dir() and os.path.ismount(out_path):
         raise OutputError(f"{out_path} is a mount point; ctbird replaces --out as a whole, so pass a folder inside "
                           "it as --out.")
@@ -234,6 +260,25 @@ def check_output_dir(out: str | os.PathLike, *, force: bool, inputs: tuple[str |
     if non_empty:
         _replaceable(out_path)
     return out_path
+
+
+def _check_parent_writable(out_path: Path) -> None:
+    """Raise unless the folder that will hold ``out_path`` (its first existing ancestor) can take new entries.
+
+    ctbird creates the staging folder and renames it there, so a file on the way, a read-only file system
+    or a folder without write permission would only fail after all the work: refuse them now.
+    """
+    probe = out_path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"Cannot create {out_path}: {probe} is a file, not a folder; choose another --out.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        read_only = False
+        with contextlib.suppress(OSError, AttributeError):
+            read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        code = errno.EROFS if read_only else errno.EACCES
+        raise OutputError(describe_os_error(OSError(code, os.strerror(code), str(probe)), out_path))
 
 
 class _Terminated(SystemExit):
@@ -293,6 +338,7 @@ def atomic_output_dir(out: str | os.PathLike, *, force: bool) -> Iterator[Path]:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.{os.getpid()}.", suffix=".partial",
                                         dir=out_path.parent))
+        _ordinary_mode(staging, folder=True)
     except OSError as exc:
         raise OutputError(describe_os_error(exc, out_path)) from exc
     with _signals_become_exceptions() as state:

@@ -34,7 +34,9 @@ an explicit ``BurnedInAnnotation = NO``) unless the caller accepts it; the deriv
 Non-DICOM outputs
 -----------------
 :func:`public_input_label` is what outputs (metrics.json, config.toml, figure titles) may say about
-the input; :func:`scrub_paths` removes every path from a mapping written under ``--anonymize``; :func:`identifying_values` lists a source header's identifying values and
+the input; :func:`scrub_paths` removes every path from a mapping written under ``--anonymize`` (and
+replaces the inputs' spellings from :func:`input_path_replacements` inside messages);
+:func:`identifying_values` lists a source header's identifying values and
 :func:`find_identifiers` searches text, mappings, bytes or a whole output folder for them.
 """
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -288,26 +291,81 @@ def public_input_label(path: str | os.PathLike | None, anonymize: bool, *, index
 REMOVED_PATH = "<removed by --anonymize>"
 
 
-def scrub_paths(value, anonymize: bool):
+def input_path_replacements(paths: Iterable[str | os.PathLike], label: str) -> dict[str, str]:
+    """Every spelling of ``paths`` in messages (as given, expanded, absolute, resolved, file name) -> ``label``.
+
+    For :func:`scrub_paths` ``replacements``: warnings and notes name the input file, which can be the
+    patient's name. A bare file name shorter than 4 characters is left out (it would match parts of words).
+    """
+    found: dict[str, str] = {}
+    for item in paths:
+        path = Path(item)
+        spellings = {str(item), str(path), str(path.expanduser()), str(path.expanduser().absolute())}
+        try:
+            spellings.add(str(path.expanduser().resolve()))
+        except (OSError, RuntimeError):
+            pass
+        if len(path.name) >= 4:
+            spellings.add(path.name)
+        found.update({text: label for text in spellings if text not in ("", ".", "..")})
+    return found
+
+
+def scrub_paths(value, anonymize: bool, *, replacements: Mapping[str, str] | None = None):
     """A copy of ``value`` (mapping/list/str...) with every path-like string replaced when ``anonymize``.
 
     For ``metrics.json`` and ``config.toml``: input, output, geometry and prior paths can name the patient.
-    A string counts as a path when it contains a path separator, starts with ``~`` or names an existing
-    file or folder; keys are kept, other values are returned unchanged. Without ``anonymize`` ``value`` is
-    returned as it is.
+
+    * ``replacements`` (``{text: public text}``, e.g. :func:`input_path_replacements`) are applied inside
+      every string first, longest first (texts under 4 characters only to a whole value): a warning
+      ``"/data/Doe/x.dcm: RescaleSlope ..."`` becomes ``"input: RescaleSlope ..."``.
+    * A string then counts as a path (and is replaced by :data:`REMOVED_PATH` as a whole) when it is one
+      word holding a path separator, or starts with ``/``, ``\\``, ``~`` or a drive letter, or names an
+      existing file or folder.
+    * In other text (messages, notes) every word that looks like a path (starts like one above, or holds
+      a separator and a file suffix: ``a/b.dcm``) is replaced; ``PSNR/SSIM`` stays.
+
+    Keys are kept, non-string values are returned unchanged. Without ``anonymize`` ``value`` is returned
+    as it is.
     """
     if not anonymize:
         return value
-    if isinstance(value, Mapping):
-        return {key: scrub_paths(item, anonymize) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(scrub_paths(item, anonymize) for item in value)
-    if isinstance(value, os.PathLike):
-        return REMOVED_PATH
-    if isinstance(value, str) and ("/" in value or "\\" in value or value.startswith("~")
-                                   or (value not in ("", ".", "..") and _looks_like_path(value))):
-        return REMOVED_PATH
-    return value
+    ordered = sorted((replacements or {}).items(), key=lambda kv: -len(kv[0]))
+
+    def scrub(item):
+        if isinstance(item, Mapping):
+            return {key: scrub(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return type(item)(scrub(inner) for inner in item)
+        if isinstance(item, os.PathLike):
+            return REMOVED_PATH
+        if not isinstance(item, str):
+            return item
+        text = item
+        for needle, public in ordered:
+            # short spellings (a relative "a.np") are replaced only as a whole value, not inside words
+            text = text.replace(needle, public) if len(needle) >= 4 else (public if text == needle else text)
+        if _starts_like_path(text) or (not any(c.isspace() for c in text) and ("/" in text or "\\" in text)) \
+                or (text not in ("", ".", "..") and _looks_like_path(text)):
+            return REMOVED_PATH
+        words = text.split(" ")
+        return " ".join(REMOVED_PATH if _word_looks_like_path(word) else word for word in words)
+
+    return scrub(value)
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _starts_like_path(text: str) -> bool:
+    return text.startswith(("/", "\\", "~")) or bool(_DRIVE.match(text))
+
+
+def _word_looks_like_path(word: str) -> bool:
+    bare = word.strip("'\"()[]{},;:")
+    if _starts_like_path(bare):
+        return True
+    return ("/" in bare or "\\" in bare) and bool(re.search(r"\.[A-Za-z0-9]{1,5}$", bare))
 
 
 #: Header attributes whose values identify a patient, study or site (searched for by :func:`identifying_values`).

@@ -125,8 +125,8 @@ def _load_array(path: Path) -> np.ndarray:
         raise InputError(f"Sinogram file {path} does not exist; pass a .npy or .npz file.")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+        if suffix == ".npy":  # memory-mapped: the shape is checked before the data is read
+            return np.load(path, allow_pickle=False, mmap_mode="r")
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 names = list(archive.files)
@@ -172,12 +172,19 @@ def read_sinogram(path: str | os.PathLike, geometry_path: str | os.PathLike) -> 
     if array.dtype.kind not in "fiu" or array.ndim not in (2, 3) or min(array.shape, default=0) < 1:
         raise InputError(f"{file}: expected a real [views, detectors] or [slices, views, detectors] array, "
                          f"got dtype {array.dtype} shape {array.shape}.")
-    data = array.astype(np.float32)
-    check_sinogram_values(data, str(file))
-    views, detectors = data.shape[-2:]
+    views, detectors = array.shape[-2:]
     if geometry.detectors is None:
         geometry = geometry.resolved(image_size) if image_size is not None else replace(geometry, detectors=detectors)
     if (views, detectors) != (geometry.views, geometry.detectors):
         raise InputError(f"{file} has {views} views x {detectors} detectors but the geometry {geometry_path} "
                          f"says {geometry.views} views x {geometry.detectors} detectors; they must match.")
+    try:
+        check_sizes(slices=array.shape[0] if array.ndim == 3 else 1)
+    except ConfigError as exc:
+        raise InputError(f"{file}: {exc}") from exc
+    try:
+        data = np.array(array, dtype=np.float32)
+    except (ValueError, OSError) as exc:  # a memory-mapped file truncated after its header was read
+        raise InputError(f"{file} is not a readable NumPy file ({_one_line(exc)}); it may be truncated.") from exc
+    check_sinogram_values(data, str(file))
     return data, geometry
