@@ -10,8 +10,10 @@ streams), results go to the work folder, and :class:`VolumeResult` reads them ba
 Determinism: slices are cut into batches of ``batch_size`` consecutive selected slices, the same batches whatever
 the number of processes; batch ``k`` runs on rank ``k % world_size``. Prior-based methods draw slice ``i``'s
 latent from ``seed + i`` (``i`` the slice's index in the whole volume), so a result depends neither on the batch
-nor on the number of processes. (Until :func:`ctbird.reconstruct` accepts one seed per batch item they run one slice
-per call; see ``PER_SLICE_SEEDED``.)
+nor on the number of processes (``ctbird.reconstruct(seed=[...])``: one generator per batch item). A batch is only
+ever computed whole (resuming redoes a partly finished batch), so a result is also bitwise the same whatever the
+number of processes or interruptions; only a different ``batch_size`` changes the floating-point reduction order
+of the batched UNet calls (about 1e-5 on the prior's scale).
 
 Scale-out: under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) or with ``torch.distributed`` already
 initialised, each rank reconstructs its batches (gloo on CPU, NCCL on CUDA with ``device = cuda:LOCAL_RANK``)
@@ -22,7 +24,7 @@ half-written output).
 Consistency between slices: :func:`refine_z_tv` is a data-consistency step with total variation along z
 (as DiffusionMBIR's), and :func:`slice_consistency` measures axial/coronal/sagittal PSNR and the z-gradient error.
 
-``tests/helpers/volume_driver.py`` drives it end to end (also under ``torchrun``) until the CLI is wired.
+``ctbird reconstruct --slices`` (:mod:`ctbird.cli_volume`) drives it from the command line, also under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,6 @@ from .units import EVAL_HU_RANGE, clip_hu, hu_to_mu, mu_to_hu
 
 #: Methods whose result depends on a random start (latents, DPS noise).
 RANDOM_METHODS = ("bird", "bird+dc", "dps")
-#: Methods ``ctbird.reconstruct`` can only seed per call (one seed for the whole batch), so they run per slice.
-PER_SLICE_SEEDED = RANDOM_METHODS
 #: Upper bound of the automatic batch size.
 MAX_AUTO_BATCH = 64
 SETTINGS_FILE = "settings.json"
@@ -426,10 +426,11 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         Slice ``i`` (index in the whole stack) is seeded with ``seed + i``.
     batch_size : int or None
         Slices per :func:`ctbird.reconstruct` call; ``None`` = the recorded one when resuming, else
-        :func:`auto_batch_size`. Batches are the same for any number of processes. Prior-based methods still run
-        one slice per call inside a batch (``PER_SLICE_SEEDED``) until ``ctbird.reconstruct`` takes per-item seeds.
+        :func:`auto_batch_size`. Batches are the same for any number of processes; each is one
+        :func:`ctbird.reconstruct` call.
     resume : bool
-        Continue the run recorded in ``work_dir`` (skipping finished slices); its settings must match.
+        Continue the run recorded in ``work_dir``; its settings must match. Finished batches are skipped, a batch
+        with any unfinished slice is computed again whole (so the volume equals an uninterrupted run's bitwise).
     truth : sequence ``[S]`` of ``[N, N]`` HU or None
         Ground truth at the working size (simulations): per-slice PSNR/SSIM/RMSE are recorded.
     progress : bool or callable
@@ -508,40 +509,23 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
             ys = [_as_sinogram(sinograms[i], views, detectors, i) for i in batch]
             digests = [_tensor_digest(y) for y in ys]
             finished = [_finished(work, i, key, d) for i, d in zip(batch, digests)]
-            per_slice = method in PER_SLICE_SEEDED
-            if per_slice:  # skip what is finished
-                todo = [k for k in range(len(batch)) if not finished[k]]
-            else:  # one call for the batch: redo it whole unless all of it is finished
-                todo = [] if all(finished) else list(range(len(batch)))
-            for k in range(len(batch)):
-                if k not in todo:
+            if all(finished):  # a batch is computed whole or not at all: its results do not depend on interruptions
+                for i in batch:
                     skipped, done = skipped + 1, done + 1
-                    _report(bar, progress, done, total, batch[k], ctx.rank, skipped=True)
-            if not todo:
+                    _report(bar, progress, done, total, i, ctx.rank, skipped=True)
                 continue
-            y = torch.stack(ys)[:, None]
-
-            def calls():
-                """``(Reconstruction, item)`` per slice of ``todo``, computed as they are consumed."""
-                if per_slice:
-                    for k in todo:
-                        yield ctbird.reconstruct(y[k:k + 1], geometry, image_size=image_size, pixel_spacing_mm=spacing,
-                                                 method=method, seed=seed + batch[k], device=ctx.device, **options), 0
-                else:
-                    whole = ctbird.reconstruct(y, geometry, image_size=image_size, pixel_spacing_mm=spacing,
-                                               method=method, seed=seed, device=ctx.device, **options)
-                    yield from ((whole, k) for k in todo)
-
-            for (result, item), k in zip(calls(), todo):
-                i = batch[k]
+            seeds = [seed + i for i in batch] if method in RANDOM_METHODS else seed
+            result = ctbird.reconstruct(torch.stack(ys)[:, None], geometry, image_size=image_size,
+                                        pixel_spacing_mm=spacing, method=method, seed=seeds, device=ctx.device, **options)
+            for item, i in enumerate(batch):
                 hu = result.image[item, 0].detach().cpu().numpy().astype(np.float32)
                 stem = work / _slice_stem(i)
                 _save_npy(stem.with_suffix(".npy"), hu)
                 if result.uncertainty is not None:
                     _save_npy(work / (_slice_stem(i) + "_std.npy"), result.uncertainty[item, 0].detach().cpu().numpy())
-                record = {"index": i, "seed": seed + i if per_slice else None, "settings_key": key,
-                          "sinogram_sha1": digests[k], "rank": ctx.rank, "batch": batch,
-                          "seconds": result.seconds / (1 if per_slice else len(batch)), "nfe": result.nfe}
+                record = {"index": i, "seed": seed + i if method in RANDOM_METHODS else None, "settings_key": key,
+                          "sinogram_sha1": digests[item], "rank": ctx.rank, "batch": batch,
+                          "seconds": result.seconds / len(batch), "nfe": result.nfe}
                 if "final_loss" in result.info:
                     record["final_loss"] = result.info["final_loss"][item]
                 if truth is not None:

@@ -14,6 +14,7 @@ import torch
 
 import ctbird
 from ctbird.errors import ConfigError
+from ctbird.io.atomic import MARKER_NAME
 from ctbird.io.series import read_volume
 from ctbird.units import hu_to_mu, mu_to_hu
 from ctbird.volume import (SliceMap, apply_z_tv, auto_batch_size, reconstruct_volume, refine_z_tv, simulated_sinograms,
@@ -67,7 +68,9 @@ def test_bird_slices_are_seeded_per_slice_whatever_the_batch(tmp_path, prior_fol
     options = {"prior": str(prior_folder), "iters": 2, "delta_t": 500}
     runs = [reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / f"b{b}", method="bird",
                                batch_size=b, seed=5, progress=False, device="cpu", **options) for b in (1, 3)]
-    np.testing.assert_array_equal(runs[0].load(), runs[1].load())
+    assert [r["seed"] for r in runs[1].records()] == [5, 6, 7]
+    # one batched UNet call differs from three single ones in float reduction order only (~1e-5 on [-1, 1])
+    np.testing.assert_allclose(runs[0].load(), runs[1].load(), rtol=0, atol=0.5)
     single = ctbird.reconstruct(torch.as_tensor(sinograms[2])[None, None], geometry, image_size=16, method="bird",
                                 seed=5 + 2, **options).image[0, 0].numpy()
     np.testing.assert_array_equal(runs[0].slice(2), single)
@@ -128,7 +131,7 @@ def test_outputs_are_written_whole_or_not_at_all(problem, tmp_path, monkeypatch)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     monkeypatch.undo()
     out = write_volume_outputs(tmp_path / "out", {"fbp": result}, volume, truth=truth)
-    assert sorted(p.name for p in out.iterdir()) == ["fbp", "fbp.npy", "metrics.json", "volume.png"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, "fbp", "fbp.npy", "metrics.json", "volume.png"]
     np.testing.assert_array_equal(np.load(out / "fbp.npy"), result.load())
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["methods"]["fbp"]["slices"]) == 4 and "coronal_psnr" in metrics["methods"]["fbp"]["consistency"]
@@ -253,19 +256,23 @@ def test_z_tv_option_refines_after_all_slices_and_needs_neighbours(problem, tmp_
                            z_tv=0.03, progress=False, device="cpu")
 
 
-def test_prior_slices_resume_one_by_one_inside_a_batch(tmp_path, prior_folder):
+def test_a_partly_finished_batch_is_redone_whole_on_resume(tmp_path, prior_folder):
+    """Slices of one batch are saved one by one; an interruption between them is resumed by redoing the batch, so the
+    volume is bitwise the uninterrupted one (a smaller batch would change the float reduction order)."""
     geometry = ParallelBeam(views=8).resolved(16)
-    sinograms, _ = simulated_sinograms(phantom_volume(3, 16), geometry, image_size=16, pixel_spacing_mm=1.0)
+    sinograms, _ = simulated_sinograms(phantom_volume(5, 16), geometry, image_size=16, pixel_spacing_mm=1.0)
     options = {"prior": str(prior_folder), "iters": 2, "delta_t": 500, "batch_size": 3, "progress": False,
                "device": "cpu", "method": "bird"}
 
-    def stop_after_first(state):
-        if state["done"] == 1:
+    def stop_inside_the_second_batch(state):
+        if state["done"] == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w", **{**options, "progress": stop_after_first})
+        reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w",
+                           **{**options, "progress": stop_inside_the_second_batch})
+    assert len(list((tmp_path / "w").glob("slice_*.json"))) == 4
     resumed = reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w", resume=True, **options)
-    assert (resumed.slices_skipped, resumed.slices_run) == (1, 2)
+    assert (resumed.slices_skipped, resumed.slices_run) == (3, 2)
     fresh = reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "fresh", **options)
     np.testing.assert_array_equal(resumed.load(), fresh.load())
