@@ -76,30 +76,38 @@ class SliceMap(Sequence):
         return self.fn(self.source[int(index)])
 
 
-def simulated_sinograms(hu: Sequence, geometry, *, image_size: int, pixel_spacing_mm: float) -> tuple[SliceMap, SliceMap]:
-    """Lazy noiseless sinograms of an HU stack and the matching ground truth at the working size.
+def simulated_sinograms(hu: Sequence, geometry, *, image_size: int,
+                        pixel_spacing_mm: float | tuple[float, float] = 1.0, dose: float | None = None,
+                        seed: int = 0) -> tuple[SliceMap, SliceMap]:
+    """Lazy simulated sinograms of an HU stack and the matching ground truth at the working size.
 
-    Each ``[H, W]`` slice is clipped to the prior window, brought to ``image_size`` by
-    :func:`ctbird.io.to_working_size` and projected (``Radon(hu_to_mu(x)) * pixel_spacing_mm``; pixel units).
+    Slice ``i`` is :func:`ctbird.simulate.simulate` of ``hu[i]`` (clipped to the prior window, brought to
+    ``image_size``, projected; log-Poisson noise at ``dose`` seeded with ``seed + i``, so a slice's noise does not
+    depend on the selection or the number of processes).
+
+    Parameters
+    ----------
+    hu : sequence ``[S]`` of ``[H, W]`` HU
+    geometry : operators.ParallelBeam or operators.FanBeam
+        Resolved for ``image_size`` (pixel units).
+    pixel_spacing_mm : float or (row, col)
+        Spacing of the input slices; the working grid's is
+        :func:`ctbird.io.working_pixel_spacing` ``(pixel_spacing_mm, hu[i].shape, image_size)``.
 
     Returns
     -------
     (sinograms, truth)
         ``sinograms[i]``: float32 ``[views, detectors]`` tensor; ``truth[i]``: float32 ``[N, N]`` HU.
     """
-    from operators.radon import Radon
-
     from .io import to_working_size
+    from .simulate import simulate
 
-    radon = Radon(geometry, image_size, backend="matrix")
+    def acquire(i: int) -> torch.Tensor:
+        return simulate(np.asarray(hu[i]), image_size=image_size, pixel_spacing_mm=pixel_spacing_mm, geometry=geometry,
+                        dose=dose, seed=seed + i).sinogram[0, 0]
+
     truth = SliceMap(hu, lambda image: to_working_size(clip_hu(np.asarray(image, dtype=np.float32)), image_size))
-
-    def project(image: np.ndarray) -> torch.Tensor:
-        mu = torch.from_numpy(np.asarray(hu_to_mu(image) * pixel_spacing_mm, dtype=np.float32))[None, None]
-        with torch.no_grad():
-            return radon(mu)[0, 0]
-
-    return SliceMap(truth, project), truth
+    return SliceMap(range(len(hu)), acquire), truth
 
 
 # --------------------------------------------------------------------------- distributed

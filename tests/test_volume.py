@@ -139,6 +139,17 @@ def test_outputs_are_written_whole_or_not_at_all(problem, tmp_path, monkeypatch)
     assert (out / "volume.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_simulated_sinograms_are_the_simulation_of_each_slice_with_its_own_noise_seed(problem):
+    from ctbird.simulate import simulate
+
+    hu, geometry, _, _ = problem
+    noisy, truth = simulated_sinograms(hu, geometry, image_size=32, pixel_spacing_mm=1.0, dose=1e4, seed=3)
+    for i in (0, 2):
+        expected = simulate(hu[i], image_size=32, geometry=geometry, dose=1e4, seed=3 + i)
+        torch.testing.assert_close(noisy[i], expected.sinogram[0, 0], rtol=0, atol=0)
+        np.testing.assert_array_equal(truth[i], expected.truth_hu)
+
+
 def test_auto_batch_size_scales_with_memory(monkeypatch):
     import ctbird.volume as volume
 
@@ -229,7 +240,7 @@ def test_a_dicom_series_goes_in_and_a_derived_series_comes_out(tmp_path):
     volume = read_volume(source)
     pixel_mm = working_pixel_spacing(volume.pixel_spacing_mm, volume.hu.shape[1:], 32)
     geometry = ParallelBeam(views=16).resolved(32)
-    sinograms, truth = simulated_sinograms(volume.hu, geometry, image_size=32, pixel_spacing_mm=pixel_mm)
+    sinograms, truth = simulated_sinograms(volume.hu, geometry, image_size=32, pixel_spacing_mm=volume.pixel_spacing_mm)
     np.testing.assert_allclose(truth[1], to_working_size(np.clip(volume.hu[1], -1024, 3071), 32))
     result = reconstruct_volume(sinograms, geometry, image_size=32, pixel_spacing_mm=pixel_mm, work_dir=tmp_path / "w",
                                 method="fbp", truth=truth, progress=False, device="cpu")
