@@ -45,6 +45,7 @@ import torch
 
 from .errors import ConfigError, InputError, OutputError
 from .io.atomic import atomic_file, atomic_output_dir, write_text_atomic
+from .io.deid import Deidentifier
 from .io.series import VolumeInput, parse_slices, slice_headers, write_derived_series, write_volume_npy
 from .units import EVAL_HU_RANGE, clip_hu, hu_to_mu, mu_to_hu
 
@@ -493,7 +494,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
     if batch_size is None:
         prior = options.get("prior")
         batch_size = auto_batch_size(image_size, views, detectors, method=method, device=ctx.device,
-                                     n_samples=options.get("n_samples") or 1,
+                                     n_samples=options.get("n_samples") or getattr(options.get("config"), "n_samples", 1),
                                      prior_size=getattr(prior, "image_size", None))
         batch_size = _agree(ctx, batch_size)
     settings = {"method": method, "geometry": _recordable(geometry), "image_size": image_size,
@@ -751,14 +752,16 @@ def slice_consistency(volume_hu: Sequence, truth_hu: Sequence, *,
 # --------------------------------------------------------------------------- outputs
 def write_volume_outputs(out: str | os.PathLike, results: dict[str, VolumeResult], volume: VolumeInput, *,
                          force: bool = False, anonymize: bool = False, window: tuple[float, float] = (-1000.0, 1000.0),
-                         summary: dict | None = None, truth: Sequence | None = None) -> Path | None:
+                         summary: dict | None = None, truth: Sequence | None = None,
+                         burned_in_annotation: bool = False) -> Path | None:
     """Write the final outputs (rank 0 only; other ranks return None) through a staging folder renamed at the end.
 
     Writes, per method, ``<method>.npy`` (``[S, H, W]`` float32 HU at the input's in-plane size), ``<method>/``
     (a derived DICOM series, :func:`ctbird.io.series.write_derived_series`) and ``<method>_std.npy`` when there is an
     uncertainty; then ``metrics.json`` (``summary`` plus, per method, per-slice records, their mean and, with
-    ``truth`` (``[S]`` of ``[N, N]`` HU at the working size), :func:`slice_consistency`) and ``volume.png``
-    (:func:`ctbird.figures_volume.volume_figure`).
+    ``truth`` (``[S]`` of ``[N, N]`` HU at the working size, indexed like the input), :func:`slice_consistency`) and
+    ``volume.png`` (:func:`ctbird.figures_volume.volume_figure`). With ``anonymize`` one
+    :class:`~ctbird.io.deid.Deidentifier` serves every series, so all of them stay in one (remapped) study.
 
     Returns
     -------
@@ -785,6 +788,7 @@ def write_volume_outputs(out: str | os.PathLike, results: dict[str, VolumeResult
     headers = slice_headers(volume, indices, shape=output_shape)
     metrics: dict[str, Any] = dict(summary or {})
     metrics.update({"slices": indices, "slice_spacing_mm": volume.slice_spacing_mm, "methods": {}})
+    deidentifier = Deidentifier() if anonymize else None
     with atomic_output_dir(out, force=force) as staging:
         planes = {}
         for method, result in results.items():
@@ -799,7 +803,8 @@ def write_volume_outputs(out: str | os.PathLike, results: dict[str, VolumeResult
             series.mkdir()
             stored = np.load(staging / f"{method}.npy", mmap_mode="r")
             series_uid = write_derived_series(stored, headers, series, method_name=method, pixel_spacing_mm=spacing,
-                                              anonymize=anonymize, window=window)
+                                              anonymize=anonymize, window=window, deidentifier=deidentifier,
+                                              burned_in_annotation=burned_in_annotation)
             entry = result.metrics()
             entry["series_instance_uid"] = series_uid
             if truth is not None and len(indices) > 1:
