@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dose", type=float, default=None, help="I0 for log-Poisson noise (default noiseless)")
     parser.add_argument("--methods", default="fbp,sirt,bird", help="methods timed (default fbp,sirt,bird)")
     parser.add_argument("--processes", default="1,2", help="process counts (default 1,2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (gloo) or cuda (NCCL, one GPU per process) (default cpu)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in all (default: cores)")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: automatic)")
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
@@ -85,11 +87,13 @@ def eval_series(args, count: int) -> tuple[np.ndarray, tuple[float, float], str]
 
     if args.synthetic:
         return phantom_stack(count, args.size), (1.0, 1.0), "phantom"
+    from ctbird.errors import InputError
+
     path = args.series or args.data / EVAL_SERIES
+    if not path.exists():
+        raise InputError(f"{path} not found; pass --data (the shared data root), --series or --synthetic.")
     volume = read_volume(path)
     if volume.n_slices < count:
-        from ctbird.errors import InputError
-
         raise InputError(f"{path} holds {volume.n_slices} slices; ask for at most that many.")
     label = str(path.relative_to(args.data)) if path.is_relative_to(args.data) else path.name
     return np.asarray(volume.hu[:count], dtype=np.float32), volume.pixel_spacing_mm, label
@@ -138,21 +142,22 @@ def worker(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec["threads"])
     args = argparse.Namespace(**spec["args"])
-    ctx = distributed_context("cpu")
+    ctx = distributed_context(args.device)
     hu = np.load(spec["stack"], mmap_mode="r")
     geometry = simulation_geometry("parallel", args.views, args.size)
     sinograms, _ = simulated_sinograms(hu, geometry, image_size=args.size, pixel_spacing_mm=tuple(spec["spacing"]),
                                        dose=args.dose)
-    prior = load_prior(args.prior, device="cpu") if any(m in spec["prior_methods"] for m in spec["methods"]) else None
+    prior = load_prior(args.prior, device=str(ctx.device)) if any(m in spec["prior_methods"] for m in spec["methods"]) \
+        else None
     reconstruct_volume(sinograms, geometry, image_size=args.size, work_dir=Path(spec["work"]) / "warm-up", method="fbp",
-                       slices=[0], progress=False, device="cpu")  # imports and first-call set-up, untimed
+                       slices=[0], progress=False, device=ctx.device)  # imports and first-call set-up, untimed
     seconds = {}
     for method in spec["methods"]:
         ctx.barrier()
         start = time.perf_counter()
         reconstruct_volume(sinograms, geometry, image_size=args.size, pixel_spacing_mm=spec["pixel_mm"],
                            work_dir=Path(spec["work"]) / method, method=method, batch_size=args.batch_size,
-                           progress=False, device="cpu", **method_options(method, args, prior))
+                           progress=False, device=ctx.device, **method_options(method, args, prior))
         seconds[method] = time.perf_counter() - start
     if ctx.is_main:
         Path(spec["result"]).write_text(json.dumps(seconds))
@@ -212,10 +217,10 @@ def consistency_rows(args, prior, scratch: Path) -> tuple[list[dict], dict]:
             result = reconstruct_volume(sinograms, geometry, image_size=args.size,
                                         pixel_spacing_mm=working_pixel_spacing(spacing, hu.shape[1:], args.size),
                                         work_dir=scratch / f"z-{role}-{method}", method=method, progress=False,
-                                        device="cpu", batch_size=args.batch_size, **method_options(method, args, prior))
+                                        device=args.device, batch_size=args.batch_size, **method_options(method, args, prior))
             scores = {None: slice_consistency(result.load(refined=False), reference)}
             for weight in (weights if role == "train" else [tuned[method]]):
-                apply_z_tv(result, sinograms, geometry, weight=weight)
+                apply_z_tv(result, sinograms, geometry, weight=weight, device=args.device)
                 scores[weight] = slice_consistency(result.load(), reference)
             if role == "train":
                 tuned[method] = max(weights, key=lambda w: scores[w]["coronal_psnr"] + scores[w]["sagittal_psnr"])
@@ -231,8 +236,10 @@ def page(args, record: dict, speed: list[dict], consistency: list[dict], tuned: 
         lines += [SMOKE_NOTE, ""]
     lines += [record_markdown(record), "",
               f"## Slices per minute ({args.slices} slices of `{series_label}`, {args.size}², {args.views} views)", "",
-              f"Rank 0's wall clock around `reconstruct_volume`, the prior loaded; {args.threads} torch threads in all, "
-              "split over the processes (`torchrun --standalone`, gloo). BIRD: the CLI's CPU preset"
+              "Rank 0's wall clock around `reconstruct_volume`, the prior loaded; "
+              + (f"{args.threads} torch threads in all, split over the processes (`torchrun --standalone`, gloo)"
+                 if args.device == "cpu" else "one GPU per process (`torchrun --standalone`, NCCL)")
+              + ". BIRD: the CLI's CPU preset"
               + (f" with {args.bird_iters} iterations." if args.bird_iters else "."), ""]
     lines.append(markdown_table(["method", "processes", "threads each", "seconds", "slices / min"],
                                 [[r["method"], r["processes"], r["threads_per_process"], fmt(r["seconds"], digits=1),
@@ -261,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.priors import load_prior
 
     torch.set_num_threads(args.threads)
-    record = run_record(torch.device("cpu"), argv)
+    record = run_record(torch.device(args.device), argv)
     hu, spacing, label = eval_series(args, args.slices)
     with tempfile.TemporaryDirectory(prefix="ctbird-volume-bench-") as scratch:
         speed = time_processes(args, hu, spacing, Path(scratch))
         needs_prior = any(get_method(m).needs_prior for m in parse_list(args.z_tv_methods))
-        prior = load_prior(args.prior, device="cpu") if needs_prior else None
+        prior = load_prior(args.prior, device=args.device) if needs_prior else None
         consistency, tuned = consistency_rows(args, prior, Path(scratch))
     payload = {"record": record, "smoke": args.smoke, "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                                    for k, v in vars(args).items() if k != "worker"},
