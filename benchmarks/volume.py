@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu (gloo) or cuda (NCCL, one GPU per process) (default cpu)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in all (default: cores)")
-    parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: automatic)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="slices per batch (default 1: on a CPU batching saves little, and the automatic size "
+                             "would put a short series in one batch, on one process)")
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
     parser.add_argument("--bird-iters", type=int, default=None, help="BIRD iterations (default: the CPU preset's)")
     parser.add_argument("--z-tv-slices", type=int, default=8, help="contiguous slices of the z-TV table (default 8)")

@@ -450,8 +450,8 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
     z_tv, z_tv_iters : float or None, int
         Apply :func:`refine_z_tv` with this weight after all slices are done (rank 0; needs contiguous slices).
     **options
-        Passed to :func:`ctbird.reconstruct` (``prior``, ``iters``, ``delta_t``, ``n_samples``, ``radon_backend``,
-        ``dc_weight``...). A prior given as a path is loaded once.
+        Passed to :func:`ctbird.reconstruct` (``config``, ``prior``, ``iters``, ``delta_t``, ``n_samples``,
+        ``radon_backend``, ``dc_weight``...). A prior given as a path is loaded once.
 
     Returns
     -------
@@ -715,7 +715,9 @@ def slice_consistency(volume_hu: Sequence, truth_hu: Sequence, *,
     -------
     dict
         ``axial_psnr``, ``coronal_psnr``, ``sagittal_psnr``: dB, the mean over the planes of each orientation of the
-        plane's PSNR; ``z_gradient_rmse_hu``: RMSE of the forward difference along z, in HU.
+        plane's PSNR, leaving out planes reconstructed exactly (after clipping: typically air outside the patient,
+        whose infinite PSNR would swamp the mean; ``inf`` when every plane is exact); ``z_gradient_rmse_hu``: RMSE of
+        the forward difference along z, in HU.
     """
     count = len(volume_hu)
     if len(truth_hu) != count or count < 2:
@@ -742,7 +744,8 @@ def slice_consistency(volume_hu: Sequence, truth_hu: Sequence, *,
     height, width = previous.shape
 
     def mean_psnr(mses) -> float:
-        return float(np.mean([math.inf if m == 0 else 10.0 * math.log10(span * span / m) for m in mses]))
+        inexact = [m for m in np.asarray(mses).ravel() if m > 0]
+        return float(np.mean([10.0 * math.log10(span * span / m) for m in inexact])) if inexact else math.inf
 
     return {"axial_psnr": mean_psnr(axial), "coronal_psnr": mean_psnr(coronal / (count * width)),
             "sagittal_psnr": mean_psnr(sagittal / (count * height)),

@@ -190,6 +190,12 @@ def test_slice_consistency_streams_the_plane_psnrs_of_ctbird_metrics():
     for name, axes in planes.items():
         expected = psnr(volume.transpose(axes)[:, None], truth.transpose(axes)[:, None], data_range=EVAL_HU_RANGE)
         assert measured[name] == pytest.approx(expected, rel=1e-12)
+    air_volume, air_truth = volume.copy(), truth.copy()
+    air_volume[:, 0, :] = air_truth[:, 0, :] = -1000.0  # an exact (air) coronal plane is left out of the coronal mean
+    expected = psnr(volume[:, 1:].transpose(1, 0, 2)[:, None], truth[:, 1:].transpose(1, 0, 2)[:, None],
+                    data_range=EVAL_HU_RANGE)
+    assert slice_consistency(air_volume, air_truth)["coronal_psnr"] == pytest.approx(expected, rel=1e-12)
+    assert slice_consistency(truth, truth)["sagittal_psnr"] == float("inf")
     clipped = [np.clip(v, *EVAL_HU_RANGE) for v in (volume, truth)]
     gradient_error = np.diff(clipped[0], axis=0) - np.diff(clipped[1], axis=0)
     assert measured["z_gradient_rmse_hu"] == pytest.approx(np.sqrt(np.mean(gradient_error ** 2)), rel=1e-12)
