@@ -10,7 +10,6 @@ import torch
 
 import ctbird
 from ctbird.errors import ConfigError
-from ctbird.io.atomic import MARKER_NAME
 from ctbird.io.series import read_volume
 from ctbird.units import hu_to_mu, mu_to_hu
 from ctbird.volume import (SliceMap, apply_z_tv, auto_batch_size, reconstruct_volume, refine_z_tv, simulated_sinograms,
@@ -124,7 +123,7 @@ def test_outputs_are_written_whole_or_not_at_all(problem, tmp_path, monkeypatch)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     monkeypatch.undo()
     out = write_volume_outputs(tmp_path / "out", {"fbp": result}, volume, truth=truth)
-    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, "fbp", "fbp.npy", "metrics.json", "volume.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".ctbird-output", "fbp", "fbp.npy", "metrics.json", "volume.png"]
     np.testing.assert_array_equal(np.load(out / "fbp.npy"), result.load())
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["methods"]["fbp"]["slices"]) == 4 and "coronal_psnr" in metrics["methods"]["fbp"]["consistency"]
