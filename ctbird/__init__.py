@@ -2,7 +2,8 @@
 
 Where things live: settings and their defaults in :mod:`ctbird.config`, simulated acquisitions in
 :mod:`ctbird.simulate` (:func:`ctbird.simulate.simulate`), scoring in :mod:`ctbird.metrics` (:func:`score_ct`), unit conversions in :mod:`ctbird.units`,
-the CT methods in :mod:`ctbird.methods` (dispatched by :func:`reconstruct`), solvers in :mod:`ctbird.solvers`.
+the CT methods in :mod:`ctbird.methods` (dispatched by :func:`reconstruct`), solvers in :mod:`ctbird.solvers`,
+whole volumes (batched, resumable, sharded under torchrun) in :mod:`ctbird.volume` (:func:`reconstruct_volume`).
 
 Importing :mod:`ctbird` is cheap; torch/diffusers-heavy modules load on first use of these names:
 :func:`reconstruct`, :func:`restore`, :class:`DiffusionPrior`, :class:`BIRD`, :class:`DPS`...
@@ -38,6 +39,10 @@ _LAZY = {
     "SIRTConfig": "ctbird.config",
     "TVConfig": "ctbird.config",
     "PRESETS": "ctbird.config",
+    "reconstruct_volume": "ctbird.volume",
+    "VolumeResult": "ctbird.volume",
+    "write_volume_outputs": "ctbird.volume",
+    "read_volume": "ctbird.io.series",
 }
 
 
@@ -56,4 +61,5 @@ def __dir__() -> list[str]:
 __all__ = ["reconstruct", "restore", "Reconstruction", "Restoration", "Acquisition", "score_ct",
            "BirdConfig", "DCConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS", "DiffusionPrior",
            "default_prior_path", "BIRD", "BirdResult", "EarlyStopping", "DPS", "DPSResult", "CtbirdError",
-           "InputError", "ConfigError", "PriorError", "OutputError", "__version__"]
+           "InputError", "ConfigError", "PriorError", "OutputError", "__version__",
+           "reconstruct_volume", "VolumeResult", "write_volume_outputs", "read_volume"]

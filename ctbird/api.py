@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -128,7 +128,7 @@ def _ct_sinogram(sinogram: Any, radon_out: tuple[int, ...]) -> torch.Tensor:
 
 def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spacing_mm: float | None = None,
                 prior: DiffusionPrior | str | os.PathLike | None = None, method: str = "bird",
-                config: Settings | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                config: Settings | None = None, seed: int | Sequence[int] = 0, device: str | torch.device = "cpu",
                 callback: Callable[[dict], None] | None = None, radon_backend: str = "matrix",
                 **settings: Any) -> Reconstruction:
     """Reconstruct CT slices from a (sparse-view) sinogram.
@@ -169,8 +169,10 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
         data_filter=None...``). ``None`` means "not given" unless ``None`` is one of the setting's values
         (``data_filter``, ``early_stopping``, TV's ``lam``). A name the method does not have, given a value, raises
         :class:`~ctbird.errors.ConfigError` listing the valid ones.
-    seed : int
-        Seed of the initial noise (and DPS noise).
+    seed : int or sequence of int
+        Seed of the initial noise (and DPS noise). A sequence gives one seed per batch item (``B`` of them): item
+        ``b`` then starts from the noise it would get alone with ``seed=seed[b]``, whatever else is in the batch
+        (:func:`ctbird.reconstruct_volume` seeds slice ``i`` with ``seed + i`` this way).
     device : str or torch.device
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     callback : callable or None
@@ -188,7 +190,10 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     entry = get_method(method)
     config = entry.configure(config, **settings)
     image_size = _check_int("image_size", image_size, 2)
-    _check_int("seed", seed, 0)
+    if isinstance(seed, Sequence) and not isinstance(seed, str):
+        seed = tuple(_check_int("seed", s, 0) for s in seed)
+    else:
+        _check_int("seed", seed, 0)
     spacing = pixel_spacing_mm if pixel_spacing_mm is not None else (getattr(geometry, "pixel_spacing", None) or 1.0)
     if isinstance(spacing, bool) or not (isinstance(spacing, (int, float)) and math.isfinite(spacing) and spacing > 0):
         raise ConfigError(f"pixel_spacing_mm must be a positive number (mm), got {spacing!r}.")
@@ -198,6 +203,9 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     _check_run_fits(geometry, image_size, method=method, batch=max(batch, 1), backend=radon_backend, device=dev)
     radon = Radon(geometry, image_size, backend=radon_backend, channels=1, device=dev)
     y = _ct_sinogram(sinogram, radon.out_shape).to(dev)
+    if isinstance(seed, tuple) and len(seed) != y.shape[0]:
+        raise ConfigError(f"seed holds {len(seed)} seeds for a batch of {y.shape[0]} sinograms; pass one per item "
+                          "or a single int.")
     model = None
     if entry.needs_prior:
         model = _prior_on(prior, dev)

@@ -332,6 +332,21 @@ def _load_study(input_path: Path, params: dict[str, Any], safety) -> _Study:
 @click.option("--slice", "slice", type=click.IntRange(min=0), default=None,
               help="Slice index of a multi-slice input (default: the middle slice).")
 @click.option("--series", default=None, help="SeriesInstanceUID to read from a folder holding several series.")
+# volumes (ctbird.cli_volume; docs/scaling.md)
+@click.option("--slices", default=None,
+              help="Reconstruct a volume: 'all', START:STOP or i,j,k of a DICOM series/multi-frame file, a 3-D .npy "
+                   "or a [slices, views, detectors] sinogram; writes <method>.npy [S, H, W], a derived DICOM series "
+                   "<method>/, per-slice metrics and volume.png. Runs sharded under torchrun.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="With --slices: slices per batch (default: from the free memory).")
+@click.option("--resume", is_flag=True, default=False,
+              help="With --slices: continue an interrupted run from its work folder (same options).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="With --slices: where finished slices are kept (default <out>.work beside --out).")
+@click.option("--keep-work", is_flag=True, default=False,
+              help="With --slices: keep the work folder after a successful run (it is removed otherwise).")
+@click.option("--z-tv", type=click.FloatRange(min=0), default=None,
+              help="With --slices: refine the volume with total variation along z of this weight (e.g. 0.03).")
 @click.option("--window", default="wide", show_default=True,
               help=f"Display window of the PNGs: {'|'.join(WINDOWS)} or LO,HI in HU.")
 @click.option("--anonymize/--no-anonymize", default=False, show_default=True,
@@ -353,10 +368,17 @@ def reconstruct_command(ctx: click.Context, input_path: Path, config: Path | Non
     INPUT is a DICOM file or series folder, a PNG, or an NPY image in HU: a sparse-view acquisition
     is simulated from it and each method is scored against it (PSNR/SSIM on HU clipped to
     [-1000, 1000], RMSE in HU). With --geometry-file, INPUT is a measured sinogram instead (no scores).
+    With --slices, a whole volume, also sharded over processes under torchrun (docs/scaling.md).
     """
     with _errors_as_click():
         params, tables = _apply_config_file(ctx, str(config) if config else None, tables=METHODS)
-        _reconstruct(input_path, params, tables)
+        from .cli_volume import reconstruct_volume_cli, reject_volume_options
+
+        if params["slices"] is not None:
+            reconstruct_volume_cli(input_path, params, tables)
+        else:
+            reject_volume_options(params)
+            _reconstruct(input_path, params, tables)
 
 
 def _method_settings(method: str, params: dict[str, Any], table: dict[str, Any] | None = None) -> Settings:

@@ -10,8 +10,10 @@ streams), results go to the work folder, and :class:`VolumeResult` reads them ba
 Determinism: slices are cut into batches of ``batch_size`` consecutive selected slices, the same batches whatever
 the number of processes; batch ``k`` runs on rank ``k % world_size``. Prior-based methods draw slice ``i``'s
 latent from ``seed + i`` (``i`` the slice's index in the whole volume), so a result depends neither on the batch
-nor on the number of processes. (Until :func:`ctbird.reconstruct` accepts one seed per batch item they run one slice
-per call; see ``PER_SLICE_SEEDED``.)
+nor on the number of processes (``ctbird.reconstruct(seed=[...])``: one generator per batch item). A batch is only
+ever computed whole (resuming redoes a partly finished batch), so a result is also bitwise the same whatever the
+number of processes or interruptions; only a different ``batch_size`` changes the floating-point reduction order
+of the batched UNet calls (about 1e-5 on the prior's scale).
 
 Scale-out: under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) or with ``torch.distributed`` already
 initialised, each rank reconstructs its batches (gloo on CPU, NCCL on CUDA with ``device = cuda:LOCAL_RANK``)
@@ -22,7 +24,7 @@ half-written output).
 Consistency between slices: :func:`refine_z_tv` is a data-consistency step with total variation along z
 (as DiffusionMBIR's), and :func:`slice_consistency` measures axial/coronal/sagittal PSNR and the z-gradient error.
 
-``tests/helpers/volume_driver.py`` drives it end to end (also under ``torchrun``) until the CLI is wired.
+``ctbird reconstruct --slices`` (:mod:`ctbird.cli_volume`) drives it from the command line, also under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -43,13 +45,12 @@ import torch
 
 from .errors import ConfigError, InputError, OutputError
 from .io.atomic import atomic_file, atomic_output_dir, write_text_atomic
+from .io.deid import Deidentifier
 from .io.series import VolumeInput, parse_slices, slice_headers, write_derived_series, write_volume_npy
 from .units import EVAL_HU_RANGE, clip_hu, hu_to_mu, mu_to_hu
 
 #: Methods whose result depends on a random start (latents, DPS and DDS noise).
 RANDOM_METHODS = ("bird", "bird+dc", "dps", "dds")
-#: Methods ``ctbird.reconstruct`` can only seed per call (one seed for the whole batch), so they run per slice.
-PER_SLICE_SEEDED = RANDOM_METHODS
 #: Upper bound of the automatic batch size.
 MAX_AUTO_BATCH = 64
 SETTINGS_FILE = "settings.json"
@@ -76,30 +77,38 @@ class SliceMap(Sequence):
         return self.fn(self.source[int(index)])
 
 
-def simulated_sinograms(hu: Sequence, geometry, *, image_size: int, pixel_spacing_mm: float) -> tuple[SliceMap, SliceMap]:
-    """Lazy noiseless sinograms of an HU stack and the matching ground truth at the working size.
+def simulated_sinograms(hu: Sequence, geometry, *, image_size: int,
+                        pixel_spacing_mm: float | tuple[float, float] = 1.0, dose: float | None = None,
+                        seed: int = 0) -> tuple[SliceMap, SliceMap]:
+    """Lazy simulated sinograms of an HU stack and the matching ground truth at the working size.
 
-    Each ``[H, W]`` slice is clipped to the prior window, brought to ``image_size`` by
-    :func:`ctbird.io.to_working_size` and projected (``Radon(hu_to_mu(x)) * pixel_spacing_mm``; pixel units).
+    Slice ``i`` is :func:`ctbird.simulate.simulate` of ``hu[i]`` (clipped to the prior window, brought to
+    ``image_size``, projected; log-Poisson noise at ``dose`` seeded with ``seed + i``, so a slice's noise does not
+    depend on the selection or the number of processes).
+
+    Parameters
+    ----------
+    hu : sequence ``[S]`` of ``[H, W]`` HU
+    geometry : operators.ParallelBeam or operators.FanBeam
+        Resolved for ``image_size`` (pixel units).
+    pixel_spacing_mm : float or (row, col)
+        Spacing of the input slices; the working grid's is
+        :func:`ctbird.io.working_pixel_spacing` ``(pixel_spacing_mm, hu[i].shape, image_size)``.
 
     Returns
     -------
     (sinograms, truth)
         ``sinograms[i]``: float32 ``[views, detectors]`` tensor; ``truth[i]``: float32 ``[N, N]`` HU.
     """
-    from operators.radon import Radon
-
     from .io import to_working_size
+    from .simulate import simulate
 
-    radon = Radon(geometry, image_size, backend="matrix")
+    def acquire(i: int) -> torch.Tensor:
+        return simulate(np.asarray(hu[i]), image_size=image_size, pixel_spacing_mm=pixel_spacing_mm, geometry=geometry,
+                        dose=dose, seed=seed + i).sinogram[0, 0]
+
     truth = SliceMap(hu, lambda image: to_working_size(clip_hu(np.asarray(image, dtype=np.float32)), image_size))
-
-    def project(image: np.ndarray) -> torch.Tensor:
-        mu = torch.from_numpy(np.asarray(hu_to_mu(image) * pixel_spacing_mm, dtype=np.float32))[None, None]
-        with torch.no_grad():
-            return radon(mu)[0, 0]
-
-    return SliceMap(truth, project), truth
+    return SliceMap(range(len(hu)), acquire), truth
 
 
 # --------------------------------------------------------------------------- distributed
@@ -426,10 +435,11 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         Slice ``i`` (index in the whole stack) is seeded with ``seed + i``.
     batch_size : int or None
         Slices per :func:`ctbird.reconstruct` call; ``None`` = the recorded one when resuming, else
-        :func:`auto_batch_size`. Batches are the same for any number of processes. Prior-based methods still run
-        one slice per call inside a batch (``PER_SLICE_SEEDED``) until ``ctbird.reconstruct`` takes per-item seeds.
+        :func:`auto_batch_size`. Batches are the same for any number of processes; each is one
+        :func:`ctbird.reconstruct` call.
     resume : bool
-        Continue the run recorded in ``work_dir`` (skipping finished slices); its settings must match.
+        Continue the run recorded in ``work_dir``; its settings must match. Finished batches are skipped, a batch
+        with any unfinished slice is computed again whole (so the volume equals an uninterrupted run's bitwise).
     truth : sequence ``[S]`` of ``[N, N]`` HU or None
         Ground truth at the working size (simulations): per-slice PSNR/SSIM/RMSE are recorded.
     progress : bool or callable
@@ -440,8 +450,8 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
     z_tv, z_tv_iters : float or None, int
         Apply :func:`refine_z_tv` with this weight after all slices are done (rank 0; needs contiguous slices).
     **options
-        Passed to :func:`ctbird.reconstruct` (``prior``, ``iters``, ``delta_t``, ``n_samples``, ``radon_backend``,
-        ``dc_weight``...). A prior given as a path is loaded once.
+        Passed to :func:`ctbird.reconstruct` (``config``, ``prior``, ``iters``, ``delta_t``, ``n_samples``,
+        ``radon_backend``, ``dc_weight``...). A prior given as a path is loaded once.
 
     Returns
     -------
@@ -484,7 +494,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
     if batch_size is None:
         prior = options.get("prior")
         batch_size = auto_batch_size(image_size, views, detectors, method=method, device=ctx.device,
-                                     n_samples=options.get("n_samples") or 1,
+                                     n_samples=options.get("n_samples") or getattr(options.get("config"), "n_samples", 1),
                                      prior_size=getattr(prior, "image_size", None))
         batch_size = _agree(ctx, batch_size)
     settings = {"method": method, "geometry": _recordable(geometry), "image_size": image_size,
@@ -508,40 +518,23 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
             ys = [_as_sinogram(sinograms[i], views, detectors, i) for i in batch]
             digests = [_tensor_digest(y) for y in ys]
             finished = [_finished(work, i, key, d) for i, d in zip(batch, digests)]
-            per_slice = method in PER_SLICE_SEEDED
-            if per_slice:  # skip what is finished
-                todo = [k for k in range(len(batch)) if not finished[k]]
-            else:  # one call for the batch: redo it whole unless all of it is finished
-                todo = [] if all(finished) else list(range(len(batch)))
-            for k in range(len(batch)):
-                if k not in todo:
+            if all(finished):  # a batch is computed whole or not at all: its results do not depend on interruptions
+                for i in batch:
                     skipped, done = skipped + 1, done + 1
-                    _report(bar, progress, done, total, batch[k], ctx.rank, skipped=True)
-            if not todo:
+                    _report(bar, progress, done, total, i, ctx.rank, skipped=True)
                 continue
-            y = torch.stack(ys)[:, None]
-
-            def calls():
-                """``(Reconstruction, item)`` per slice of ``todo``, computed as they are consumed."""
-                if per_slice:
-                    for k in todo:
-                        yield ctbird.reconstruct(y[k:k + 1], geometry, image_size=image_size, pixel_spacing_mm=spacing,
-                                                 method=method, seed=seed + batch[k], device=ctx.device, **options), 0
-                else:
-                    whole = ctbird.reconstruct(y, geometry, image_size=image_size, pixel_spacing_mm=spacing,
-                                               method=method, seed=seed, device=ctx.device, **options)
-                    yield from ((whole, k) for k in todo)
-
-            for (result, item), k in zip(calls(), todo):
-                i = batch[k]
+            seeds = [seed + i for i in batch] if method in RANDOM_METHODS else seed
+            result = ctbird.reconstruct(torch.stack(ys)[:, None], geometry, image_size=image_size,
+                                        pixel_spacing_mm=spacing, method=method, seed=seeds, device=ctx.device, **options)
+            for item, i in enumerate(batch):
                 hu = result.image[item, 0].detach().cpu().numpy().astype(np.float32)
                 stem = work / _slice_stem(i)
                 _save_npy(stem.with_suffix(".npy"), hu)
                 if result.uncertainty is not None:
                     _save_npy(work / (_slice_stem(i) + "_std.npy"), result.uncertainty[item, 0].detach().cpu().numpy())
-                record = {"index": i, "seed": seed + i if per_slice else None, "settings_key": key,
-                          "sinogram_sha1": digests[k], "rank": ctx.rank, "batch": batch,
-                          "seconds": result.seconds / (1 if per_slice else len(batch)), "nfe": result.nfe}
+                record = {"index": i, "seed": seed + i if method in RANDOM_METHODS else None, "settings_key": key,
+                          "sinogram_sha1": digests[item], "rank": ctx.rank, "batch": batch,
+                          "seconds": result.seconds / len(batch), "nfe": result.nfe}
                 if "final_loss" in result.info:
                     record["final_loss"] = result.info["final_loss"][item]
                 if truth is not None:
@@ -722,7 +715,9 @@ def slice_consistency(volume_hu: Sequence, truth_hu: Sequence, *,
     -------
     dict
         ``axial_psnr``, ``coronal_psnr``, ``sagittal_psnr``: dB, the mean over the planes of each orientation of the
-        plane's PSNR; ``z_gradient_rmse_hu``: RMSE of the forward difference along z, in HU.
+        plane's PSNR, leaving out planes reconstructed exactly (after clipping: typically air outside the patient,
+        whose infinite PSNR would swamp the mean; ``inf`` when every plane is exact); ``z_gradient_rmse_hu``: RMSE of
+        the forward difference along z, in HU.
     """
     count = len(volume_hu)
     if len(truth_hu) != count or count < 2:
@@ -749,7 +744,8 @@ def slice_consistency(volume_hu: Sequence, truth_hu: Sequence, *,
     height, width = previous.shape
 
     def mean_psnr(mses) -> float:
-        return float(np.mean([math.inf if m == 0 else 10.0 * math.log10(span * span / m) for m in mses]))
+        inexact = [m for m in np.asarray(mses).ravel() if m > 0]
+        return float(np.mean([10.0 * math.log10(span * span / m) for m in inexact])) if inexact else math.inf
 
     return {"axial_psnr": mean_psnr(axial), "coronal_psnr": mean_psnr(coronal / (count * width)),
             "sagittal_psnr": mean_psnr(sagittal / (count * height)),
@@ -759,14 +755,16 @@ def slice_consistency(volume_hu: Sequence, truth_hu: Sequence, *,
 # --------------------------------------------------------------------------- outputs
 def write_volume_outputs(out: str | os.PathLike, results: dict[str, VolumeResult], volume: VolumeInput, *,
                          force: bool = False, anonymize: bool = False, window: tuple[float, float] = (-1000.0, 1000.0),
-                         summary: dict | None = None, truth: Sequence | None = None) -> Path | None:
+                         summary: dict | None = None, truth: Sequence | None = None,
+                         burned_in_annotation: bool = False) -> Path | None:
     """Write the final outputs (rank 0 only; other ranks return None) through a staging folder renamed at the end.
 
     Writes, per method, ``<method>.npy`` (``[S, H, W]`` float32 HU at the input's in-plane size), ``<method>/``
     (a derived DICOM series, :func:`ctbird.io.series.write_derived_series`) and ``<method>_std.npy`` when there is an
     uncertainty; then ``metrics.json`` (``summary`` plus, per method, per-slice records, their mean and, with
-    ``truth`` (``[S]`` of ``[N, N]`` HU at the working size), :func:`slice_consistency`) and ``volume.png``
-    (:func:`ctbird.figures_volume.volume_figure`).
+    ``truth`` (``[S]`` of ``[N, N]`` HU at the working size, indexed like the input), :func:`slice_consistency`) and
+    ``volume.png`` (:func:`ctbird.figures_volume.volume_figure`). With ``anonymize`` one
+    :class:`~ctbird.io.deid.Deidentifier` serves every series, so all of them stay in one (remapped) study.
 
     Returns
     -------
@@ -793,6 +791,7 @@ def write_volume_outputs(out: str | os.PathLike, results: dict[str, VolumeResult
     headers = slice_headers(volume, indices, shape=output_shape)
     metrics: dict[str, Any] = dict(summary or {})
     metrics.update({"slices": indices, "slice_spacing_mm": volume.slice_spacing_mm, "methods": {}})
+    deidentifier = Deidentifier() if anonymize else None
     with atomic_output_dir(out, force=force) as staging:
         planes = {}
         for method, result in results.items():
@@ -807,7 +806,8 @@ def write_volume_outputs(out: str | os.PathLike, results: dict[str, VolumeResult
             series.mkdir()
             stored = np.load(staging / f"{method}.npy", mmap_mode="r")
             series_uid = write_derived_series(stored, headers, series, method_name=method, pixel_spacing_mm=spacing,
-                                              anonymize=anonymize, window=window)
+                                              anonymize=anonymize, window=window, deidentifier=deidentifier,
+                                              burned_in_annotation=burned_in_annotation)
             entry = result.metrics()
             entry["series_instance_uid"] = series_uid
             if truth is not None and len(indices) > 1:

@@ -1,12 +1,8 @@
-"""Whole-volume reconstruction: batching, per-slice seeds, resume, interruption, outputs, torchrun, z-TV."""
+"""Whole volumes: batches, per-slice seeds, resume, interruption, outputs, z-TV (torchrun runs: test_cli_volume.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +15,6 @@ from ctbird.units import hu_to_mu, mu_to_hu
 from ctbird.volume import (SliceMap, apply_z_tv, auto_batch_size, reconstruct_volume, refine_z_tv, simulated_sinograms,
                            slice_consistency, write_volume_outputs)
 from operators import ParallelBeam, Radon
-
-REPO = Path(__file__).resolve().parents[1]
-DRIVER = REPO / "tests" / "helpers" / "volume_driver.py"
 
 
 def phantom_volume(slices: int = 4, size: int = 32) -> np.ndarray:
@@ -67,7 +60,9 @@ def test_bird_slices_are_seeded_per_slice_whatever_the_batch(tmp_path, prior_fol
     options = {"prior": str(prior_folder), "iters": 2, "delta_t": 500}
     runs = [reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / f"b{b}", method="bird",
                                batch_size=b, seed=5, progress=False, device="cpu", **options) for b in (1, 3)]
-    np.testing.assert_array_equal(runs[0].load(), runs[1].load())
+    assert [r["seed"] for r in runs[1].records()] == [5, 6, 7]
+    # one batched UNet call differs from three single ones in float reduction order only (~1e-5 on [-1, 1])
+    np.testing.assert_allclose(runs[0].load(), runs[1].load(), rtol=0, atol=0.5)
     single = ctbird.reconstruct(torch.as_tensor(sinograms[2])[None, None], geometry, image_size=16, method="bird",
                                 seed=5 + 2, **options).image[0, 0].numpy()
     np.testing.assert_array_equal(runs[0].slice(2), single)
@@ -136,6 +131,17 @@ def test_outputs_are_written_whole_or_not_at_all(problem, tmp_path, monkeypatch)
     assert (out / "volume.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_simulated_sinograms_are_the_simulation_of_each_slice_with_its_own_noise_seed(problem):
+    from ctbird.simulate import simulate
+
+    hu, geometry, _, _ = problem
+    noisy, truth = simulated_sinograms(hu, geometry, image_size=32, pixel_spacing_mm=1.0, dose=1e4, seed=3)
+    for i in (0, 2):
+        expected = simulate(hu[i], image_size=32, geometry=geometry, dose=1e4, seed=3 + i)
+        torch.testing.assert_close(noisy[i], expected.sinogram[0, 0], rtol=0, atol=0)
+        np.testing.assert_array_equal(truth[i], expected.truth_hu)
+
+
 def test_auto_batch_size_scales_with_memory(monkeypatch):
     import ctbird.volume as volume
 
@@ -145,26 +151,6 @@ def test_auto_batch_size_scales_with_memory(monkeypatch):
     assert classical == volume.MAX_AUTO_BATCH and 1 <= prior < classical
     monkeypatch.setattr(volume, "available_memory_bytes", lambda device: 1 << 20)
     assert auto_batch_size(256, 30, 363, method="bird", device=torch.device("cpu")) == 1
-
-
-def test_two_processes_give_the_one_process_volume(tmp_path, prior_folder):
-    """torchrun with 2 CPU processes (gloo) shards the slices; the assembled outputs equal one process's."""
-    np.save(tmp_path / "hu.npy", phantom_volume(4, 16))
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    common = [str(DRIVER), str(tmp_path / "hu.npy"), "--size", "16", "--views", "8", "--method", "fbp,sirt,bird",
-              "--prior", str(prior_folder), "--iters", "2", "--delta-t", "500", "--batch-size", "1"]
-    single = subprocess.run([sys.executable, *common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")],
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert single.returncode == 0, single.stderr[-2000:]
-    pair = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")],
-                          env=env, capture_output=True, text=True, timeout=180)
-    assert pair.returncode == 0, pair.stderr[-2000:]
-    for method in ("fbp", "sirt", "bird"):
-        np.testing.assert_array_equal(np.load(tmp_path / "o1" / f"{method}.npy"), np.load(tmp_path / "o2" / f"{method}.npy"))
-    ranks = [s["rank"] for s in json.loads((tmp_path / "o2" / "metrics.json").read_text())["methods"]["bird"]["slices"]]
-    assert ranks == [0, 1, 0, 1]
 
 
 def test_z_tv_lowers_the_z_gradient_error(tmp_path):
@@ -203,6 +189,12 @@ def test_slice_consistency_streams_the_plane_psnrs_of_ctbird_metrics():
     for name, axes in planes.items():
         expected = psnr(volume.transpose(axes)[:, None], truth.transpose(axes)[:, None], data_range=EVAL_HU_RANGE)
         assert measured[name] == pytest.approx(expected, rel=1e-12)
+    air_volume, air_truth = volume.copy(), truth.copy()
+    air_volume[:, 0, :] = air_truth[:, 0, :] = -1000.0  # an exact (air) coronal plane is left out of the coronal mean
+    expected = psnr(volume[:, 1:].transpose(1, 0, 2)[:, None], truth[:, 1:].transpose(1, 0, 2)[:, None],
+                    data_range=EVAL_HU_RANGE)
+    assert slice_consistency(air_volume, air_truth)["coronal_psnr"] == pytest.approx(expected, rel=1e-12)
+    assert slice_consistency(truth, truth)["sagittal_psnr"] == float("inf")
     clipped = [np.clip(v, *EVAL_HU_RANGE) for v in (volume, truth)]
     gradient_error = np.diff(clipped[0], axis=0) - np.diff(clipped[1], axis=0)
     assert measured["z_gradient_rmse_hu"] == pytest.approx(np.sqrt(np.mean(gradient_error ** 2)), rel=1e-12)
@@ -226,7 +218,7 @@ def test_a_dicom_series_goes_in_and_a_derived_series_comes_out(tmp_path):
     volume = read_volume(source)
     pixel_mm = working_pixel_spacing(volume.pixel_spacing_mm, volume.hu.shape[1:], 32)
     geometry = ParallelBeam(views=16).resolved(32)
-    sinograms, truth = simulated_sinograms(volume.hu, geometry, image_size=32, pixel_spacing_mm=pixel_mm)
+    sinograms, truth = simulated_sinograms(volume.hu, geometry, image_size=32, pixel_spacing_mm=volume.pixel_spacing_mm)
     np.testing.assert_allclose(truth[1], to_working_size(np.clip(volume.hu[1], -1024, 3071), 32))
     result = reconstruct_volume(sinograms, geometry, image_size=32, pixel_spacing_mm=pixel_mm, work_dir=tmp_path / "w",
                                 method="fbp", truth=truth, progress=False, device="cpu")
@@ -253,19 +245,23 @@ def test_z_tv_option_refines_after_all_slices_and_needs_neighbours(problem, tmp_
                            z_tv=0.03, progress=False, device="cpu")
 
 
-def test_prior_slices_resume_one_by_one_inside_a_batch(tmp_path, prior_folder):
+def test_a_partly_finished_batch_is_redone_whole_on_resume(tmp_path, prior_folder):
+    """Slices of one batch are saved one by one; an interruption between them is resumed by redoing the batch, so the
+    volume is bitwise the uninterrupted one (a smaller batch would change the float reduction order)."""
     geometry = ParallelBeam(views=8).resolved(16)
-    sinograms, _ = simulated_sinograms(phantom_volume(3, 16), geometry, image_size=16, pixel_spacing_mm=1.0)
+    sinograms, _ = simulated_sinograms(phantom_volume(5, 16), geometry, image_size=16, pixel_spacing_mm=1.0)
     options = {"prior": str(prior_folder), "iters": 2, "delta_t": 500, "batch_size": 3, "progress": False,
                "device": "cpu", "method": "bird"}
 
-    def stop_after_first(state):
-        if state["done"] == 1:
+    def stop_inside_the_second_batch(state):
+        if state["done"] == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w", **{**options, "progress": stop_after_first})
+        reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w",
+                           **{**options, "progress": stop_inside_the_second_batch})
+    assert len(list((tmp_path / "w").glob("slice_*.json"))) == 4
     resumed = reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "w", resume=True, **options)
-    assert (resumed.slices_skipped, resumed.slices_run) == (1, 2)
+    assert (resumed.slices_skipped, resumed.slices_run) == (3, 2)
     fresh = reconstruct_volume(sinograms, geometry, image_size=16, work_dir=tmp_path / "fresh", **options)
     np.testing.assert_array_equal(resumed.load(), fresh.load())

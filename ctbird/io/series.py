@@ -19,14 +19,15 @@ Writing
 -------
 :func:`write_derived_series` writes one derived CT image per slice through
 :func:`ctbird.io.dicom.write_derived_dicom`, all with one new ``SeriesInstanceUID``, the source's
-``StudyInstanceUID`` and ``FrameOfReferenceUID`` (one new pair per series for non-DICOM inputs or with
-``anonymize``), the source positions, orientation and thickness, and ``InstanceNumber`` in slice order, so a viewer
+``StudyInstanceUID`` and ``FrameOfReferenceUID`` (one new pair per volume for non-DICOM inputs or sources lacking
+them; with ``anonymize`` one :class:`~ctbird.io.deid.Deidentifier` maps them consistently), the source positions,
+orientation and thickness, and ``InstanceNumber`` in slice order, so a viewer
 opens the folder as one series. :func:`write_volume_npy` writes an ``[S, H, W]`` float32 HU volume slice by slice.
 """
 
 from __future__ import annotations
 
-import io
+import copy
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -34,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from ..errors import ConfigError, InputError, OutputError
-from .atomic import atomic_file, write_bytes_atomic
+from .atomic import atomic_file
+from .deid import Deidentifier
 from .dicom import read_dicom, write_derived_dicom
 from .sinogram import default_image_size, read_geometry_file, read_sinogram
 
@@ -261,12 +262,29 @@ def read_volume(path: str | os.PathLike, *, geometry_path: str | os.PathLike | N
 
 # --------------------------------------------------------------------------- writing
 def slice_headers(volume: VolumeInput, indices: Sequence[int], *, shape: tuple[int, int]) -> list[Dataset]:
-    """Source headers of the selected slices; synthetic ones (one new study, positions along z) for non-DICOM
-    inputs, which :func:`write_derived_series` needs to write a series a viewer can stack."""
-    if volume.headers is not None:
-        return [volume.headers[i] for i in indices]
+    """Source headers of the selected slices, for :func:`write_derived_series`.
+
+    DICOM: the source headers (copies carrying one shared new ``StudyInstanceUID``/``FrameOfReferenceUID`` where the
+    source lacks them, so the slices still form one series). Other inputs: synthetic ones (one new study, positions
+    along z) that a viewer can stack.
+    """
     from pydicom.uid import generate_uid
 
+    if volume.headers is not None:
+        headers = [volume.headers[i] for i in indices]
+        missing = [key for key in ("StudyInstanceUID", "FrameOfReferenceUID")
+                   if any(not str(h.get(key) or "").strip() for h in headers)]
+        if not missing:
+            return headers
+        shared = {key: generate_uid() for key in missing}
+        out = []
+        for header in headers:
+            filled = copy.deepcopy(header)  # Dataset.copy() would share the elements with the source
+            for key, value in shared.items():
+                if not str(filled.get(key) or "").strip():
+                    setattr(filled, key, value)
+            out.append(filled)
+        return out
     study, frame = generate_uid(), generate_uid()
     rows, cols = shape
     out = []
@@ -287,19 +305,11 @@ def slice_headers(volume: VolumeInput, indices: Sequence[int], *, shape: tuple[i
     return out
 
 
-def _rewrite(ds: Dataset, path: Path) -> None:
-    buffer = io.BytesIO()
-    try:
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    except Exception as exc:
-        raise OutputError(f"Cannot encode the derived DICOM for {path}: {' '.join(str(exc).split())[:200]}") from exc
-    write_bytes_atomic(path, buffer.getvalue())
-
-
 def write_derived_series(images: Sequence[np.ndarray] | Callable[[int], np.ndarray], headers: Sequence[Dataset],
                          folder: str | os.PathLike, *, method_name: str, pixel_spacing_mm: tuple[float, float],
                          anonymize: bool = False, window: tuple[float, float] = (-1000.0, 1000.0),
-                         description: str | None = None) -> str:
+                         description: str | None = None, deidentifier: Deidentifier | None = None,
+                         burned_in_annotation: bool = False) -> str:
     """Write a derived DICOM series: one file ``IMG00001.dcm``... per slice.
 
     Parameters
@@ -310,8 +320,11 @@ def write_derived_series(images: Sequence[np.ndarray] | Callable[[int], np.ndarr
         Source header of each slice (:func:`slice_headers`), in slice order.
     folder : path
         Existing (staging) folder.
-    method_name, pixel_spacing_mm, anonymize, window, description
+    method_name, pixel_spacing_mm, anonymize, window, description, burned_in_annotation
         As for :func:`ctbird.io.dicom.write_derived_dicom`.
+    deidentifier : Deidentifier, optional
+        The run's UID mapper under ``anonymize`` (pass one to share it between several series of a run); one new
+        mapper for the series if omitted. Either way every slice maps to the same study and frame of reference.
 
     Returns
     -------
@@ -325,20 +338,12 @@ def write_derived_series(images: Sequence[np.ndarray] | Callable[[int], np.ndarr
         raise OutputError(f"Cannot write the series into {out}: not a folder.")
     get = images if callable(images) else images.__getitem__
     series_uid = generate_uid()
-    # anonymized slices must still share one study and frame of reference (the writer renews them per file)
-    shared: dict[str, str] = {}
+    mapper = (deidentifier or Deidentifier()) if anonymize else None
     for k, header in enumerate(headers):
-        path = out / f"IMG{k + 1:05d}.dcm"
-        ds = write_derived_dicom(np.asarray(get(k), dtype=np.float32), header, path, method_name=method_name,
-                                 pixel_spacing_mm=pixel_spacing_mm, anonymize=anonymize, series_uid=series_uid,
-                                 window=window, description=description, instance_number=k + 1)
-        if anonymize:
-            if not shared:
-                shared = {key: str(ds.get(key)) for key in ("StudyInstanceUID", "FrameOfReferenceUID") if key in ds}
-            if any(str(ds.get(key)) != value for key, value in shared.items()):
-                for key, value in shared.items():
-                    setattr(ds, key, value)
-                _rewrite(ds, path)
+        write_derived_dicom(np.asarray(get(k), dtype=np.float32), header, out / f"IMG{k + 1:05d}.dcm",
+                            method_name=method_name, pixel_spacing_mm=pixel_spacing_mm, anonymize=anonymize,
+                            series_uid=series_uid, window=window, description=description, instance_number=k + 1,
+                            deidentifier=mapper, burned_in_annotation=burned_in_annotation)
     return series_uid
 
 

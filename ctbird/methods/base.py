@@ -87,8 +87,9 @@ class CTProblem:
     pixel_spacing_mm : float
     prior : DiffusionPrior or None
         1-channel CT prior on the device (prior-based methods).
-    seed : int
-        Seed of the initial noise (and DPS noise); latents are drawn on the CPU, so a seed starts alike on every device.
+    seed : int or tuple of int
+        Seed of the initial noise (and DPS noise), or one seed per batch item; latents are drawn on the CPU, so a seed
+        starts alike on every device.
     callback : callable or None
         Per-iteration progress callback of the iterative solvers.
     """
@@ -99,11 +100,14 @@ class CTProblem:
     image_size: int
     pixel_spacing_mm: float
     prior: Any = None
-    seed: int = 0
+    seed: int | tuple[int, ...] = 0
     callback: Callable[[dict], None] | None = None
 
-    def generator(self) -> torch.Generator:
-        """A fresh CPU generator seeded with :attr:`seed`."""
+    def generator(self) -> torch.Generator | list[torch.Generator]:
+        """A fresh CPU generator seeded with :attr:`seed`, or one per batch item when :attr:`seed` is a tuple
+        (the solvers then draw item ``b``'s noise from ``generator()[b]``)."""
+        if isinstance(self.seed, tuple):
+            return [torch.Generator().manual_seed(s) for s in self.seed]
         return torch.Generator().manual_seed(self.seed)
 
     def prior_to_measured(self, x0: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ may bring another diffusers schedule, which :class:`NoiseSchedule` reads the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -106,12 +106,12 @@ class NoiseSchedule:
         return x0.clamp(-1.0, 1.0)
 
     def ddim_step(self, x: torch.Tensor, x0: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """One DDIM step ``x_t -> x_{t_prev}`` given the (clamped) estimate ``x0``.
 
         ``eps`` is re-derived from ``x`` and ``x0``; ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z``
         with ``s = eta sqrt((1 - a_prev) / (1 - a_t) (1 - a_t / a_prev))`` and ``z`` standard normal noise drawn
-        with ``generator`` (only when ``s > 0``). ``eta = 0``: deterministic DDIM; ``eta = 1``: DDPM-like.
+        with ``generator`` (only when ``s > 0``; one generator per batch item, or one for all). ``eta = 0``: deterministic DDIM; ``eta = 1``: DDPM-like.
         """
         a_t, a_prev = self.alpha(t), self.alpha(t_prev)
         eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
@@ -132,9 +132,18 @@ class NoiseSchedule:
         return f"NoiseSchedule({self.config!r})"
 
 
-def randn(shape: tuple[int, ...], *, generator: torch.Generator | None, device: torch.device | str,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device`` (reproducible across devices)."""
+def randn(shape: tuple[int, ...], *, generator: torch.Generator | Sequence[torch.Generator] | None,
+          device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device`` (reproducible across devices).
+
+    A sequence of generators draws one equal share of ``shape[0]`` each, in order (item ``b`` of a batch from
+    ``generator[b]``, so an item's noise does not depend on the rest of its batch).
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        if not generator or shape[0] % len(generator):
+            raise ValueError(f"{len(generator)} generators cannot share a batch of {shape[0]}")
+        rows = shape[0] // len(generator)
+        return torch.cat([randn((rows, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
     gen_device = generator.device if generator is not None else torch.device(device)
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,7 +60,8 @@ class BirdResult:
     seconds : float
         Wall-clock time of the run.
     grad_mode, delta_t, iters_run, stopped_early, method
-        How the result was obtained.
+        How the result was obtained (``iters_run``: iterations of the batch; ``stopped_early``: every item stopped
+        early; ``info["stopped_at"]``: the iteration each item stopped at, or None).
     """
 
     image: torch.Tensor
@@ -80,6 +81,23 @@ class BirdResult:
     stopped_early: bool = False
     method: str = "bird"
     info: dict = field(default_factory=dict)
+
+
+#: A generator for a whole batch, or one per batch item (:func:`randn_per_item`).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn_per_item(batch: int, rows: int, shape: tuple[int, ...], generator: Generators, *,
+                   device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise ``[batch * rows, *shape]``, ``rows`` consecutive rows per batch item.
+
+    ``generator``: one generator draws all of it (or ``None``: the global one); a sequence of ``batch`` generators
+    draws item ``b``'s rows from ``generator[b]``, so an item's noise does not depend on the rest of its batch.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
+        raise InputError(f"Got {len(generator)} generators for a batch of {batch} measurements; pass one per item "
+                         "or a single generator.")
+    return randn((batch * rows, *shape), generator=generator, device=device)
 
 
 def project_to_sphere(latent: torch.Tensor) -> torch.Tensor:
@@ -144,6 +162,64 @@ class _KeptIterates:
                         p.copy_(self.states[i][name])
         return (torch.where(pick, self.x0, x0), torch.where(pick, self.latent, latent),
                 torch.where(use_kept, self.loss.to(final.device), final))
+
+
+class _ItemStopping:
+    """Early stopping per batch item, on the mean loss of the item's ``n`` restarts; a stopped item is frozen.
+
+    A frozen item keeps the latent rows (and operator copies) it had when it stopped, so it ends as it would have
+    ended alone, while the other items of the batch go on.
+    """
+
+    def __init__(self, rule: EarlyStopping | None, batch: int, n: int) -> None:
+        self.rule, self.n = rule, n
+        self.best = [math.inf] * batch
+        self.stale = [0] * batch
+        self.stopped_at: list[int | None] = [None] * batch
+        self._latent: dict[int, torch.Tensor] = {}
+        self._ops: dict[int, list[dict]] = {}
+
+    @property
+    def all_stopped(self) -> bool:
+        return all(at is not None for at in self.stopped_at)
+
+    def frozen_rows(self, device: torch.device) -> torch.Tensor | None:
+        """``[B * n]`` True on the rows of stopped items (None while none stopped)."""
+        if not self._latent:
+            return None
+        rows = torch.tensor([at is not None for at in self.stopped_at]).repeat_interleave(self.n)
+        return rows.to(device)
+
+    def update(self, iteration: int, losses: torch.Tensor, latent: torch.Tensor, ops: list[Operator]) -> None:
+        """Score iteration ``iteration``'s per-row ``losses`` ``[B * n]`` (CPU) and freeze the items that stop."""
+        if self.rule is None:
+            return
+        n = self.n
+        for b, at in enumerate(self.stopped_at):
+            if at is not None:
+                continue
+            loss = float(losses[b * n:(b + 1) * n].mean())
+            if loss < self.best[b] * (1.0 - self.rule.rel_tol):
+                self.best[b], self.stale[b] = loss, 0
+                continue
+            self.stale[b] += 1
+            if self.stale[b] >= self.rule.patience:
+                self.stopped_at[b] = iteration
+                self._latent[b] = latent[b * n:(b + 1) * n].detach().clone()
+                if len(ops) > 1:
+                    self._ops[b] = [{k: p.detach().clone() for k, p in op.named_parameters()}
+                                    for op in ops[b * n:(b + 1) * n]]
+
+    @torch.no_grad()
+    def restore(self, latent: torch.Tensor, ops: list[Operator]) -> None:
+        """Put the stopped items' latents and operator parameters back after an optimizer step."""
+        n = self.n
+        for b, rows in self._latent.items():
+            latent[b * n:(b + 1) * n] = rows
+        for b, states in self._ops.items():
+            for op, state in zip(ops[b * n:(b + 1) * n], states):
+                for name, p in op.named_parameters():
+                    p.copy_(state[name])
 
 
 class BIRD:
@@ -240,11 +316,14 @@ class BIRD:
             return ops[0](x)
         return torch.cat([op(x[i:i + 1]) for i, op in enumerate(ops)], dim=0)
 
-    def run(self, y: torch.Tensor, generator: torch.Generator | None = None,
+    def run(self, y: torch.Tensor, generator: Generators = None,
             init_latent: torch.Tensor | None = None) -> BirdResult:
         """Fit the measurement ``y`` ``[B, *operator.out_shape]`` (on the prior's device).
 
-        ``generator`` seeds the initial latents (``torch.Generator``; on CPU runs are bitwise reproducible).
+        ``generator`` seeds the initial latents: one ``torch.Generator`` for the whole batch, or a sequence of ``B``
+        (item ``b``'s ``n_samples`` latents from ``generator[b]``: an item then starts as it would alone). On CPU runs
+        are bitwise reproducible. Early stopping is decided per item (on the mean loss of its restarts); a stopped
+        item's latent and operators stay frozen while the others go on.
         ``init_latent`` ``[B * n_samples, C, H, W]`` replaces the random start (warm start; projected to the sphere).
         """
         if not isinstance(y, torch.Tensor) or not y.is_floating_point():
@@ -273,7 +352,7 @@ class BIRD:
         op_params = [p for op in ops for p in op.parameters() if p.requires_grad] if self.lr_operator > 0 else []
 
         if init_latent is None:
-            latent = randn((total, *self.prior.shape), generator=generator, device=device)
+            latent = randn_per_item(batch, n, self.prior.shape, generator, device=device)
         elif tuple(init_latent.shape) != (total, *self.prior.shape):
             raise InputError(f"init_latent must have shape {[total, *self.prior.shape]} (B * n_samples latents), "
                              f"got {list(init_latent.shape)}.")
@@ -288,7 +367,7 @@ class BIRD:
 
         nfe0, start = self.prior.nfe, time.perf_counter()
         history: list[float] = []
-        best, stale, stopped = math.inf, 0, False
+        stopping = _ItemStopping(self.early_stopping, batch, n)
         kept = _KeptIterates(total) if self.keep_best else None
         it = 0
         for it in range(1, self.iters + 1):
@@ -302,7 +381,9 @@ class BIRD:
                                    checkpointing=self.checkpointing)
             losses = data_loss(self._forward(ops, x0), y_rep, self.loss, mask)
             if kept is not None:  # before any step: x0, latent and operators are the ones the loss scored
-                kept.offer(losses.detach(), x0.detach(), latent.detach(), ops)
+                frozen = stopping.frozen_rows(losses.device)
+                offered = losses.detach() if frozen is None else losses.detach().masked_fill(frozen, math.inf)
+                kept.offer(offered, x0.detach(), latent.detach(), ops)
             losses.sum().backward()
             if optimizer is not None:
                 optimizer.step()
@@ -310,6 +391,7 @@ class BIRD:
                 if not adam_latent:
                     latent.sub_(normalized_step(latent.grad, lr_now))
                 latent.copy_(project_to_sphere(latent))
+            stopping.restore(latent, ops)
             per_sample = losses.detach().cpu()
             mean_loss = float(per_sample.mean())
             history.append(mean_loss)
@@ -319,14 +401,9 @@ class BIRD:
                                "seconds": time.perf_counter() - start, "latent": latent.detach()})
             if not math.isfinite(mean_loss):
                 raise InputError(f"BIRD diverged (loss {mean_loss}) at iteration {it}; lower the learning rates.")
-            if self.early_stopping is not None:
-                if mean_loss < best * (1.0 - self.early_stopping.rel_tol):
-                    best, stale = mean_loss, 0
-                else:
-                    stale += 1
-                    if stale >= self.early_stopping.patience:
-                        stopped = True
-                        break
+            stopping.update(it, per_sample, latent, ops)
+            if stopping.all_stopped:
+                break
 
         with torch.no_grad():
             x0 = self.prior.decode(latent.detach(), delta_t=self.delta_t)
@@ -334,9 +411,10 @@ class BIRD:
         latent = latent.detach()
         if kept is not None:
             x0, latent, final = kept.settle(final, x0, latent, ops)
-        return self._result(x0, latent, final, ops, history, batch, n, nfe0, start, it, stopped)
+        return self._result(x0, latent, final, ops, history, batch, n, nfe0, start, it, stopping)
 
-    def _result(self, x0, latent, final, ops, history, batch, n, nfe0, start, iters_run, stopped) -> BirdResult:
+    def _result(self, x0, latent, final, ops, history, batch, n, nfe0, start, iters_run,
+                stopping: _ItemStopping) -> BirdResult:
         shape = self.prior.shape
         samples = x0.view(batch, n, *shape)
         final_bn = final.view(batch, n)
@@ -359,8 +437,9 @@ class BIRD:
             loss_history=history, operator_state=states, kernel=kernel,
             uncertainty=samples.std(dim=1) if n > 1 else None, samples=samples.detach(),
             nfe=self.prior.nfe - nfe0, seconds=time.perf_counter() - start, grad_mode=self.grad_mode,
-            delta_t=self.delta_t, iters_run=iters_run, stopped_early=stopped,
+            delta_t=self.delta_t, iters_run=iters_run, stopped_early=stopping.all_stopped,
             info={"lr_latent": self.lr_latent, "lr_operator": self.lr_operator, "loss": self.loss,
                   "latent_optimizer": self.latent_optimizer, "latent_lr_schedule": self.latent_lr_schedule,
-                  "keep_best": self.keep_best, "n_samples": n, "iters": self.iters},
+                  "keep_best": self.keep_best, "n_samples": n, "iters": self.iters,
+                  "stopped_at": list(stopping.stopped_at)},
         )

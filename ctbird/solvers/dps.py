@@ -21,7 +21,8 @@ from operators.base import Operator
 
 from ..config import DPSConfig
 from ..errors import ConfigError, InputError
-from ..priors.diffusion import DiffusionPrior, randn
+from ..priors.diffusion import DiffusionPrior
+from .bird import Generators, randn_per_item
 
 
 @dataclass
@@ -96,8 +97,12 @@ class DPS:
     def _measure(self, x0: torch.Tensor) -> torch.Tensor:
         return self.operator(self.input_transform(x0) if self.input_transform is not None else x0)
 
-    def run(self, y: torch.Tensor, generator: torch.Generator | None = None) -> DPSResult:
-        """Sample ``x0`` given ``y`` ``[B, *operator.out_shape]``; ``generator`` seeds ``x_T`` and the noise."""
+    def run(self, y: torch.Tensor, generator: Generators = None) -> DPSResult:
+        """Sample ``x0`` given ``y`` ``[B, *operator.out_shape]``.
+
+        ``generator`` seeds ``x_T`` and the noise: one ``torch.Generator`` for the batch, or a sequence of ``B`` (item
+        ``b``'s draws from ``generator[b]``: an item is sampled as it would be alone).
+        """
         expected = tuple(self.operator.out_shape)
         if not isinstance(y, torch.Tensor) or y.dim() != len(expected) + 1 or tuple(y.shape[1:]) != expected:
             raise InputError(f"y must be a tensor of shape [B, {', '.join(map(str, expected))}], "
@@ -106,7 +111,7 @@ class DPS:
         y = y.to(device=device, dtype=torch.float32)
         self.operator.to(device)
         pairs = prior.timestep_pairs(prior.num_train_timesteps // self.steps)
-        x = randn((y.shape[0], *prior.shape), generator=generator, device=device)
+        x = randn_per_item(y.shape[0], 1, prior.shape, generator, device=device)
         nfe0, start, history = prior.nfe, time.perf_counter(), []
         for i, (t, t_prev) in enumerate(pairs, start=1):
             x = x.detach().requires_grad_(True)
@@ -114,7 +119,7 @@ class DPS:
             residual = (self._measure(x0) - y).flatten(1).norm(dim=1)
             grad, = torch.autograd.grad(residual.sum(), x)
             with torch.no_grad():
-                x = prior.schedule.ddim_step(x, x0, t, t_prev, eta=self.eta, generator=generator) - self.zeta * grad
+                x = self.prior.schedule.ddim_step(x, x0, t, t_prev, eta=self.eta, generator=generator) - self.zeta * grad
             history.append(float(residual.detach().mean()))
             if self.callback is not None:
                 self.callback({"iteration": i, "iters": len(pairs), "loss": history[-1], "nfe": prior.nfe - nfe0,

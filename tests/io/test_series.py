@@ -136,9 +136,19 @@ def test_anonymized_and_non_dicom_series_share_one_study(tmp_path, series_folder
     write_derived_series(lambda k: np.zeros((128, 128)), slice_headers(volume, [0, 1, 2], shape=(128, 128)), out,
                          method_name="fbp", pixel_spacing_mm=(1.0, 1.0), anonymize=True)
     written = [pydicom.dcmread(f) for f in sorted(out.iterdir())]
-    assert len({ds.StudyInstanceUID for ds in written}) == 1
+    assert len({ds.StudyInstanceUID for ds in written}) == 1 and len({ds.FrameOfReferenceUID for ds in written}) == 1
     assert written[0].StudyInstanceUID != volume.headers[0].StudyInstanceUID
+    assert written[0].FrameOfReferenceUID != volume.headers[0].FrameOfReferenceUID
     assert all(ds.PatientIdentityRemoved == "YES" and ds.PatientName == "" for ds in written)
+    for header in volume.headers:  # a source without study/frame UIDs still gives one series in one study
+        del header.StudyInstanceUID, header.FrameOfReferenceUID
+    out = tmp_path / "bare"
+    out.mkdir()
+    write_derived_series(lambda k: np.zeros((128, 128)), slice_headers(volume, [0, 1, 2], shape=(128, 128)), out,
+                         method_name="fbp", pixel_spacing_mm=(1.0, 1.0))
+    written = [pydicom.dcmread(f) for f in sorted(out.iterdir())]
+    assert len({ds.StudyInstanceUID for ds in written}) == 1 and len({ds.FrameOfReferenceUID for ds in written}) == 1
+    assert "StudyInstanceUID" not in volume.headers[0]  # the source headers are never changed
     np.save(tmp_path / "hu.npy", np.zeros((3, 8, 8), dtype=np.float32))
     plain = read_volume(tmp_path / "hu.npy")
     out = tmp_path / "plain"
