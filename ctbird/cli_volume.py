@@ -116,7 +116,9 @@ def _check_work_dir(work: Path, inputs: list[Path], out: Path) -> Path:
 def reconstruct_volume_cli(input_path: Path, params: dict[str, Any], tables: dict[str, dict[str, Any]]) -> None:
     """``ctbird reconstruct INPUT --slices ...`` (``params``: the command's resolved options)."""
     from . import cli
-    from .io import check_burned_in_annotation, public_input_label, resolve_window, scrub_paths
+    from .cli_safety import RunSafety, check_run_limits
+    from .io import resolve_window
+    from .limits import check_dose, check_sizes
     from .io.series import parse_slices, read_volume
     from .methods import get_method
     from .volume import distributed_context, reconstruct_volume, shutdown_distributed, write_volume_outputs
@@ -130,15 +132,28 @@ def reconstruct_volume_cli(input_path: Path, params: dict[str, Any], tables: dic
     anonymize = params["anonymize"]
     input_path = input_path.expanduser()
     inputs = [input_path] + ([Path(params["geometry_file"])] if params["geometry_file"] else [])
-    out = cli._check_out(params["out"], inputs, params["force"])
+    if not params["geometry_file"]:
+        check_sizes(views=params["views"])
+    out = cli._check_out(params["out"], inputs, params["force"], anonymize)
     work = _check_work_dir(Path(params["work_dir"]) if params["work_dir"] else default_work_dir(out), inputs, out)
-    volume = read_volume(input_path, geometry_path=params["geometry_file"], series_uid=params["series"])
+    safety = RunSafety(anonymize, bool(params.get("accept_burned_in_annotation")))
+    label = safety.label(input_path)
+    if params["geometry_file"]:
+        safety.label(params["geometry_file"], index=2)
+    safety.hide([params["series"]] if params["series"] else [])
+    with safety.collecting():
+        volume = read_volume(input_path, geometry_path=params["geometry_file"], series_uid=params["series"])
+    if params["dose"] is not None:
+        safety.warn(check_dose(params["dose"]))
     indices = parse_slices(params["slices"], volume.n_slices)
-    label = public_input_label(input_path, anonymize)
-    burned = check_burned_in_annotation(volume.headers, anonymize=anonymize,
-                                        accept=bool(params.get("accept_burned_in_annotation")), source=label)
+    safety.check_burned_in(volume.headers, source=label)
     prior, prior_label = cli._load_prior(params["prior"], methods, "cpu")
     acquisition = _acquire_volume(volume, params, prior)
+    geometry = acquisition.geometry
+    check_run_limits(views=geometry.views, detectors=geometry.detector_count(acquisition.image_size),
+                     image_size=acquisition.image_size, methods=methods, device=cli._resolve_device(params["device"]),
+                     out=out, prior_size=prior.image_size if prior is not None else None,
+                     batch=params["batch_size"] or 1, slices=len(indices))
     ctx = distributed_context(params["device"])  # joins torchrun's process group (gloo on CPU, NCCL on CUDA)
     quiet = params["quiet"] or not ctx.is_main
 
@@ -170,9 +185,10 @@ def reconstruct_volume_cli(input_path: Path, params: dict[str, Any], tables: dic
                                    "averages them; 'consistency' scores the stacked volume's planes.")
     if params["z_tv"] is not None:
         summary["z_tv"] = first.z_tv
+    summary["warnings"] = safety.warnings
     written = write_volume_outputs(out, results, volume, force=params["force"], anonymize=anonymize, window=window,
-                                   summary=scrub_paths(summary, anonymize), truth=acquisition.truth,
-                                   burned_in_annotation=burned)
+                                   summary=safety.public(summary), truth=acquisition.truth,
+                                   burned_in_annotation=safety.burned_in_annotation)
     if ctx.is_main and not params["keep_work"]:
         shutil.rmtree(work, ignore_errors=True)
     shutdown_distributed()

@@ -510,3 +510,23 @@ def test_derived_dicom_from_every_input_kind_validates(tmp_path, phantom, kind):
     result = _invoke("reconstruct", *args, "--method", "fbp", "--views", 8, *anonymize, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     assert _dicom_errors(out / "fbp.dcm") == []
+
+
+def test_anonymized_volume_run_leaks_no_planted_identifier_and_checks_limits(tmp_path):
+    """The --slices path applies the same safety as one slice: profile, labels, warnings, limits before work."""
+    series = _planted_series(tmp_path / PATIENT_FOLDER, slices=3, RescaleSlope="0.0005", RescaleIntercept="-1024")
+    identifiers = _identifiers(series)
+    out = tmp_path / "vol"
+    result = _invoke("reconstruct", series, "--slices", "all", "--method", "fbp", "--views", 8, "--anonymize",
+                     "--out", out, "--work-dir", tmp_path / "work", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.stderr and "RescaleSlope 0.0005" in result.stderr
+    assert find_identifiers(out, identifiers) == []
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["input"] == "input" and metrics["warnings"]
+    studies = {pydicom.dcmread(f).StudyInstanceUID for f in (out / "fbp").iterdir()}
+    assert len(studies) == 1 and STUDY_UID not in studies
+    refused = _invoke("reconstruct", series, "--slices", "all", "--method", "fbp", "--views", 100000,
+                      "--out", tmp_path / "absurd", "--quiet")
+    assert refused.exit_code != 0 and "views" in refused.output.lower() and "Traceback" not in refused.output
+    assert not (tmp_path / "absurd").exists()
