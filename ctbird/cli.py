@@ -273,23 +273,10 @@ def _load_study(input_path: Path, params: dict[str, Any], safety) -> _Study:
         return _Study(label=label, input_paths=[input_path], hu=(lo + (hi - lo) * grey).astype(np.float32),
                       notes={"png_to_hu": f"grey [0, 1] mapped linearly to {list(EVAL_HU_RANGE)} HU"})
     if suffix in NUMPY_SUFFIXES:
-        try:
-            array = np.load(input_path, allow_pickle=False)
-            if isinstance(array, np.lib.npyio.NpzFile):
-                with array:
-                    names = list(array.files)
-                    key = "hu" if "hu" in names else "images" if "images" in names else names[0] if len(names) == 1 else None
-                    if key is None:
-                        raise InputError(f"{input_path} holds {names}; store the HU image under 'hu'.")
-                    array = array[key]
-        except CtbirdError:
-            raise
-        except Exception as exc:
-            raise InputError(f"{input_path} is not a readable NumPy file ({exc}).") from exc
-        if array.dtype.kind not in "fiu" or array.ndim not in (2, 3) or min(array.shape) < 1:
-            raise InputError(f"{input_path}: expected an HU image [H, W] or a stack [S, H, W], "
-                             f"got dtype {array.dtype} shape {array.shape}. For a sinogram pass --geometry-file.")
-        stack = array.astype(np.float32)[None] if array.ndim == 2 else array.astype(np.float32)
+        from .io.series import read_hu_stack
+
+        array = read_hu_stack(input_path).hu
+        stack = np.asarray(array, dtype=np.float32)
         if not np.isfinite(stack).all():
             raise InputError(f"{input_path} contains NaN or infinite values.")
         check_hu_values(stack, str(input_path))

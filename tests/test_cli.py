@@ -161,7 +161,7 @@ def _bad_input(tmp_path, case) -> Path:
 
 @pytest.mark.parametrize("case, needle", [
     ("corrupt", "input.dcm"), ("truncated", "input.dcm"), ("empty", "input.dcm"), ("non-dicom", "not a DICOM file"),
-    ("mr", "is an MR image; ctbird reconstructs CT"), ("wrong-shape", "expected an HU image"),
+    ("mr", "is an MR image; ctbird reconstructs CT"), ("wrong-shape", "expected an HU volume"),
     ("wrong-sinogram", "7 views x 20 detectors"),
 ])
 def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, case, needle):

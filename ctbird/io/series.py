@@ -223,7 +223,7 @@ def read_hu_stack(path: str | os.PathLike, *, pixel_spacing_mm: tuple[float, flo
         raise InputError(f"{file} is not a readable NumPy file ({' '.join(str(exc).split())[:160]}).") from exc
     if array.dtype.kind not in "fiu" or array.ndim not in (2, 3) or min(array.shape) < 1:
         raise InputError(f"{file}: expected an HU volume [S, H, W] or image [H, W], got dtype {array.dtype} "
-                         f"shape {array.shape}. For a sinogram pass a geometry file.")
+                         f"shape {array.shape}. For a sinogram pass --geometry-file.")
     stack = array[None] if array.ndim == 2 else array
     return VolumeInput(kind="image", hu=stack, pixel_spacing_mm=tuple(float(v) for v in pixel_spacing_mm),
                        slice_spacing_mm=float(slice_spacing_mm), input_paths=[file])
