@@ -194,6 +194,7 @@ def fbp(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: in
         raise ShapeError(f"fbp: the sinogram must be a floating-point tensor, got dtype {sinogram.dtype}.")
 
     device, dtype = sinogram.device, sinogram.dtype
+    centre = (detectors - 1) / 2.0 + geom.center_offset  # cell hit by the ray through the rotation axis
     angles = torch.as_tensor(geom.angles_rad(), dtype=torch.float64, device=device)
     view_weights = torch.as_tensor(_angular_weights(geom), dtype=torch.float64, device=device)
     coords = torch.arange(image_size, dtype=torch.float64, device=device) - (image_size - 1) / 2.0
@@ -208,19 +209,19 @@ def fbp(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: in
 
         def locate(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             s = x * torch.cos(a)[:, None, None] + y * torch.sin(a)[:, None, None]
-            return s / tau + (detectors - 1) / 2.0, None
+            return s / tau + centre, None
     else:
         sod = float(geom.source_distance)
         sdd = sod + float(geom.detector_distance)
         tau = float(geom.detector_spacing) * sod / sdd  # cell width on the virtual detector at the axis
-        s = (torch.arange(detectors, dtype=torch.float64, device=device) - (detectors - 1) / 2.0) * tau
+        s = (torch.arange(detectors, dtype=torch.float64, device=device) - centre) * tau
         filtered = ramp(sinogram * (sod / torch.sqrt(sod * sod + s * s)).to(dtype), tau)
 
         def locate(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             cos, sin = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
             depth = sod - x * sin + y * cos  # distance from the source along the central ray
             lateral = x * cos + y * sin
-            return lateral * (sod / depth) / tau + (detectors - 1) / 2.0, (sod / depth) ** 2
+            return lateral * (sod / depth) / tau + centre, (sod / depth) ** 2
 
     return _backproject(filtered, angles, view_weights, locate, image_size)
 
