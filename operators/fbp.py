@@ -145,7 +145,8 @@ def fbp(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: in
 
     Each view is weighted by its angular spacing (uneven explicit angles get trapezoid weights) times
     ``pi / max(coverage, pi)``: the factor ``1/2`` of a full ``2 pi`` scan. Short fan scans get no Parker
-    weights (approximate). Linear and differentiable in ``sinogram``.
+    weights (approximate). A calibrated geometry is honoured: the angles include ``angle_offsets`` and the detector
+    index is moved by ``center_offset`` cells. Linear and differentiable in ``sinogram``.
 
     Parameters
     ----------
