@@ -277,14 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         from ctbird.priors import load_prior
 
         prior = load_prior(args.prior, device=str(device))
-    rows = []
-    for slice_, kind, views, offset, jitter, seed, methods, bird in progress(cases(args, slices), desc="cases"):
+    rows, todo = [], cases(args, slices)
+    for slice_, kind, views, offset, jitter, seed, methods, bird in progress(todo, desc="cases"):
         rows.append(run_case(slice_, kind, views, offset, jitter, seed, args, methods=methods, prior=prior,
                              bird_labels=bird))
-    summary = summarize(rows, args)
-    payload = {"record": record, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "summary": summary, "rows": rows}
-    json_path, md_path = write_outputs(args.out_dir, args.tag, payload, markdown(rows, summary, args, record))
+        # written after every case: an interrupted run leaves a consistent page of the cases done
+        summary = summarize(rows, args)
+        payload = {"record": record, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                   "cases_done": len(rows), "cases_planned": len(todo), "summary": summary, "rows": rows}
+        page = markdown(rows, summary, args, record)
+        if len(rows) < len(todo):
+            page = page.replace("\n## Targets", f"\n**Partial: {len(rows)} of {len(todo)} cases done.**\n\n## Targets", 1)
+        json_path, md_path = write_outputs(args.out_dir, args.tag, payload, page)
     print(f"wrote {md_path} and {json_path}", file=sys.stderr)
     return 0
 
