@@ -130,7 +130,8 @@ def run_case(slice_, kind: str, views: int, offset: float, jitter: float, seed: 
 
 
 def cases(args, slices):
-    """``(slice, kind, views, offset, jitter, seed, methods, bird_labels)`` of the run, cheapest first."""
+    """``(slice, kind, views, offset, jitter, seed, methods, bird_labels)`` of the run: estimates only, then with
+    FBP/SIRT/TV, then angle jitter, then BIRD (an interrupted run has the broadest cheap results)."""
     out = []
     for index, slice_ in enumerate(slices):
         for views in args.views:
@@ -147,7 +148,7 @@ def cases(args, slices):
             for kind in args.geometry:
                 for jitter in args.jitter:
                     out.append((slice_, kind, args.views[0], args.jitter_offset, jitter, index, CHEAP_METHODS, ()))
-    return out
+    return sorted(out, key=lambda case: (bool(case[7]), case[4] > 0, bool(case[6])))
 
 
 # ------------------------------------------------------------------------------------------------ report
