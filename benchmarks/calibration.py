@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "calibration")
     parser.add_argument("--tag", default=None, help="run label in the file names (default: the device type)")
+    parser.add_argument("--rerender", type=Path, default=None, metavar="RUN.json",
+                        help="rewrite RUN.md from RUN.json (its rows and settings) without running anything")
     args = parser.parse_args(argv)
     args.views = parse_list(args.views, int)
     args.geometry = parse_list(args.geometry)
@@ -263,14 +265,33 @@ def markdown(rows: list[dict], summary: dict, args, record: dict) -> str:
     lines += ["## What was restricted", "",
               f"To fit about 25 minutes of a shared 2-core CPU: {args.max_slices} eval slices at {args.views[0]} views, "
               f"{args.slices_at_more_views} at the other view counts; FBP/SIRT/TV only at {args.psnr_offset} px "
-              f"and in the jitter cases ({args.jitter_slices} slice); BIRD ({'cpu-fast'} preset) on "
-              f"{args.bird_slices} slice(s) per geometry (nominal geometry on {args.bird_nominal_slices}); noiseless "
-              "data only.", ""]
+              f"and in the jitter cases; angle jitter {', '.join(f'{j:g}' for j in args.jitter)} deg on "
+              f"{args.jitter_slices} slice(s) (projection matching costs about 40 s per case); BIRD (cpu-fast "
+              f"preset) on {args.bird_slices} slice(s) per geometry (nominal geometry on {args.bird_nominal_slices}); "
+              "noiseless data only.", ""]
     return "\n".join(lines)
+
+
+def rerender(path: Path) -> Path:
+    """Rewrite the page of a finished run from its JSON (after a change of the page's layout or text)."""
+    import json
+
+    payload = json.loads(path.read_text())
+    args = argparse.Namespace(**payload["args"])
+    page = markdown(payload["rows"], summarize(payload["rows"], args), args, payload["record"])
+    if payload["cases_done"] < payload["cases_planned"]:
+        page = page.replace("\n## Targets", f"\n**Partial: {payload['cases_done']} of {payload['cases_planned']} cases "
+                            "done.**\n\n## Targets", 1)
+    md_path = path.with_suffix(".md")
+    md_path.write_text(page.rstrip() + "\n")
+    return md_path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rerender is not None:
+        print(f"wrote {rerender(args.rerender)}", file=sys.stderr)
+        return 0
     device, record = start_run(args, argv)
     slices = load_ct_slices(None if args.synthetic else args.data, args.max_slices, args.size, synthetic=args.synthetic)
     prior = None

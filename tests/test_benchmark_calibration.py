@@ -36,3 +36,7 @@ def test_benchmark_calibration_runs_and_reports_the_targets(tmp_path, tiny_unet_
     assert len(payload["summary"]["bird_cost_ratio"]) == 1
     page = (tmp_path / "out" / "t.md").read_text()
     assert "## Targets" in page and "Angle jitter" in page and "BIRD cost ratio" in page
+    again = subprocess.run([sys.executable, "-m", "benchmarks.calibration", "--rerender", str(tmp_path / "out" / "t.json")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "out" / "t.md").read_text() == page
