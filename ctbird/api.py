@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -130,7 +129,7 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                 prior: DiffusionPrior | str | os.PathLike | None = None, method: str = "bird",
                 config: Settings | None = None, seed: int | Sequence[int] = 0, device: str | torch.device = "cpu",
                 callback: Callable[[dict], None] | None = None, radon_backend: str = "matrix",
-                **settings: Any) -> Reconstruction:
+                calibrate: str | tuple[str, ...] | None = None, **settings: Any) -> Reconstruction:
     """Reconstruct CT slices from a (sparse-view) sinogram.
 
     Units
@@ -179,16 +178,25 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
         ``callback(dict(iteration, iters, loss, ...))`` after each BIRD/DPS iteration.
     radon_backend : {"matrix", "astra", "torch"}
         Projector backend of :class:`operators.radon.Radon`.
+    calibrate : None, ``("center",)``, ``("center", "angles")`` (or ``"center,angles"``)
+        Estimate the geometry's errors first (:func:`ctbird.solvers.calibrate.calibrate` without a prior: the
+        rotation-centre consistency search, then per-view angle offsets by projection matching), then run
+        ``method`` with the calibrated geometry on a projector rebuilt for it. One sinogram (``B = 1``) at a time.
 
     Returns
     -------
     Reconstruction
-        ``.image`` in HU ``[B, 1, N, N]`` float32, plus the run record (``.config``: the settings used).
+        ``.image`` in HU ``[B, 1, N, N]`` float32, plus the run record (``.config``: the settings used;
+        ``.geometry``: the geometry used; ``.calibration``: the estimates, when asked; ``.seconds`` includes the
+        calibration).
     """
     from operators.radon import Radon
 
+    from .solvers.calibrate import parse_estimate
+
     entry = get_method(method)
     config = entry.configure(config, **settings)
+    estimate = parse_estimate(calibrate)
     image_size = _check_int("image_size", image_size, 2)
     if isinstance(seed, Sequence) and not isinstance(seed, str):
         seed = tuple(_check_int("seed", s, 0) for s in seed)
@@ -206,6 +214,11 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     if isinstance(seed, tuple) and len(seed) != y.shape[0]:
         raise ConfigError(f"seed holds {len(seed)} seeds for a batch of {y.shape[0]} sinograms; pass one per item "
                           "or a single int.")
+    calibration = None
+    if estimate is not None:
+        calibration = _calibrate(y, geometry, radon, image_size, estimate)
+        geometry = calibration.geometry
+        radon = Radon(geometry, image_size, backend=radon_backend, channels=1, device=dev)
     model = None
     if entry.needs_prior:
         model = _prior_on(prior, dev)
@@ -214,9 +227,20 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                               "(a photograph prior?). Pass a CT prior trained on HU slices.")
     problem = CTProblem(sinogram=y, radon=radon, geometry=geometry, image_size=image_size,
                         pixel_spacing_mm=float(spacing), prior=model, seed=seed, callback=callback)
-    start = time.perf_counter()
     result = entry.run(problem, config)
-    return replace(result, seconds=time.perf_counter() - start)
+    seconds = result.seconds + (calibration.seconds if calibration is not None else 0.0)
+    return replace(result, seconds=seconds, geometry=geometry, calibration=calibration)
+
+
+def _calibrate(y: torch.Tensor, geometry, radon, image_size: int, estimate: tuple[str, ...]):
+    """The geometry estimates of one sinogram ``y`` ``[1, 1, views, detectors]`` (``radon``: the given geometry's)."""
+    from .solvers.calibrate import calibrate
+
+    if y.shape[0] != 1:
+        raise ConfigError(f"calibrate estimates the geometry of one sinogram; got a batch of {y.shape[0]}. "
+                          "Reconstruct one slice at a time, or calibrate one and pass its geometry to all.")
+    nominal_radon = radon if not geometry.is_calibrated else None  # the centre search scores on a nominal projector
+    return calibrate(y, geometry, image_size, estimate=estimate, radon=nominal_radon)
 
 
 # ---------------------------------------------------------------------- photographs

@@ -27,6 +27,8 @@ import numpy as np
 
 from operators.errors import OperatorError
 
+from .cli_calibration import (calibrate_acquisition, calibration_options, check_calibration_options,
+                              simulated_errors, write_calibrated_geometry)
 from .config import METHOD_CONFIGS, PRESETS, RESTORE_TASKS, BirdConfig, Settings, resolve_preset
 from .errors import ConfigError, CtbirdError, InputError
 from .units import EVAL_HU_RANGE, WINDOWS
@@ -348,6 +350,7 @@ def _load_study(input_path: Path, params: dict[str, Any], safety) -> _Study:
 @click.option("--config", type=click.Path(path_type=Path), default=None,
               help="TOML file with any of these options (flags given here override it) and tables of method "
                    "settings, e.g. [bird] lr_latent = 0.01 (ctbird.config; --iters/--delta-t/--samples win).")
+@calibration_options
 @click.pass_context
 def reconstruct_command(ctx: click.Context, input_path: Path, config: Path | None, **_: Any) -> None:
     """Reconstruct a CT slice from few views.
@@ -388,6 +391,7 @@ def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dic
     device = _resolve_device(params["device"])
     params["preset"] = resolve_preset(params["preset"], device)
     configs = {method: _method_settings(method, params, tables.get(method)) for method in methods}
+    estimate = check_calibration_options(params)
     quiet = params["quiet"]
     safety = RunSafety(params["anonymize"], params["accept_burned_in_annotation"])
     if not params["geometry_file"]:
@@ -403,6 +407,7 @@ def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dic
     prior, prior_label = _load_prior(params["prior"], methods, device)
     _check_reconstruct_limits(study, params, prior, methods, device, out)
     acquisition = _acquire(study, params, prior)
+    acquisition, calibration = calibrate_acquisition(acquisition, estimate, device=device)  # once for all methods
 
     from . import api
     from .methods import get_method
@@ -419,8 +424,11 @@ def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dic
 
     summary = _reconstruct_metrics(study, params, acquisition, prior_label, results)
     summary["warnings"] = safety.warnings
+    if calibration is not None:
+        summary["calibration"] = calibration
     with atomic_output_dir(out, force=params["force"]) as staging:
         _write_reconstruct_outputs(staging, study, params, results, summary, acquisition, window, configs, safety)
+        write_calibrated_geometry(staging, acquisition, calibration)
     if not quiet:
         click.echo(f"Wrote {', '.join(methods)} results to {out}", err=True)
 
@@ -477,13 +485,14 @@ def _acquire(study: _Study, params: dict[str, Any], prior) -> _Acquisition:
     import torch
 
     if study.sinogram is None:
-        from .simulate import simulate
+        from .simulate import simulate, simulation_geometry
 
         height, width = study.hu.shape
         _, size = _working_grid(study, params, prior)
-        simulated = simulate(study.hu, views=params["views"], image_size=size, pixel_spacing_mm=study.spacing_mm,
-                             geometry=params["geometry"], dose=params["dose"], seed=params["seed"])
-        return _Acquisition(simulated.sinogram, simulated.geometry, size, simulated.pixel_spacing_mm,
+        geometry = simulation_geometry(params["geometry"], params["views"], size, **simulated_errors(params))
+        simulated = simulate(study.hu, image_size=size, pixel_spacing_mm=study.spacing_mm, geometry=geometry,
+                             dose=params["dose"], seed=params["seed"])
+        return _Acquisition(simulated.sinogram, simulated.nominal_geometry, size, simulated.pixel_spacing_mm,
                             simulated.truth_hu, (height, width), study.spacing_mm, simulated.settings())
     geometry, size = study.geometry, study.image_size
     if prior is not None and prior.image_size != size:

@@ -125,6 +125,9 @@ def reconstruct_volume_cli(input_path: Path, params: dict[str, Any], tables: dic
 
     if params["slice"] is not None:
         raise ConfigError("--slice picks one slice and --slices several; pass only one of them.")
+    if params.get("calibrate") or params.get("center_offset") or params.get("angle_jitter"):
+        raise ConfigError("--calibrate, --center-offset and --angle-jitter work on one slice; calibrate one slice "
+                          "(--slice i --calibrate ...) and pass its geometry_calibrated.json as --geometry-file.")
     methods = cli._parse_methods(params["method"])
     window = resolve_window(params["window"])
     params["preset"] = resolve_preset(params["preset"], cli._resolve_device(params["device"]))

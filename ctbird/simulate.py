@@ -33,7 +33,8 @@ class Acquisition:
     sinogram : Tensor ``[1, 1, views, detectors]`` float32 (on the ``device`` it was simulated on)
         Line integrals of ``mu`` (1/mm), lengths in mm (``-log(I / I0)``; noisy when ``dose`` is set).
     geometry : operators.ParallelBeam or operators.FanBeam
-        The geometry, resolved for the ``image_size`` grid (pixel units).
+        The geometry the sinogram was simulated with, resolved for the ``image_size`` grid (pixel units); it carries
+        the simulated scanner errors (``center_offset``, ``angle_offsets``) when any were set.
     truth_hu : ndarray ``[N, N]`` float32
         The ground truth on the working grid, in HU clipped to :data:`ctbird.units.PRIOR_HU_WINDOW`.
     pixel_spacing_mm : float
@@ -54,23 +55,54 @@ class Acquisition:
     dose: float | None
     seed: int
 
+    @property
+    def nominal_geometry(self):
+        """The geometry without the simulated errors: what a reconstruction is told (``geometry`` when it has none)."""
+        return self.geometry.calibrated() if self.geometry.is_calibrated else self.geometry
+
     def settings(self) -> dict[str, Any]:
-        """The acquisition's record: views, geometry dict, grid, spacing, dose and seed (JSON-ready)."""
-        return {"views": int(self.geometry.views), "geometry": self.geometry.to_dict(), "image_size": self.image_size,
-                "pixel_spacing_mm": self.pixel_spacing_mm, "dose_I0": self.dose, "seed": self.seed}
+        """The acquisition's record: views, nominal geometry dict, grid, spacing, dose and seed (JSON-ready), and the
+        simulated geometry errors (``geometry_errors``: ``center_offset`` cells, ``angle_offsets_deg``) when set."""
+        record = {"views": int(self.geometry.views), "geometry": self.nominal_geometry.to_dict(),
+                  "image_size": self.image_size, "pixel_spacing_mm": self.pixel_spacing_mm, "dose_I0": self.dose,
+                  "seed": self.seed}
+        if self.geometry.is_calibrated:
+            errors = self.geometry.to_dict()
+            record["geometry_errors"] = {k: errors[k] for k in ("center_offset", "angle_offsets_deg") if k in errors}
+        return record
 
 
-def simulation_geometry(kind: str, views: int, size: int):
+def simulation_geometry(kind: str, views: int, size: int, *, center_offset: float = 0.0,
+                        angle_jitter_deg: float = 0.0, seed: int = 0):
     """The standard simulated geometry on an ``size x size`` grid: ``"parallel"`` over 180 degrees, or ``"fan"``
     (flat detector, 360 degrees) with the source at ``2 size`` and the detector at ``size`` from the axis (pixel
-    units): a clinical-like fan of about 29 degrees half-angle."""
+    units): a clinical-like fan of about 29 degrees half-angle.
+
+    Scanner errors to simulate (a calibration test): ``center_offset`` (detector cells, the geometry's
+    ``center_offset``) and ``angle_jitter_deg``, the standard deviation of mean-free Gaussian per-view angle offsets
+    (degrees, drawn from ``seed``). Reconstruct such an acquisition with the nominal geometry
+    (:attr:`Acquisition.nominal_geometry`) to see the errors' effect, or calibrate it.
+    """
     from operators.geometry import FanBeam, ParallelBeam
 
     if kind == "parallel":
-        return ParallelBeam(views=views).resolved(size)
-    if kind == "fan":
-        return FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
-    raise ConfigError(f"geometry must be one of {', '.join(GEOMETRY_KINDS)}, got {kind!r}.")
+        geometry = ParallelBeam(views=views).resolved(size)
+    elif kind == "fan":
+        geometry = FanBeam(views=views, source_distance=2.0 * size, detector_distance=1.0 * size).resolved(size)
+    else:
+        raise ConfigError(f"geometry must be one of {', '.join(GEOMETRY_KINDS)}, got {kind!r}.")
+    for name, value in (("center_offset", center_offset), ("angle_jitter_deg", angle_jitter_deg)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+    if angle_jitter_deg < 0:
+        raise ConfigError(f"angle_jitter_deg must be >= 0 (a standard deviation in degrees), got {angle_jitter_deg!r}.")
+    if angle_jitter_deg == 0 and center_offset == 0:
+        return geometry
+    offsets = None
+    if angle_jitter_deg > 0:
+        jitter = np.random.default_rng(seed).standard_normal(views)
+        offsets = np.deg2rad(angle_jitter_deg * (jitter - jitter.mean())).tolist()
+    return geometry.calibrated(float(center_offset), offsets)
 
 
 @functools.lru_cache(maxsize=8)

@@ -145,7 +145,8 @@ def fbp(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: in
 
     Each view is weighted by its angular spacing (uneven explicit angles get trapezoid weights) times
     ``pi / max(coverage, pi)``: the factor ``1/2`` of a full ``2 pi`` scan. Short fan scans get no Parker
-    weights (approximate). Linear and differentiable in ``sinogram``.
+    weights (approximate). A calibrated geometry is honoured: the angles include ``angle_offsets`` and the detector
+    index is moved by ``center_offset`` cells. Linear and differentiable in ``sinogram``.
 
     Parameters
     ----------
@@ -194,6 +195,7 @@ def fbp(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: in
         raise ShapeError(f"fbp: the sinogram must be a floating-point tensor, got dtype {sinogram.dtype}.")
 
     device, dtype = sinogram.device, sinogram.dtype
+    centre = (detectors - 1) / 2.0 + geom.center_offset  # cell hit by the ray through the rotation axis
     angles = torch.as_tensor(geom.angles_rad(), dtype=torch.float64, device=device)
     view_weights = torch.as_tensor(_angular_weights(geom), dtype=torch.float64, device=device)
     coords = torch.arange(image_size, dtype=torch.float64, device=device) - (image_size - 1) / 2.0
@@ -208,19 +210,19 @@ def fbp(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_size: in
 
         def locate(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             s = x * torch.cos(a)[:, None, None] + y * torch.sin(a)[:, None, None]
-            return s / tau + (detectors - 1) / 2.0, None
+            return s / tau + centre, None
     else:
         sod = float(geom.source_distance)
         sdd = sod + float(geom.detector_distance)
         tau = float(geom.detector_spacing) * sod / sdd  # cell width on the virtual detector at the axis
-        s = (torch.arange(detectors, dtype=torch.float64, device=device) - (detectors - 1) / 2.0) * tau
+        s = (torch.arange(detectors, dtype=torch.float64, device=device) - centre) * tau
         filtered = ramp(sinogram * (sod / torch.sqrt(sod * sod + s * s)).to(dtype), tau)
 
         def locate(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             cos, sin = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
             depth = sod - x * sin + y * cos  # distance from the source along the central ray
             lateral = x * cos + y * sin
-            return lateral * (sod / depth) / tau + (detectors - 1) / 2.0, (sod / depth) ** 2
+            return lateral * (sod / depth) / tau + centre, (sod / depth) ** 2
 
     return _backproject(filtered, angles, view_weights, locate, image_size)
 

@@ -129,3 +129,10 @@ def test_a_killed_run_resumes_to_the_fresh_volume(tmp_path, prior_dir):
     assert fresh.exit_code == 0, fresh.output
     np.testing.assert_array_equal(np.load(tmp_path / "killed" / "bird.npy"), np.load(tmp_path / "fresh" / "bird.npy"))
     assert not (tmp_path / "killed.work").exists()
+
+
+def test_volume_runs_refuse_calibration_options(tmp_path, volume_npy):
+    result = _invoke("reconstruct", volume_npy, "--slices", "all", "--method", "fbp", "--views", 8,
+                     "--calibrate", "center", "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code != 0 and "--calibrate" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

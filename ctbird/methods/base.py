@@ -42,6 +42,10 @@ class Reconstruction:
         The settings the method ran with (:meth:`~ctbird.config.Settings.to_dict` for the record).
     info : dict
         Method-specific extras (iterations run, final data loss...).
+    geometry : operators.ParallelBeam or operators.FanBeam or None
+        The geometry the method reconstructed with (the calibrated one when ``calibrate`` was asked).
+    calibration : ctbird.solvers.calibrate.CalibrationResult or None
+        The geometry estimates of ``reconstruct(..., calibrate=...)`` (``.summary()`` for the record).
     """
 
     image: torch.Tensor
@@ -57,6 +61,8 @@ class Reconstruction:
     solver_result: Any = None
     config: Any = None
     info: dict = field(default_factory=dict)
+    geometry: Any = None
+    calibration: Any = None
 
     @property
     def hu(self) -> torch.Tensor:

@@ -26,6 +26,7 @@ matching alone (``prior=None``) until stage 2 is shown to help at full size (256
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -60,11 +61,16 @@ class CalibrationResult:
     angle_offsets_deg : numpy array ``[views]`` or None
         Estimated per-view angle offsets in degrees (mean-free), ``None`` unless ``"angles"`` was estimated.
     geometry : ParallelBeam or FanBeam
-        The calibrated geometry (build any backend with it; :meth:`to_dict` writes a valid geometry file).
+        The given geometry (its units kept) with the estimates: build any backend with it; ``to_dict`` writes a valid
+        geometry file.
     search : CenterSearch or None
         Stage 1: the coarse-to-fine centre search (``None`` when the centre was not estimated).
     refined : BirdResult or None
         Stage 2: the joint BIRD run (its ``image`` is a reconstruction on the torch projector), if run.
+    estimate : tuple of str
+        What was estimated (a subset of :data:`PARAMETERS`).
+    seconds : float
+        Wall-clock time of the calibration.
     """
 
     center_offset: float
@@ -72,15 +78,42 @@ class CalibrationResult:
     geometry: ParallelBeam | FanBeam
     search: CenterSearch | None
     refined: BirdResult | None = None
+    estimate: tuple[str, ...] = ("center",)
+    seconds: float = 0.0
 
     def summary(self) -> dict:
-        """JSON-ready estimates (for ``metrics.json``'s ``calibration`` section)."""
-        out = {"center_offset": self.center_offset}
+        """JSON-ready record (``metrics.json``'s ``calibration`` section): what was estimated, the estimates, how
+        (``search``: the centre search's method; ``stages``) and the seconds taken."""
+        stages = (["consistency-search"] if self.search is not None else []) + \
+            (["projection-matching"] if "angles" in self.estimate else []) + (["bird-joint"] if self.refined else [])
+        out = {"estimate": list(self.estimate), "center_offset": self.center_offset,
+               "search": None if self.search is None else self.search.method, "stages": stages,
+               "seconds": round(self.seconds, 3)}
         if self.search is not None:
             out["center_offset_search"] = self.search.center_offset
         if self.angle_offsets_deg is not None:
             out["angle_offsets_deg"] = [float(a) for a in self.angle_offsets_deg]
+            out["angle_offsets_rms_deg"] = float(np.sqrt(np.mean(np.square(self.angle_offsets_deg))))
         return out
+
+
+def parse_estimate(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The ``calibrate`` option of :func:`ctbird.reconstruct` and the CLI as a tuple of :data:`PARAMETERS`.
+
+    Accepts ``None`` / ``()`` / ``""`` (no calibration: ``None``), a comma-separated string (``"center,angles"``) or
+    a sequence of names; raises :class:`ConfigError` for unknown or repeated names.
+    """
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"calibrate must be None, 'center', 'center,angles' or a tuple of names, got {value!r}.")
+    names = tuple(n.strip() for n in names if n.strip())
+    unknown = sorted(set(names) - set(PARAMETERS))
+    if unknown or len(set(names)) != len(names):
+        raise ConfigError(f"calibrate: unknown or repeated parameter(s) in {value!r}; choose from {PARAMETERS}, "
+                          "e.g. ('center',) or ('center', 'angles').")
+    return tuple(p for p in PARAMETERS if p in names) or None
 
 
 class CalibrationParameters(Operator):
@@ -195,6 +228,7 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
     if not (math.isfinite(refine_lr) and refine_lr > 0):
         raise ConfigError(f"calibrate: refine_lr must be a positive number, got {refine_lr!r}.")
 
+    started = time.perf_counter()
     search = None
     start = geometry.in_pixels()
     if "center" in estimate:
@@ -205,7 +239,8 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
         start = match_projections(sinogram, start, image_size, rounds=match_rounds)
     if prior is None or refine_iters == 0:
         degrees = np.rad2deg(start.angles_rad() - start.nominal_angles_rad()) if "angles" in estimate else None
-        return CalibrationResult(start.center_offset, degrees, start, search)
+        return CalibrationResult(start.center_offset, degrees, _in_units_of(geometry, start), search,
+                                 estimate=estimate, seconds=time.perf_counter() - started)
 
     y = sinogram if sinogram.dim() == 4 else sinogram[None, None]
     device = prior.device
@@ -227,4 +262,10 @@ def calibrate(sinogram: torch.Tensor, geometry: ParallelBeam | FanBeam, image_si
     degrees = None
     if "angles" in estimate:
         degrees = np.rad2deg(calibrated.angles_rad() - calibrated.nominal_angles_rad())
-    return CalibrationResult(calibrated.center_offset, degrees, calibrated, search, refined)
+    return CalibrationResult(calibrated.center_offset, degrees, _in_units_of(geometry, calibrated), search, refined,
+                             estimate=estimate, seconds=time.perf_counter() - started)
+
+
+def _in_units_of(given: ParallelBeam | FanBeam, estimated: ParallelBeam | FanBeam) -> ParallelBeam | FanBeam:
+    """``given`` (its lengths and detector count as given) with the calibration of ``estimated`` (unit-free)."""
+    return given.calibrated(estimated.center_offset, estimated.angle_offsets)
