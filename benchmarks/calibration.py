@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import (RESULTS_DIR, SHARED_DATA, fmt, load_ct_slices, markdown_table, parse_list, progress,
-                               record_markdown, run_script, score, start_run, write_outputs)
+                               record_markdown, run_script, start_run, write_outputs)
+from ctbird.metrics import score_ct
+from ctbird.units import EVAL_HU_RANGE
 
 CHEAP_METHODS = ("fbp", "sirt", "tv")
 GEOMETRY_LABELS = ("ours", "classical", "nominal", "true")
@@ -119,14 +121,14 @@ def run_case(slice_, kind: str, views: int, offset: float, jitter: float, seed: 
         for name, geometry in geometries.items():
             result, seconds = timed(lambda: ctbird.reconstruct(y, geometry, image_size=size, pixel_spacing_mm=spacing,
                                                                 method=method))
-            row["psnr"].setdefault(method, {})[name] = score(result.image, truth)["psnr"]
+            row["psnr"].setdefault(method, {})[name] = score_ct(result.image[0, 0], truth, data_range=EVAL_HU_RANGE)["psnr"]
             row["seconds"].setdefault(method, {})[name] = seconds
     for name in bird_labels:
         config = BirdConfig.preset("cpu-fast")
         result, seconds = timed(lambda: ctbird.reconstruct(y, geometries[name], image_size=size,
                                                             pixel_spacing_mm=spacing, prior=prior, method="bird",
                                                             config=config, device=args.device))
-        row["psnr"].setdefault("bird", {})[name] = score(result.image, truth)["psnr"]
+        row["psnr"].setdefault("bird", {})[name] = score_ct(result.image[0, 0], truth, data_range=EVAL_HU_RANGE)["psnr"]
         row["seconds"].setdefault("bird", {})[name] = seconds
     return row
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -227,8 +228,9 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
                               "(a photograph prior?). Pass a CT prior trained on HU slices.")
     problem = CTProblem(sinogram=y, radon=radon, geometry=geometry, image_size=image_size,
                         pixel_spacing_mm=float(spacing), prior=model, seed=seed, callback=callback)
+    start = time.perf_counter()
     result = entry.run(problem, config)
-    seconds = result.seconds + (calibration.seconds if calibration is not None else 0.0)
+    seconds = time.perf_counter() - start + (calibration.seconds if calibration is not None else 0.0)
     return replace(result, seconds=seconds, geometry=geometry, calibration=calibration)
 
 
