@@ -537,6 +537,9 @@ def _json_default(value):
               help="Known blur for --no-blind deblurring: a Gaussian sigma in pixels or a .npy [k, k] kernel.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None,
               help="Inpainting mask (--task inpaint): PNG/NPY, nonzero where pixels are observed.")
+@click.option("--method", "restore_methods", default="bird", show_default=True,
+              help="Comma-separated methods: bird and the task's classical baselines (wiener, richardson-lucy for "
+                   "deblurring, with BIRD's kernel when bird runs too; bicubic; tv; biharmonic).")
 @click.option("--delta-t", type=click.IntRange(min=1), default=None,
               help="DDIM step of the BIRD chain (default: the task's, 100).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: the task's own).")
@@ -606,7 +609,8 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         raise ConfigError(f"--task is required: one of {', '.join(RESTORE_TASKS)}.")
     config = _settings_from_table(BirdConfig, BirdConfig.for_task(params["task"]), table, f"[bird] in {params['config']}")
     config = config.with_overrides(iters=params["iters"], delta_t=params["delta_t"])
-    if not params["prior"]:
+    methods = _restore_methods(params["task"], params["restore_methods"])
+    if "bird" in methods and not params["prior"]:
         raise ConfigError("--prior is required for restore: a diffusers folder or hub id of a photograph prior.")
     device = _resolve_device(params["device"])
     inputs = [image_path] + ([Path(params["reference"])] if params["reference"] else [])
@@ -614,23 +618,36 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
     observed = read_image(image_path)
     reference = read_image(params["reference"]) if params["reference"] else None
     kernel_arg, mask_arg = _restore_operator_inputs(params, observed.shape[-2:])
-    from .priors import load_prior
-
-    prior = load_prior(params["prior"], device=device)
-    if observed.shape[0] != prior.channels:
-        observed = np.repeat(observed, prior.channels, axis=0) if observed.shape[0] == 1 else observed.mean(0, keepdims=True)
     from . import api
 
-    with _step_bar(quiet=params["quiet"], desc=f"restore ({params['task']})", total=config.iters) as callback:
-        result = api.restore(torch.from_numpy(observed)[None], params["task"], prior=prior, blind=params["blind"],
-                             sr_factor=params["sr_factor"], kernel=kernel_arg, mask=mask_arg, config=config,
-                             seed=params["seed"], device=device, callback=callback)
-    restored = _as_numpy(result.image)[0]
-    kernel = _as_numpy(result.kernel)
+    if "bird" in methods:
+        from .priors import load_prior
+
+        prior = load_prior(params["prior"], device=device)
+        if observed.shape[0] != prior.channels:
+            observed = (np.repeat(observed, prior.channels, axis=0) if observed.shape[0] == 1
+                        else observed.mean(0, keepdims=True))
+        with _step_bar(quiet=params["quiet"], desc=f"restore ({params['task']})", total=config.iters) as callback:
+            result = api.restore(torch.from_numpy(observed)[None], params["task"], prior=prior, blind=params["blind"],
+                                 sr_factor=params["sr_factor"], kernel=kernel_arg, mask=mask_arg, config=config,
+                                 seed=params["seed"], device=device, callback=callback)
+    else:
+        result = None
+    baselines = _restore_baselines(methods, observed, params, kernel_arg, mask_arg, result)
+    primary = result if result is not None else baselines[methods[0]]
+    restored = _as_numpy(primary.image)[0]
+    kernel = _as_numpy(primary.kernel)
     summary: dict[str, Any] = {"input": str(image_path), "task": params["task"], "blind": params["blind"],
-                               "prior": str(params["prior"]), "seed": params["seed"],
-                               "seconds": round(result.seconds, 3), "nfe": result.nfe,
-                               "settings": result.config.to_dict()}
+                               "methods": methods, "prior": str(params["prior"]) if result is not None else None,
+                               "seed": params["seed"], "seconds": round(primary.seconds, 3),
+                               "nfe": result.nfe if result is not None else 0,
+                               "settings": result.config.to_dict() if result is not None else None}
+    if params["task"] == "denoise":
+        from .restoration_baselines import estimate_noise_sigma
+
+        summary["noise_sigma_estimate"] = {"wavelet_mad": estimate_noise_sigma(observed)}
+        if result is not None:
+            summary["noise_sigma_estimate"]["bird_residual"] = float(np.std(observed - restored))
     if reference is not None:
         from .metrics import psnr, ssim
 
@@ -643,6 +660,12 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         summary["psnr"] = psnr(restored, reference, data_range=(0.0, 1.0))
         if min(restored.shape[-2:]) >= 11:
             summary["ssim"] = ssim(restored, reference, data_range=(0.0, 1.0))
+        scored = {"input": observed} if observed.shape[-2:] == reference.shape[-2:] else {}
+        scored.update({name: _as_numpy(b.image)[0] for name, b in baselines.items()})
+        summary["scores"] = {name: {"psnr": psnr(image, reference, data_range=(0.0, 1.0)),
+                                    **({"ssim": ssim(image, reference, data_range=(0.0, 1.0))}
+                                       if min(image.shape[-2:]) >= 11 else {})}
+                             for name, image in scored.items()}
     with atomic_output_dir(out, force=params["force"]) as staging:
         np.save(staging / "restored.npy", restored.astype(np.float32))
         write_png(restored, staging / "restored.png")
@@ -653,13 +676,21 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
             peak = float(np.max(kernel2d)) if kernel2d.size else 0.0
             write_png(kernel2d / peak if peak > 0 else kernel2d, staging / "kernel.png")
             extra["estimated kernel" if params["blind"] else "kernel"] = kernel2d
-        uncertainty = _as_numpy(result.uncertainty)
+        uncertainty = _as_numpy(result.uncertainty) if result is not None else None
         if uncertainty is not None:
             np.save(staging / "restored_std.npy", uncertainty[0])
         from .figures import comparison_figure
 
         metrics = {"restored": {k: summary[k] for k in ("psnr", "ssim") if k in summary}}
         images = {"observed": observed if observed.shape[-2:] == restored.shape[-2:] else None, "restored": restored}
+        for name, baseline in baselines.items():
+            if baseline is not primary:
+                image = _as_numpy(baseline.image)[0]
+                np.save(staging / f"{name}.npy", image.astype(np.float32))
+                write_png(image, staging / f"{name}.png")
+                images[name] = image
+                metrics[name] = summary.get("scores", {}).get(name, {})
+        summary["baseline_seconds"] = {name: round(b.seconds, 3) for name, b in baselines.items()}
         figure = comparison_figure({k: v for k, v in images.items() if v is not None}, reference=reference,
                                    window=(0.0, 1.0), metrics=metrics, extra=extra, unit="[0,1]", error_range=0.25,
                                    title=f"{image_path.name}: {params['task']}")
@@ -668,9 +699,37 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k != "config"}
         write_text_atomic(staging / "config.toml", to_toml({"input": str(image_path), **options},
                                                            header="ctbird restore: resolved configuration",
-                                                           tables={"bird": result.config.to_dict()}))
+                                                           tables={"bird": result.config.to_dict()} if result else {}))
     if not params["quiet"]:
         click.echo(f"Wrote the restored image to {out}", err=True)
+
+
+def _restore_methods(task: str, text: str) -> list[str]:
+    """The methods of ``restore --method``: ``bird`` and the task's baselines (:mod:`ctbird.restoration_baselines`)."""
+    from .restoration_baselines import task_baselines
+
+    valid = ("bird", *task_baselines(task))
+    methods = list(dict.fromkeys(m.strip().lower() for m in str(text).split(",") if m.strip()))
+    bad = [m for m in methods if m not in valid]
+    if bad or not methods:
+        raise ConfigError(f"--method for --task {task} takes some of {', '.join(valid)}; got {', '.join(bad) or 'nothing'}.")
+    return methods
+
+
+def _restore_baselines(methods: list[str], observed: np.ndarray, params: dict[str, Any], kernel, mask, result) -> dict:
+    """``{name: BaselineRestoration}`` of the classical methods in ``methods``; deconvolution uses the known kernel,
+    else BIRD's estimate when BIRD ran blind, else a Gaussian of estimated width."""
+    import torch
+
+    from .restoration_baselines import gaussian_kernel, run_baseline
+
+    if isinstance(kernel, float):
+        kernel = torch.from_numpy(gaussian_kernel(2 * int(np.ceil(3 * kernel)) + 1, kernel))
+    if kernel is None and result is not None and result.kernel is not None and params["blind"]:
+        kernel = result.kernel[0]
+    image = torch.from_numpy(observed)[None]
+    return {name: run_baseline(name, image, params["task"], sr_factor=params["sr_factor"], mask=mask, kernel=kernel)
+            for name in methods if name != "bird"}
 
 
 if __name__ == "__main__":
