@@ -331,9 +331,14 @@ def ddim_invert(prior: DiffusionPrior, x0: torch.Tensor, delta_t: int) -> torch.
     x = x0
     for t, t_prev in reversed(prior.timestep_pairs(delta_t)):
         a_t, a_prev = schedule.alpha(t), schedule.alpha(t_prev)
-        x0_hat = schedule.predict_x0(x, prior._model_output(x, t), t)
-        eps = (x - math.sqrt(a_t) * x0_hat) / math.sqrt(1.0 - a_t)
+        out = prior._model_output(x, t)
         prior.nfe += 1
+        if prior.prediction_type == "epsilon":
+            eps = out
+        elif prior.prediction_type == "v_prediction":
+            eps = math.sqrt(a_t) * out + math.sqrt(1.0 - a_t) * x
+        else:
+            eps = (x - math.sqrt(a_t) * out) / math.sqrt(1.0 - a_t)
         start = ((x - math.sqrt(1.0 - a_prev) * eps) / math.sqrt(a_prev)).clamp(-1.0, 1.0) if t_prev >= 0 else x
         x = math.sqrt(a_t) * start + math.sqrt(1.0 - a_t) * eps
     return x
@@ -341,7 +346,7 @@ def ddim_invert(prior: DiffusionPrior, x0: torch.Tensor, delta_t: int) -> torch.
 
 #: Blind kernel model of each deblurring task (``restore(kernel_model=None)``).
 DEFAULT_KERNEL_MODELS = {"gaussian-deblur": "mlp", "motion-deblur": "logits"}
-#: Starting sigma (pixels at 256 px, scaled with the image) of ``kernel_model="gaussian"``.
+#: Starting sigma (pixels) of ``kernel_model="gaussian"``.
 INITIAL_SIGMA_PX = 1.0
 
 

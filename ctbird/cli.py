@@ -552,7 +552,10 @@ def _json_default(value):
               help="TOML file with any of these options and a [bird] table of BIRD settings (ctbird.config).")
 @click.pass_context
 def restore_command(ctx: click.Context, image_path: Path, config: Path | None, **_: Any) -> None:
-    """Restore a degraded photograph (deblur, super-resolve, denoise, inpaint) with BIRD."""
+    """Restore a degraded image (deblur, super-resolve, denoise, inpaint) with BIRD and classical baselines.
+
+    IMAGE is a PNG/JPEG/TIFF picture or a CT DICOM file/folder (its middle slice; the output then also holds
+    restored.dcm, a derived DICOM in HU)."""
     with _errors_as_click():
         params, tables = _apply_config_file(ctx, str(config) if config else None, tables=("bird",))
         _restore(image_path.expanduser(), params, tables.get("bird"))
@@ -603,7 +606,7 @@ def _restore_operator_inputs(params: dict[str, Any], shape: tuple[int, int]):
 def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | None) -> None:
     import torch
 
-    from .io import atomic_output_dir, read_image, write_png, write_text_atomic
+    from .io import atomic_output_dir, write_png, write_text_atomic
 
     if params["task"] is None:
         raise ConfigError(f"--task is required: one of {', '.join(RESTORE_TASKS)}.")
@@ -615,8 +618,8 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
     device = _resolve_device(params["device"])
     inputs = [image_path] + ([Path(params["reference"])] if params["reference"] else [])
     out = _check_out(params["out"], inputs, params["force"])
-    observed = read_image(image_path)
-    reference = read_image(params["reference"]) if params["reference"] else None
+    observed, source = _read_restore_input(image_path)
+    reference = _read_restore_input(Path(params["reference"]))[0] if params["reference"] else None
     kernel_arg, mask_arg = _restore_operator_inputs(params, observed.shape[-2:])
     from . import api
 
@@ -669,6 +672,8 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
     with atomic_output_dir(out, force=params["force"]) as staging:
         np.save(staging / "restored.npy", restored.astype(np.float32))
         write_png(restored, staging / "restored.png")
+        if source is not None:
+            _write_restored_dicom(restored, source, staging / "restored.dcm", params)
         extra = {}
         if kernel is not None:
             kernel2d = kernel.reshape(kernel.shape[-2:]) if kernel.ndim >= 2 and np.prod(kernel.shape[:-2]) == 1 else kernel
@@ -702,6 +707,36 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
                                                            tables={"bird": result.config.to_dict()} if result else {}))
     if not params["quiet"]:
         click.echo(f"Wrote the restored image to {out}", err=True)
+
+
+def _read_restore_input(path: Path) -> tuple[np.ndarray, Any]:
+    """``(image [C, H, W] in [0, 1], source)`` of a restore input: a PNG/JPEG/TIFF picture (``source`` None) or a CT
+    DICOM file/folder (its middle slice, HU -> the prior's [0, 1] scale by :mod:`ctbird.units`; ``source`` =
+    ``(header, pixel spacing mm)`` for the derived DICOM)."""
+    from .io import read_image
+
+    if not (path.is_dir() or path.suffix.lower() in (".dcm", ".dicom", ".ima")):
+        return read_image(path), None
+    from .io import read_dicom
+    from .units import clip_hu, hu_to_unit
+
+    volume = read_dicom(path)
+    index = volume.n_slices // 2
+    unit = (hu_to_unit(clip_hu(volume.hu[index].astype(np.float32))) + 1.0) / 2.0
+    return np.clip(unit, 0.0, 1.0)[None].astype(np.float32), (volume.header(index), volume.pixel_spacing_mm)
+
+
+def _write_restored_dicom(restored: np.ndarray, source: tuple[Any, tuple[float, float]], path: Path,
+                          params: dict[str, Any]) -> None:
+    """The restored image ``[C, H, W]`` on [0, 1] as a derived CT DICOM in HU (SR: spacing divided by the factor)."""
+    from .io import write_derived_dicom
+    from .units import unit_to_hu
+
+    header, spacing = source
+    factor = params["sr_factor"] if params["task"] == "sr" else 1
+    hu = unit_to_hu(2.0 * restored.mean(axis=0) - 1.0)
+    write_derived_dicom(hu.astype(np.float32), header, path, method_name=f"ctbird restore {params['task']}",
+                        pixel_spacing_mm=(spacing[0] / factor, spacing[1] / factor))
 
 
 def _restore_methods(task: str, text: str) -> list[str]:

@@ -101,3 +101,21 @@ def test_unknown_method_is_one_clear_error(tmp_path):
     Image.fromarray(_smooth_rgb(16)).save(tmp_path / "x.png")
     result = _invoke("restore", tmp_path / "x.png", "--task", "denoise", "--method", "wiener", "--out", tmp_path / "o")
     assert result.exit_code == 1 and "tv" in result.output and not (tmp_path / "o").exists()
+
+
+def test_dicom_in_gives_a_derived_dicom_in_hu_matching_the_restored_image(tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ctbird.units import unit_to_hu
+
+    source = get_testdata_file("CT_small.dcm")
+    out = tmp_path / "out"
+    result = _invoke("restore", source, "--task", "denoise", "--method", "tv", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    derived = pydicom.dcmread(out / "restored.dcm")
+    original = pydicom.dcmread(source)
+    assert derived.SOPInstanceUID != original.SOPInstanceUID and (derived.Rows, derived.Columns) == (128, 128)
+    hu = derived.pixel_array * float(derived.RescaleSlope) + float(derived.RescaleIntercept)
+    expected = unit_to_hu(2.0 * np.load(out / "restored.npy")[0] - 1.0)
+    np.testing.assert_allclose(hu, expected, atol=0.5 * float(derived.RescaleSlope) + 1e-2)
