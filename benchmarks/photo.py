@@ -17,7 +17,11 @@ reference clips for inpainting and denoising only).
 Metrics: PSNR and SSIM with data range 1.0 on [0, 1] images, of the restoration and of the observation itself
 (``input``; bilinear upsampling for SR); for the blind deblurring tasks the kernel error
 ``min_shift ||k_est - k_true||_2 / ||k_true||_2`` (both normalized to sum 1, integer shifts up to ``k // 4``
-allowed: blind deconvolution is shift-ambiguous), also for the solver's initial kernel.
+allowed: blind deconvolution is shift-ambiguous), also for the solver's initial kernel, and the estimated kernel's
+width (:func:`kernel_sigma`); for denoising the noise level (std of ``y - x``: true, BIRD's residual, wavelet MAD).
+Classical baselines (:mod:`ctbird.restoration_baselines`) run on the same observations: Wiener with a Gaussian of
+estimated width and Richardson–Lucy with BIRD's kernel (deblurring), bicubic (SR), TV (denoising), biharmonic
+(inpainting).
 
 Domains: ``faces`` / ``natural`` (``../shared/data/faces``, ``../shared/data/natural``; a photograph prior is
 needed: ``--prior PATH|HUB_ID``); ``ct`` runs the same tasks on held-out CT slices on the prior's scale
@@ -293,6 +297,15 @@ def main(argv: list[str] | None = None) -> int:
                     row["kernel_error"] = kernel_error(result.kernel[0].cpu(), case["kernel"])
                     row["initial_kernel_error"] = kernel_error(initial_kernel(task, kernel_size, tuple(image.shape)),
                                                                case["kernel"])
+                if task in BLIND_DEBLUR and result.kernel is not None:
+                    row["sigma_estimate"] = kernel_sigma(result.kernel[0].cpu())
+                if task == "denoise":
+                    from ctbird.restoration_baselines import estimate_noise_sigma
+
+                    row["noise_sigma_true"] = float((case["y"] - image[None]).std())
+                    row["noise_sigma_bird"] = float((case["y"] - restored).std())
+                    row["noise_sigma_mad"] = estimate_noise_sigma(case["y"][0].numpy())
+                row["baselines"] = run_baselines(task, case, image, result, args.sr_factor)
                 per_task[task].append(row)
                 if index == 0:
                     examples[task] = {"truth": image, "observed": observed[0], "restored": restored[0],
@@ -302,10 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for task, rows in per_task.items():
         summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task).iters}
-        for key in ("psnr", "ssim", "input_psnr", "input_ssim", "kernel_error", "initial_kernel_error", "seconds", "nfe"):
+        for key in ("psnr", "ssim", "input_psnr", "input_ssim", "kernel_error", "initial_kernel_error", "sigma_estimate",
+                    "noise_sigma_true", "noise_sigma_bird", "noise_sigma_mad", "seconds", "nfe"):
             values = [r[key] for r in rows if key in r]
             if values:
                 summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)
+        for name in (rows[0]["baselines"] if rows else {}):
+            for key in ("psnr", "ssim", "seconds"):
+                summary[f"{name}_{key}_mean"], summary[f"{name}_{key}_std"] = mean_std([r["baselines"][name][key] for r in rows])
         results.append({**summary, "per_image": rows})
     settings = {
         "domain": args.domain, "data": "synthetic Shepp-Logan" if args.synthetic else str(args.data or DOMAINS[args.domain]),
@@ -326,6 +343,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def kernel_sigma(kernel: torch.Tensor) -> float:
+    """Width (px) of a kernel: ``sqrt(trace(covariance) / 2)``, the sigma of a Gaussian with its second moment."""
+    k = (kernel / kernel.sum()).to(torch.float64)
+    r = torch.arange(k.shape[-1], dtype=torch.float64) - (k.shape[-1] - 1) / 2
+    rows, cols = k.sum(1), k.sum(0)
+    cy, cx = (rows * r).sum(), (cols * r).sum()
+    return float((((rows * (r - cy) ** 2).sum() + (cols * (r - cx) ** 2).sum()) / 2).sqrt())
+
+
+def run_baselines(task: str, case: dict, image: torch.Tensor, result, sr_factor: int) -> dict:
+    """``{baseline: {psnr, ssim, seconds}}`` of :mod:`ctbird.restoration_baselines` on the observation; deconvolution
+    with the kernel BIRD estimated (Richardson–Lucy) or a Gaussian of estimated width (Wiener)."""
+    from ctbird.restoration_baselines import run_baseline, task_baselines
+
+    scores = {}
+    for name in task_baselines(task):
+        kernel = result.kernel[0].cpu() if name == "richardson-lucy" and result.kernel is not None else None
+        out = run_baseline(name, case["y"], task, sr_factor=sr_factor, mask=case.get("mask"), kernel=kernel,
+                           kernel_size=case["kernel"].shape[-1] if "kernel" in case else None)
+        scores[name] = {**score_unit(out.image, image[None]), "seconds": out.seconds}
+    return scores
+
+
 def photo_markdown(record, settings, images, results, figures, args) -> str:
     domain = "CT slices on the prior's [0, 1] scale" if args.domain == "ct" else args.domain
     lines = [f"# Restoration benchmark `{args.tag}` ({domain})", "", "Generated by `python -m benchmarks.photo`; do not edit by hand.", "",
@@ -344,11 +384,22 @@ def photo_markdown(record, settings, images, results, figures, args) -> str:
                      fmt(r["input_psnr_mean"], r["input_psnr_std"]), fmt(r["input_ssim_mean"], r["input_ssim_std"], 3),
                      fmt(r.get("kernel_error_mean", float("nan")), r.get("kernel_error_std"), 3),
                      fmt(r.get("initial_kernel_error_mean", float("nan")), None, 3),
-                     fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0)])
+                     fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0),
+                     "; ".join(f"{name} {fmt(r[f'{name}_psnr_mean'])} / {fmt(r[f'{name}_ssim_mean'], None, 3)}"
+                               for name in _baseline_names(r)) or "–",
+                     fmt(r["sigma_estimate_mean"]) if "sigma_estimate_mean" in r else
+                     (f"BIRD {fmt(r['noise_sigma_bird_mean'], None, 3)}, MAD {fmt(r['noise_sigma_mad_mean'], None, 3)} "
+                      f"(true {fmt(r['noise_sigma_true_mean'], None, 3)})" if "noise_sigma_true_mean" in r else "–")])
     lines += [markdown_table(["task", "iters", "PSNR (dB)", "SSIM", "input PSNR", "input SSIM", "kernel error",
-                              "initial kernel error", "s / image", "NFE / image"], rows), ""]
+                              "initial kernel error", "s / image", "NFE / image", "baselines PSNR / SSIM",
+                              "kernel sigma / noise level"], rows), ""]
     lines += [f"![{f}](figures/{f})" for f in figures]
     return "\n".join(lines)
+
+
+def _baseline_names(summary: dict) -> list[str]:
+    return [key[:-len("_psnr_mean")] for key in summary if key.endswith("_psnr_mean") and key != "input_psnr_mean"
+            and not key.startswith("psnr")]
 
 
 def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str]:
