@@ -543,6 +543,8 @@ def _json_default(value):
 @click.option("--delta-t", type=click.IntRange(min=1), default=None,
               help="DDIM step of the BIRD chain (default: the task's, 100).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: the task's own).")
+@click.option("--preset", "restore_preset", type=click.Choice(["auto", "full", "cpu-fast"]), default="auto",
+              show_default=True, help="BIRD budget: auto = cpu-fast on a CPU (ctbird.config.RESTORE_CPU_BUDGET).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default ./ctbird-out/<image stem>).")
@@ -610,12 +612,14 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
 
     if params["task"] is None:
         raise ConfigError(f"--task is required: one of {', '.join(RESTORE_TASKS)}.")
-    config = _settings_from_table(BirdConfig, BirdConfig.for_task(params["task"]), table, f"[bird] in {params['config']}")
+    device = _resolve_device(params["device"])
+    params["restore_preset"] = resolve_preset(params["restore_preset"], device)
+    defaults = BirdConfig.for_task(params["task"], params["restore_preset"])
+    config = _settings_from_table(BirdConfig, defaults, table, f"[bird] in {params['config']}")
     config = config.with_overrides(iters=params["iters"], delta_t=params["delta_t"])
     methods = _restore_methods(params["task"], params["restore_methods"])
     if "bird" in methods and not params["prior"]:
         raise ConfigError("--prior is required for restore: a diffusers folder or hub id of a photograph prior.")
-    device = _resolve_device(params["device"])
     inputs = [image_path] + ([Path(params["reference"])] if params["reference"] else [])
     out = _check_out(params["out"], inputs, params["force"])
     observed, source = _read_restore_input(image_path)
@@ -641,7 +645,8 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
     restored = _as_numpy(primary.image)[0]
     kernel = _as_numpy(primary.kernel)
     summary: dict[str, Any] = {"input": str(image_path), "task": params["task"], "blind": params["blind"],
-                               "methods": methods, "prior": str(params["prior"]) if result is not None else None,
+                               "methods": methods, "preset": params["restore_preset"],
+                               "prior": str(params["prior"]) if result is not None else None,
                                "seed": params["seed"], "seconds": round(primary.seconds, 3),
                                "nfe": result.nfe if result is not None else 0,
                                "settings": result.config.to_dict() if result is not None else None}

@@ -199,13 +199,18 @@ class BirdConfig(Settings):
         object.__setattr__(self, "early_stopping", stop)
 
     @classmethod
-    def for_task(cls: type[S], task: str) -> S:
-        """Defaults of a task: ``"ct"`` or one of :data:`RESTORE_TASKS` (the BIRD reference's ``configs/*.yml``)."""
+    def for_task(cls: type[S], task: str, preset: str = "full") -> S:
+        """Defaults of a task: ``"ct"`` or one of :data:`RESTORE_TASKS` (measured on CT training slices,
+        ``docs/results/tuning/restore_*.md``), under a budget of :data:`PRESETS` for the restoration tasks
+        (``"cpu-fast"``: :data:`RESTORE_CPU_BUDGET`)."""
         if task == "ct":
             return cls()
         if task not in _RESTORE_DEFAULTS:
             raise ConfigError(f"Unknown task {task!r}; use 'ct' or one of {', '.join(RESTORE_TASKS)}.")
-        return cls(**_RESTORE_DEFAULTS[task])
+        if preset not in PRESETS:
+            raise ConfigError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+        budget = RESTORE_CPU_BUDGET if preset == "cpu-fast" else {}
+        return cls(**{**_RESTORE_DEFAULTS[task], **budget})
 
     @classmethod
     def preset(cls: type[S], name: str) -> S:
@@ -224,6 +229,9 @@ _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "denoise": MappingProxyType({"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE}),
     "inpaint": MappingProxyType({"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE}),
 })
+
+#: The restoration tasks' budget under the ``cpu-fast`` preset (a 256² image within about 3 minutes on a 2-core CPU).
+RESTORE_CPU_BUDGET: Mapping[str, Any] = MappingProxyType({"iters": 50, "delta_t": 333})
 
 #: Named BIRD budgets (settings that differ from :class:`BirdConfig`'s defaults).
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
@@ -328,5 +336,5 @@ METHOD_CONFIGS: Mapping[str, type[Settings]] = MappingProxyType({
 
 
 __all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS",
-           "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
+           "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "RESTORE_CPU_BUDGET", "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
            "FBP_FILTERS"]
