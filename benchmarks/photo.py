@@ -234,13 +234,10 @@ def degrade(task: str, image: torch.Tensor, args, kernel_size: int, seed: int) -
 
 
 def initial_kernel(task: str, kernel_size: int, shape: tuple[int, int, int]) -> torch.Tensor:
-    """The blind solver's starting kernel (as :func:`ctbird.restore` builds the operator)."""
-    from operators.blur import Blur
+    """The blind solver's starting kernel (the operator :func:`ctbird.restore` builds by default)."""
+    from ctbird.api import restoration_operator
 
-    if task == "gaussian-deblur":
-        op = Blur(kernel_size=kernel_size, image_shape=shape, learnable=True, parametrization="mlp", padding="zeros")
-    else:
-        op = Blur(kernel_size=kernel_size, image_shape=shape, learnable=True, parametrization="logits", padding="reflect")
+    op = restoration_operator(task, shape, blind=True, sr_factor=1, kernel_size=kernel_size, kernel=None, mask=None)
     with torch.no_grad():
         return op.kernel.detach().clone()
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import RESTORE_TASKS, BirdConfig, Settings
+from .config import RESTORE_SETUP, RESTORE_TASKS, BirdConfig, Settings
 from .errors import ConfigError, InputError
 from .methods import REGISTRY, CTProblem, Reconstruction, get_method, resize
 from .priors import DiffusionPrior, load_prior
@@ -223,7 +223,7 @@ def _photo(image: Any) -> torch.Tensor:
 def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: DiffusionPrior | str | os.PathLike,
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
-            kernel_model: str | None = None, warm_start: bool = False,
+            kernel_model: str | None = None, warm_start: bool | None = None,
             config: BirdConfig | None = None, seed: int = 0, device: str | torch.device = "cpu",
             callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
@@ -252,10 +252,11 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     kernel_model : {"gaussian", "mlp", "logits"} or None
         Blind deblurring kernel: ``"gaussian"`` a Gaussian learnt through its log-sigma (starting at
         ``INITIAL_SIGMA_PX``), ``"mlp"`` BIRD's kernel MLP, ``"logits"`` a free kernel ``softmax(logits)`` starting
-        uniform. ``None``: :data:`DEFAULT_KERNEL_MODELS` of the task.
-    warm_start : bool
+        uniform. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
+    warm_start : bool or None
         Start ``x_T`` at the DDIM inversion (:func:`ddim_invert`) of a classical estimate (the observation; bicubic
-        upsampling for SR) instead of random noise; costs one extra chain.
+        upsampling for SR) instead of random noise; costs one extra chain. ``None``: the task's,
+        :data:`ctbird.config.RESTORE_SETUP`.
     config : BirdConfig or None
         BIRD's settings; ``None`` = the task's, ``BirdConfig.for_task(task)``. ``data_filter`` must be ``None``.
     **settings
@@ -292,7 +293,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     if task == "sr":
         _check_int("sr_factor", sr_factor, 2)
         out_h, out_w = height * sr_factor, width * sr_factor
-    operator = _restoration_operator(task, (channels, out_h, out_w), blind=blind, sr_factor=sr_factor,
+    operator = restoration_operator(task, (channels, out_h, out_w), blind=blind, sr_factor=sr_factor,
                                      kernel_size=kernel_size, kernel=kernel, mask=mask, kernel_model=kernel_model)
     learnable = any(p.requires_grad for p in operator.parameters())
     if not learnable:
@@ -303,6 +304,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
 
     bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
     init_latent = None
+    if warm_start is None:
+        warm_start = RESTORE_SETUP[task].get("warm_start", False)
     if warm_start:
         estimate = resize(y, model.shape[1:]) if task != "sr" else F.interpolate(y, size=model.shape[1:], mode="bicubic")
         nfe0 = model.nfe
@@ -344,13 +347,11 @@ def ddim_invert(prior: DiffusionPrior, x0: torch.Tensor, delta_t: int) -> torch.
     return x
 
 
-#: Blind kernel model of each deblurring task (``restore(kernel_model=None)``).
-DEFAULT_KERNEL_MODELS = {"gaussian-deblur": "mlp", "motion-deblur": "logits"}
 #: Starting sigma (pixels) of ``kernel_model="gaussian"``.
 INITIAL_SIGMA_PX = 1.0
 
 
-def _restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,
+def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,
                           kernel_size: int | None, kernel: torch.Tensor | float | None, mask: torch.Tensor | None,
                           kernel_model: str | None = None):
     """The degradation of ``task`` on images ``shape = (C, H, W)`` (learnable parameters when ``blind``)."""
@@ -365,7 +366,7 @@ def _restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool
             k = default_kernel_size(side) if kernel_size is None else _check_int("kernel_size", kernel_size, 1)
             if k % 2 == 0 or k > side:
                 raise ConfigError(f"kernel_size must be odd and at most the image side {side}, got {k}.")
-            model = DEFAULT_KERNEL_MODELS[task] if kernel_model is None else kernel_model
+            model = RESTORE_SETUP[task]["kernel_model"] if kernel_model is None else kernel_model
             padding = "zeros" if task == "gaussian-deblur" else "reflect"
             if model == "gaussian":
                 return GaussianBlur(INITIAL_SIGMA_PX, image_shape=shape, kernel_size=k, learnable=True, padding=padding)

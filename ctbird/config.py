@@ -230,6 +230,17 @@ _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "inpaint": MappingProxyType({"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE}),
 })
 
+#: How :func:`ctbird.restore` sets up each task unless told otherwise: the blind kernel model of the deblurring tasks
+#: (``"gaussian"``: a Gaussian learnt through its log-sigma; ``"logits"``: a free kernel) and whether ``x_T`` starts at
+#: the DDIM inversion of a classical estimate (``warm_start``).
+RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "gaussian-deblur": MappingProxyType({"kernel_model": "gaussian", "warm_start": True}),
+    "motion-deblur": MappingProxyType({"kernel_model": "logits", "warm_start": True}),
+    "sr": MappingProxyType({"warm_start": True}),
+    "denoise": MappingProxyType({"warm_start": True}),
+    "inpaint": MappingProxyType({"warm_start": True}),
+})
+
 #: The restoration tasks' budget under the ``cpu-fast`` preset (a 256² image within about 3 minutes on a 2-core CPU).
 RESTORE_CPU_BUDGET: Mapping[str, Any] = MappingProxyType({"iters": 50, "delta_t": 333})
 
@@ -336,5 +347,5 @@ METHOD_CONFIGS: Mapping[str, type[Settings]] = MappingProxyType({
 
 
 __all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS",
-           "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "RESTORE_CPU_BUDGET", "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
+           "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "RESTORE_CPU_BUDGET", "RESTORE_SETUP", "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
            "FBP_FILTERS"]

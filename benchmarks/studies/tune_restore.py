@@ -29,14 +29,21 @@ from benchmarks.photo import GAUSSIAN_SIGMA_256, TASKS, degrade, kernel_error, o
 #: The CT path's measured latent optimizer (docs/method.md §3).
 CT_STYLE = {"latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "keep_best": True, "lr_latent": 1.2e-2}
 #: Candidate settings per task: ``name -> restore() keyword arguments`` (``{}``: ``BirdConfig.for_task``'s).
+WARM = {**CT_STYLE, "warm_start": True}
+GAUSS = {"kernel_model": "gaussian", "lr_operator": 5e-2}
 VARIANTS: dict[str, dict[str, dict]] = {
-    "gaussian-deblur": {"defaults": {}, "ct-style": CT_STYLE,
-                        "ct-style+gaussian": {**CT_STYLE, "kernel_model": "gaussian", "lr_operator": 5e-2}},
-    "motion-deblur": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+op5e-2": {**CT_STYLE, "lr_operator": 5e-2}},
+    "gaussian-deblur": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+gaussian": {**CT_STYLE, **GAUSS},
+                        "warm+gaussian": {**WARM, **GAUSS}, "warm+gaussian+lr5e-2": {**WARM, **GAUSS, "lr_latent": 5e-2}},
+    "motion-deblur": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+op5e-2": {**CT_STYLE, "lr_operator": 5e-2},
+                      "warm+op5e-2": {**WARM, "lr_operator": 5e-2},
+                      "warm+op5e-2+lr5e-2": {**WARM, "lr_operator": 5e-2, "lr_latent": 5e-2}},
     "sr": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+known": {**CT_STYLE, "blind": False},
-           "ct-style+known+warm": {**CT_STYLE, "blind": False, "warm_start": True}},
-    "denoise": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+warm": {**CT_STYLE, "warm_start": True}},
-    "inpaint": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+warm": {**CT_STYLE, "warm_start": True}},
+           "warm+known": {**WARM, "blind": False}, "warm+blind": WARM,
+           "warm+known+lr5e-2": {**WARM, "blind": False, "lr_latent": 5e-2}},
+    "denoise": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+lr5e-2": {**CT_STYLE, "lr_latent": 5e-2},
+                "ct-style+lr1.5e-1": {**CT_STYLE, "lr_latent": 0.15}, "warm": WARM,
+                "warm+lr5e-2": {**WARM, "lr_latent": 5e-2}},
+    "inpaint": {"defaults": {}, "ct-style": CT_STYLE, "warm": WARM, "warm+lr5e-2": {**WARM, "lr_latent": 5e-2}},
 }
 
 
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Gaussian sigma {sigma_true:.2f} px; degradations of `benchmarks.photo`; seed {args.seed}.",
         "- Variants: `defaults` = `BirdConfig.for_task` at the time of the run; `ct-style` = " +
         ", ".join(f"{k}={v}" for k, v in CT_STYLE.items()) + "; `+gaussian` a log-sigma Gaussian kernel; "
-        "`+known` the true (box) SR filter; `+warm` x_T from the DDIM inversion of the observation (bicubic for SR).",
+        "`+known` the true (box) SR filter; `warm` = ct-style with x_T from the DDIM inversion of the observation "
+        "(bicubic for SR); `+lrX` the latent rate; `+opX` the operator rate.",
         "- PSNR/SSIM with data range 1.0 on [0, 1]; mean ± std over the slices.", "",
         markdown_table(["task", "variant", "PSNR (dB)", "SSIM", "kernel error", "sigma (px)", "s / image"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"restore_{args.tag}", payload, markdown)
