@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sr-factor", type=int, default=8, help="super-resolution factor (default 8)")
     parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default ctbird.config.BirdConfig.for_task)")
     parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default ctbird.config.BirdConfig.for_task)")
+    parser.add_argument("--preset", choices=("auto", "full", "cpu-fast"), default="auto",
+                        help="BIRD budget of each task (auto: cpu-fast on a CPU; ctbird.config.BirdConfig.for_task)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="compute device (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents; noise and motion kernels use 1000 + image index")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "photo",
@@ -258,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.config import BirdConfig
 
     device, record = start_run(args, argv)
+    from ctbird.config import resolve_preset
+
+    args.preset = resolve_preset(args.preset, device)
     prior = load_prior(args.prior, device=str(device))
     prior_label = str(args.prior) if args.prior else str(default_prior_path())
     size = args.size or prior.image_size
@@ -279,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 started = time.perf_counter()
-                result = restore(case["y"], task, prior=prior, blind=True, iters=args.iters, sr_factor=args.sr_factor,
+                result = restore(case["y"], task, prior=prior, blind=True, config=BirdConfig.for_task(task, args.preset),
+                                 iters=args.iters, sr_factor=args.sr_factor,
                                  kernel_size=kernel_size if task in BLIND_DEBLUR else None, mask=case.get("mask"),
                                  seed=args.seed, device=device, delta_t=args.delta_t, callback=callback)
                 if device.type == "cuda":
@@ -311,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(1)
     results = []
     for task, rows in per_task.items():
-        summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task).iters}
+        summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task, args.preset).iters}
         for key in ("psnr", "ssim", "input_psnr", "input_ssim", "kernel_error", "initial_kernel_error", "sigma_estimate",
                     "noise_sigma_true", "noise_sigma_bird", "noise_sigma_mad", "seconds", "nfe"):
             values = [r[key] for r in rows if key in r]
@@ -324,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "domain": args.domain, "data": "synthetic Shepp-Logan" if args.synthetic else str(args.data or DOMAINS[args.domain]),
         "prior": prior_label, "prior_size": prior.image_size, "prior_channels": prior.channels, "size": size,
-        "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0]).delta_t, "iters": args.iters,
-        "task_defaults": {t: BirdConfig.for_task(t).to_dict() for t in args.tasks},
+        "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0], args.preset).delta_t, "iters": args.iters,
+        "preset": args.preset, "task_defaults": {t: BirdConfig.for_task(t, args.preset).to_dict() for t in args.tasks},
         "kernel_size": kernel_size, "gaussian_sigma_px": GAUSSIAN_SIGMA_256 * size / 256.0, "sr_factor": args.sr_factor,
         "inpaint_hole_px": int(round(HOLE_256 * size / 256)), "metric_data_range": 1.0, "seed": args.seed,
         "noise": "SpeckleGaussianNoise() for deblur/sr/inpaint, (speckle 0.4, gaussian 0.15, clip) for denoise; "

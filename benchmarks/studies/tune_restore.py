@@ -27,23 +27,26 @@ from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, mean_std, parse
 from benchmarks.photo import GAUSSIAN_SIGMA_256, TASKS, degrade, kernel_error, observation_view
 
 #: The CT path's measured latent optimizer (docs/method.md §3).
-CT_STYLE = {"latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "keep_best": True, "lr_latent": 1.2e-2}
-#: Candidate settings per task: ``name -> restore() keyword arguments`` (``{}``: ``BirdConfig.for_task``'s).
+CT_STYLE = {"latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "keep_best": True, "lr_latent": 1.2e-2,
+            "warm_start": False}
+#: The BIRD reference's settings (the defaults before this study): Adam at a constant rate, random x_T.
+REFERENCE = {"latent_optimizer": "adam", "latent_lr_schedule": "constant", "keep_best": False, "warm_start": False}
+#: Candidate settings per task: ``name -> restore() keyword arguments`` over ``BirdConfig.for_task``'s.
 WARM = {**CT_STYLE, "warm_start": True}
 GAUSS = {"kernel_model": "gaussian", "lr_operator": 5e-2}
 VARIANTS: dict[str, dict[str, dict]] = {
-    "gaussian-deblur": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+gaussian": {**CT_STYLE, **GAUSS},
+    "gaussian-deblur": {"reference": {**REFERENCE, "kernel_model": "mlp"}, "ct-style": CT_STYLE, "ct-style+gaussian": {**CT_STYLE, **GAUSS},
                         "warm+gaussian": {**WARM, **GAUSS}, "warm+gaussian+lr5e-2": {**WARM, **GAUSS, "lr_latent": 5e-2}},
-    "motion-deblur": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+op5e-2": {**CT_STYLE, "lr_operator": 5e-2},
+    "motion-deblur": {"reference": REFERENCE, "ct-style": CT_STYLE, "ct-style+op5e-2": {**CT_STYLE, "lr_operator": 5e-2},
                       "warm+op5e-2": {**WARM, "lr_operator": 5e-2},
                       "warm+op5e-2+lr5e-2": {**WARM, "lr_operator": 5e-2, "lr_latent": 5e-2}},
-    "sr": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+known": {**CT_STYLE, "blind": False},
+    "sr": {"reference": REFERENCE, "ct-style": CT_STYLE, "ct-style+known": {**CT_STYLE, "blind": False},
            "warm+known": {**WARM, "blind": False}, "warm+blind": WARM,
            "warm+known+lr5e-2": {**WARM, "blind": False, "lr_latent": 5e-2}},
-    "denoise": {"defaults": {}, "ct-style": CT_STYLE, "ct-style+lr5e-2": {**CT_STYLE, "lr_latent": 5e-2},
+    "denoise": {"reference": REFERENCE, "ct-style": CT_STYLE, "ct-style+lr5e-2": {**CT_STYLE, "lr_latent": 5e-2},
                 "ct-style+lr1.5e-1": {**CT_STYLE, "lr_latent": 0.15}, "warm": WARM,
                 "warm+lr5e-2": {**WARM, "lr_latent": 5e-2}},
-    "inpaint": {"defaults": {}, "ct-style": CT_STYLE, "warm": WARM, "warm+lr5e-2": {**WARM, "lr_latent": 5e-2}},
+    "inpaint": {"reference": REFERENCE, "ct-style": CT_STYLE, "warm": WARM, "warm+lr5e-2": {**WARM, "lr_latent": 5e-2}},
 }
 
 
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}² (prior decoding at {args.size}²); "
         f"{args.iters} iterations at delta_t {args.delta_t}; SR x{args.sr_factor}; blind kernel {kernel_size}², true "
         f"Gaussian sigma {sigma_true:.2f} px; degradations of `benchmarks.photo`; seed {args.seed}.",
-        "- Variants: `defaults` = `BirdConfig.for_task` at the time of the run; `ct-style` = " +
+        "- Variants: `reference` = the BIRD reference's optimizer (Adam, constant rate, random x_T; the rates of "
+        "`BirdConfig.for_task` at the time of the run); `ct-style` = " +
         ", ".join(f"{k}={v}" for k, v in CT_STYLE.items()) + "; `+gaussian` a log-sigma Gaussian kernel; "
         "`+known` the true (box) SR filter; `warm` = ct-style with x_T from the DDIM inversion of the observation "
         "(bicubic for SR); `+lrX` the latent rate; `+opX` the operator rate.",

@@ -48,3 +48,14 @@ def test_warm_start_counts_the_inversion_and_changes_the_start(prior):
     warm = restore(image, "denoise", prior=prior, iters=1, delta_t=500, warm_start=True)
     assert warm.nfe == cold.nfe + 2
     assert not torch.allclose(warm.image, cold.image)
+
+
+def test_for_task_applies_the_cpu_budget_to_restoration_tasks_only():
+    from ctbird.config import PRESETS, RESTORE_CPU_BUDGET, BirdConfig
+
+    fast, full = BirdConfig.for_task("sr", "cpu-fast"), BirdConfig.for_task("sr")
+    assert (fast.iters, fast.delta_t) == (RESTORE_CPU_BUDGET["iters"], RESTORE_CPU_BUDGET["delta_t"])
+    assert fast.replace(iters=full.iters, delta_t=full.delta_t) == full
+    assert BirdConfig.for_task("ct", "cpu-fast") == BirdConfig() and "cpu-fast" in PRESETS
+    with pytest.raises(ConfigError, match="preset"):
+        BirdConfig.for_task("denoise", "turbo")
