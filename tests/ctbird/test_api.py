@@ -178,7 +178,7 @@ def test_restore_validation(rgb_prior_folder):
         ctbird.restore(image, task="motion-deblur", blind=False, prior=rgb_prior_folder, iters=1)
 
 
-def test_ct_keeps_the_best_fitting_iterate_by_default_and_photos_the_last(prior_folder):
+def test_ct_and_photos_keep_the_best_fitting_iterate_by_default(prior_folder):
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(16), geometry)
     runs = {k: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
@@ -187,7 +187,7 @@ def test_ct_keeps_the_best_fitting_iterate_by_default_and_photos_the_last(prior_
     assert runs[False].info["keep_best"] is False
     assert runs[None].loss_history == runs[False].loss_history  # same trajectory
     assert runs[None].info["final_loss"][0] <= runs[False].info["final_loss"][0]
-    assert all(BirdConfig.for_task(task).keep_best is False for task in ctbird.api.RESTORE_TASKS)
+    assert all(BirdConfig.for_task(task).keep_best is True for task in ctbird.api.RESTORE_TASKS)
 
 
 def test_config_objects_and_keyword_overrides_agree(prior_folder):
