@@ -215,7 +215,7 @@ def test_restore_reads_the_task_settings_and_rejects_ct_ones(rgb_prior_folder):
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     result = ctbird.restore(image, task="denoise", prior=rgb_prior_folder, iters=2)
     assert result.config == BirdConfig.for_task("denoise").replace(iters=2)
-    assert result.config.latent_optimizer == "adam" and result.config.lr_operator == 0.0
+    assert result.config.latent_optimizer == "normalized-gd" and result.config.lr_operator == 0.0
     with pytest.raises(ConfigError, match="data_filter"):
         ctbird.restore(image, task="denoise", prior=rgb_prior_folder, config=BirdConfig(iters=1))
     with pytest.raises(ConfigError, match="lr_latnet"):
