@@ -5,7 +5,7 @@ prior's [0, 1] scale, resampled to ``--size``, degraded as :mod:`benchmarks.phot
 SR by ``--sr-factor``) and restored by :func:`ctbird.restore` under every variant of :data:`VARIANTS` for its task,
 the prior decoding at ``--size`` (its UNet is convolutional). ``--baselines`` adds the classical methods of
 :mod:`ctbird.restoration_baselines`. PSNR/SSIM with data range 1 on [0, 1]; kernel error as in
-:func:`benchmarks.photo.kernel_error`; for the Gaussian task also the estimated sigma. Writes ``restore_<tag>.json``
+:func:`benchmarks.common.kernel_error`; for the Gaussian task also the estimated sigma. Writes ``restore_<tag>.json``
 / ``.md`` under ``--out-dir`` (default ``docs/results/tuning``).
 
 Example (repository root)::
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, mean_std, parse_list, progress, read_slice,
+from benchmarks.common import (GAUSSIAN_SIGMA_256, RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, kernel_error,
+                               kernel_sigma, markdown_table, mean_std, observation_view, parse_list, progress, read_slice,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
-from benchmarks.photo import GAUSSIAN_SIGMA_256, TASKS, degrade, kernel_error, observation_view
 
 #: The CT path's measured latent optimizer (docs/method.md §3).
 CT_STYLE = {"latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "keep_best": True, "lr_latent": 1.2e-2,
@@ -162,17 +162,8 @@ def _kernel_scores(result, case: dict, sigma_true: float) -> dict:
         estimate = kernel[0].detach().cpu() if kernel.dim() == 3 else kernel.detach().cpu()
         if estimate.shape == case["kernel"].shape:
             scores["kernel_error"] = kernel_error(estimate, case["kernel"])
-            scores["sigma"] = float(_kernel_sigma(estimate))
+            scores["sigma"] = kernel_sigma(estimate)
     return scores
-
-
-def _kernel_sigma(kernel: torch.Tensor) -> float:
-    """RMS radius / sqrt(2) of a kernel: the sigma of a Gaussian with the same second moment."""
-    k = (kernel / kernel.sum()).to(torch.float64)
-    r = torch.arange(k.shape[-1], dtype=torch.float64) - (k.shape[-1] - 1) / 2
-    cy, cx = (k.sum(1) * r).sum(), (k.sum(0) * r).sum()
-    var = (k.sum(1) * (r - cy) ** 2).sum() + (k.sum(0) * (r - cx) ** 2).sum()
-    return float((var / 2).sqrt())
 
 
 if __name__ == "__main__":
