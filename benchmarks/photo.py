@@ -17,7 +17,11 @@ reference clips for inpainting and denoising only).
 Metrics: PSNR and SSIM with data range 1.0 on [0, 1] images, of the restoration and of the observation itself
 (``input``; bilinear upsampling for SR); for the blind deblurring tasks the kernel error
 ``min_shift ||k_est - k_true||_2 / ||k_true||_2`` (both normalized to sum 1, integer shifts up to ``k // 4``
-allowed: blind deconvolution is shift-ambiguous), also for the solver's initial kernel.
+allowed: blind deconvolution is shift-ambiguous), also for the solver's initial kernel, and the estimated kernel's
+width (:func:`kernel_sigma`); for denoising the noise level (std of ``y - x``: true, BIRD's residual, wavelet MAD).
+Classical baselines (:mod:`ctbird.restoration_baselines`) run on the same observations: Wiener with a Gaussian of
+estimated width and Richardson–Lucy with BIRD's kernel (deblurring), bicubic (SR), TV (denoising), biharmonic
+(inpainting).
 
 Domains: ``faces`` / ``natural`` (``../shared/data/faces``, ``../shared/data/natural``; a photograph prior is
 needed: ``--prior PATH|HUB_ID``); ``ct`` runs the same tasks on held-out CT slices on the prior's scale
@@ -41,16 +45,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (RESULTS_DIR, SHARED_DATA, evenly_spread, fmt, load_ct_slices, markdown_table, mean_std,
+from benchmarks.common import (GAUSSIAN_SIGMA_256, HOLE_256, RESTORE_TASKS as TASKS, RESULTS_DIR, SHARED_DATA,  # noqa: F401
+                               degrade, evenly_spread, gaussian_kernel, inpaint_mask, kernel_error, kernel_sigma,
+                               motion_kernel, observation_view, fmt, load_ct_slices, markdown_table, mean_std,
                                parse_list, progress, record_markdown, require_positive, run_script, save_png,
                                score_unit, start_run, write_outputs)
 
-TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
 BLIND_DEBLUR = ("gaussian-deblur", "motion-deblur")
 DOMAINS = {"faces": SHARED_DATA / "faces", "natural": SHARED_DATA / "natural", "ct": SHARED_DATA / "ct" / "eval"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-#: Reference (256 px) Gaussian blur sigma and inpainting hole side.
-GAUSSIAN_SIGMA_256, HOLE_256 = 3.0, 80
 QUICK = {"max_images": 2, "size": 64, "iters": 2, "delta_t": 500}
 
 
@@ -68,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sr-factor", type=int, default=8, help="super-resolution factor (default 8)")
     parser.add_argument("--iters", type=int, default=None, help="BIRD iterations (default ctbird.config.BirdConfig.for_task)")
     parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default ctbird.config.BirdConfig.for_task)")
+    parser.add_argument("--preset", choices=("auto", "full", "cpu-fast"), default="auto",
+                        help="BIRD budget of each task (auto: cpu-fast on a CPU; ctbird.config.BirdConfig.for_task)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="compute device (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents; noise and motion kernels use 1000 + image index")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "photo",
@@ -135,117 +140,13 @@ def load_images(args, size: int, channels: int) -> list[tuple[str, torch.Tensor]
     return [(label, _match_channels(image.to(torch.float32), channels)) for label, image in images]
 
 
-# ------------------------------------------------------------------------------------------ degradations
-def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    """Normalized isotropic Gaussian ``[size, size]``."""
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * sigma * sigma))
-    return (g / g.sum()).to(torch.float32)
-
-
-def motion_kernel(size: int, seed: int, steps: int | None = None) -> torch.Tensor:
-    """Synthetic motion blur ``[size, size]``: a smoothed 2-D random walk (camera shake) rasterized bilinearly.
-
-    The velocity follows ``v <- 0.7 v + 0.5 n`` (``n`` standard normal, unit-speed steps); the path is centred
-    and scaled to span 80 % of the grid; each point splats its unit mass bilinearly; the sum is 1.
-    """
-    rng = np.random.default_rng(seed)
-    steps = steps or 6 * size
-    velocity = rng.normal(size=2)
-    points = np.zeros((steps, 2))
-    position = np.zeros(2)
-    for i in range(steps):
-        velocity = 0.7 * velocity + 0.5 * rng.normal(size=2)
-        position = position + velocity / max(np.linalg.norm(velocity), 1e-8)
-        points[i] = position
-    points -= (points.max(axis=0) + points.min(axis=0)) / 2.0
-    extent = np.abs(points).max()
-    points *= 0.4 * (size - 1) / max(extent, 1e-8)
-    points += (size - 1) / 2.0
-    kernel = np.zeros((size, size))
-    for y, x in points:
-        y0, x0 = int(np.floor(y)), int(np.floor(x))
-        fy, fx = y - y0, x - x0
-        for dy, wy in ((0, 1 - fy), (1, fy)):
-            for dx, wx in ((0, 1 - fx), (1, fx)):
-                if 0 <= y0 + dy < size and 0 <= x0 + dx < size:
-                    kernel[y0 + dy, x0 + dx] += wy * wx
-    return torch.from_numpy(kernel / kernel.sum()).to(torch.float32)
-
-
-def kernel_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
-    """``min_shift ||shift(est) - truth|| / ||truth||`` over integer shifts ``|dy|, |dx| <= k // 4`` (zero fill)."""
-    est = (estimate / estimate.sum()).to(torch.float64)
-    ref = (truth / truth.sum()).to(torch.float64)
-    k = ref.shape[-1]
-    reach = k // 4
-    padded = torch.nn.functional.pad(est, (reach, reach, reach, reach))
-    best = float("inf")
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            shifted = padded[reach + dy:reach + dy + k, reach + dx:reach + dx + k]
-            best = min(best, float((shifted - ref).norm() / ref.norm()))
-    return best
-
-
-def inpaint_mask(size: int) -> torch.Tensor:
-    """1 = observed; a centred square hole of side ``80 size / 256``."""
-    hole = max(1, round(HOLE_256 * size / 256))
-    start = (size - hole) // 2
-    mask = torch.ones(size, size)
-    mask[start:start + hole, start:start + hole] = 0.0
-    return mask
-
-
-def degrade(task: str, image: torch.Tensor, args, kernel_size: int, seed: int) -> dict:
-    """Observation ``y`` [1, C, h, w] in [0, 1] plus what the task needs (true kernel, mask)."""
-    from operators.blur import Blur
-    from operators.noise import SpeckleGaussianNoise
-    from operators.resample import Downsample
-
-    x = image[None]
-    shape = tuple(image.shape)
-    generator = torch.Generator().manual_seed(seed)
-    noise = SpeckleGaussianNoise()
-    out: dict = {}
-    with torch.no_grad():
-        if task == "gaussian-deblur":
-            out["kernel"] = gaussian_kernel(kernel_size, GAUSSIAN_SIGMA_256 * shape[-1] / 256.0)
-            clean = Blur(out["kernel"], image_shape=shape, padding="zeros")(x)
-        elif task == "motion-deblur":
-            out["kernel"] = motion_kernel(kernel_size, seed)
-            clean = Blur(out["kernel"], image_shape=shape, padding="reflect")(x)
-        elif task == "sr":
-            clean = Downsample(args.sr_factor, shape, filter="box")(x)
-        elif task == "denoise":
-            clean, noise = x, SpeckleGaussianNoise(speckle_sigma=0.4, gaussian_sigma=0.15, clip=True)
-        else:
-            out["mask"] = inpaint_mask(shape[-1])
-            clean = x
-        y = noise(clean, generator=generator).clamp(0.0, 1.0)
-        if task == "inpaint":
-            y = y * out["mask"]
-    out["y"] = y
-    return out
-
-
 def initial_kernel(task: str, kernel_size: int, shape: tuple[int, int, int]) -> torch.Tensor:
-    """The blind solver's starting kernel (as :func:`ctbird.restore` builds the operator)."""
-    from operators.blur import Blur
+    """The blind solver's starting kernel (the operator :func:`ctbird.restore` builds by default)."""
+    from ctbird.api import restoration_operator
 
-    if task == "gaussian-deblur":
-        op = Blur(kernel_size=kernel_size, image_shape=shape, learnable=True, parametrization="mlp", padding="zeros")
-    else:
-        op = Blur(kernel_size=kernel_size, image_shape=shape, learnable=True, parametrization="logits", padding="reflect")
+    op = restoration_operator(task, shape, blind=True, sr_factor=1, kernel_size=kernel_size, kernel=None, mask=None)
     with torch.no_grad():
         return op.kernel.detach().clone()
-
-
-def observation_view(task: str, y: torch.Tensor, size: int) -> torch.Tensor:
-    """The observation on the ground truth's grid (bilinear upsampling for SR)."""
-    from ctbird.api import resize
-
-    return resize(y, (size, size)) if task == "sr" else y
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -257,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.config import BirdConfig
 
     device, record = start_run(args, argv)
+    from ctbird.config import resolve_preset
+
+    args.preset = resolve_preset(args.preset, device)
     prior = load_prior(args.prior, device=str(device))
     prior_label = str(args.prior) if args.prior else str(default_prior_path())
     size = args.size or prior.image_size
@@ -278,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 started = time.perf_counter()
-                result = restore(case["y"], task, prior=prior, blind=True, iters=args.iters, sr_factor=args.sr_factor,
+                result = restore(case["y"], task, prior=prior, blind=True, config=BirdConfig.for_task(task, args.preset),
+                                 iters=args.iters, sr_factor=args.sr_factor,
                                  kernel_size=kernel_size if task in BLIND_DEBLUR else None, mask=case.get("mask"),
                                  seed=args.seed, device=device, delta_t=args.delta_t, callback=callback)
                 if device.type == "cuda":
@@ -293,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                     row["kernel_error"] = kernel_error(result.kernel[0].cpu(), case["kernel"])
                     row["initial_kernel_error"] = kernel_error(initial_kernel(task, kernel_size, tuple(image.shape)),
                                                                case["kernel"])
+                if task in BLIND_DEBLUR and result.kernel is not None:
+                    row["sigma_estimate"] = kernel_sigma(result.kernel[0].cpu())
+                if task == "denoise":
+                    from ctbird.restoration_baselines import estimate_noise_sigma
+
+                    row["noise_sigma_true"] = float((case["y"] - image[None]).std())
+                    row["noise_sigma_bird"] = float((case["y"] - restored).std())
+                    row["noise_sigma_mad"] = estimate_noise_sigma(case["y"][0].numpy())
+                row["baselines"] = run_baselines(task, case, image, result, args.sr_factor)
                 per_task[task].append(row)
                 if index == 0:
                     examples[task] = {"truth": image, "observed": observed[0], "restored": restored[0],
@@ -301,17 +215,21 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(1)
     results = []
     for task, rows in per_task.items():
-        summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task).iters}
-        for key in ("psnr", "ssim", "input_psnr", "input_ssim", "kernel_error", "initial_kernel_error", "seconds", "nfe"):
+        summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task, args.preset).iters}
+        for key in ("psnr", "ssim", "input_psnr", "input_ssim", "kernel_error", "initial_kernel_error", "sigma_estimate",
+                    "noise_sigma_true", "noise_sigma_bird", "noise_sigma_mad", "seconds", "nfe"):
             values = [r[key] for r in rows if key in r]
             if values:
                 summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)
+        for name in (rows[0]["baselines"] if rows else {}):
+            for key in ("psnr", "ssim", "seconds"):
+                summary[f"{name}_{key}_mean"], summary[f"{name}_{key}_std"] = mean_std([r["baselines"][name][key] for r in rows])
         results.append({**summary, "per_image": rows})
     settings = {
         "domain": args.domain, "data": "synthetic Shepp-Logan" if args.synthetic else str(args.data or DOMAINS[args.domain]),
         "prior": prior_label, "prior_size": prior.image_size, "prior_channels": prior.channels, "size": size,
-        "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0]).delta_t, "iters": args.iters,
-        "task_defaults": {t: BirdConfig.for_task(t).to_dict() for t in args.tasks},
+        "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0], args.preset).delta_t, "iters": args.iters,
+        "preset": args.preset, "task_defaults": {t: BirdConfig.for_task(t, args.preset).to_dict() for t in args.tasks},
         "kernel_size": kernel_size, "gaussian_sigma_px": GAUSSIAN_SIGMA_256 * size / 256.0, "sr_factor": args.sr_factor,
         "inpaint_hole_px": int(round(HOLE_256 * size / 256)), "metric_data_range": 1.0, "seed": args.seed,
         "noise": "SpeckleGaussianNoise() for deblur/sr/inpaint, (speckle 0.4, gaussian 0.15, clip) for denoise; "
@@ -324,6 +242,20 @@ def main(argv: list[str] | None = None) -> int:
                                        photo_markdown(record, settings, [label for label, _ in images], results, figures, args))
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
+
+
+def run_baselines(task: str, case: dict, image: torch.Tensor, result, sr_factor: int) -> dict:
+    """``{baseline: {psnr, ssim, seconds}}`` of :mod:`ctbird.restoration_baselines` on the observation; deconvolution
+    with the kernel BIRD estimated (Richardson–Lucy) or a Gaussian of estimated width (Wiener)."""
+    from ctbird.restoration_baselines import run_baseline, task_baselines
+
+    scores = {}
+    for name in task_baselines(task):
+        kernel = result.kernel[0].cpu() if name == "richardson-lucy" and result.kernel is not None else None
+        out = run_baseline(name, case["y"], task, sr_factor=sr_factor, mask=case.get("mask"), kernel=kernel,
+                           kernel_size=case["kernel"].shape[-1] if "kernel" in case else None)
+        scores[name] = {**score_unit(out.image, image[None]), "seconds": out.seconds}
+    return scores
 
 
 def photo_markdown(record, settings, images, results, figures, args) -> str:
@@ -344,11 +276,22 @@ def photo_markdown(record, settings, images, results, figures, args) -> str:
                      fmt(r["input_psnr_mean"], r["input_psnr_std"]), fmt(r["input_ssim_mean"], r["input_ssim_std"], 3),
                      fmt(r.get("kernel_error_mean", float("nan")), r.get("kernel_error_std"), 3),
                      fmt(r.get("initial_kernel_error_mean", float("nan")), None, 3),
-                     fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0)])
+                     fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0),
+                     "; ".join(f"{name} {fmt(r[f'{name}_psnr_mean'])} / {fmt(r[f'{name}_ssim_mean'], None, 3)}"
+                               for name in _baseline_names(r)) or "–",
+                     fmt(r["sigma_estimate_mean"]) if "sigma_estimate_mean" in r else
+                     (f"BIRD {fmt(r['noise_sigma_bird_mean'], None, 3)}, MAD {fmt(r['noise_sigma_mad_mean'], None, 3)} "
+                      f"(true {fmt(r['noise_sigma_true_mean'], None, 3)})" if "noise_sigma_true_mean" in r else "–")])
     lines += [markdown_table(["task", "iters", "PSNR (dB)", "SSIM", "input PSNR", "input SSIM", "kernel error",
-                              "initial kernel error", "s / image", "NFE / image"], rows), ""]
+                              "initial kernel error", "s / image", "NFE / image", "baselines PSNR / SSIM",
+                              "kernel sigma / noise level"], rows), ""]
     lines += [f"![{f}](figures/{f})" for f in figures]
     return "\n".join(lines)
+
+
+def _baseline_names(summary: dict) -> list[str]:
+    return [key[:-len("_psnr_mean")] for key in summary if key.endswith("_psnr_mean") and key != "input_psnr_mean"
+            and not key.startswith("psnr")]
 
 
 def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str]:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from .config import RESTORE_TASKS, BirdConfig, Settings
+from .config import RESTORE_SETUP, RESTORE_TASKS, BirdConfig, Settings
 from .errors import ConfigError, InputError
 from .limits import check_run_fits, check_sizes, estimate_run, validate_device
 from .methods import REGISTRY, CTProblem, Reconstruction, get_method, resize
@@ -272,6 +273,7 @@ def _photo(image: Any) -> torch.Tensor:
 def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: DiffusionPrior | str | os.PathLike,
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
+            kernel_model: str | None = None, warm_start: bool | None = None,
             config: BirdConfig | None = None, seed: int = 0, device: str | torch.device = "cpu",
             callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
@@ -297,6 +299,14 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         Known blur kernel (non-blind deblurring), or a Gaussian sigma in pixels.
     mask : Tensor ``[H, W]`` or None
         Observed-pixel mask (required for ``inpaint``).
+    kernel_model : {"gaussian", "mlp", "logits"} or None
+        Blind deblurring kernel: ``"gaussian"`` a Gaussian learnt through its log-sigma (starting at
+        ``INITIAL_SIGMA_PX``), ``"mlp"`` BIRD's kernel MLP, ``"logits"`` a free kernel ``softmax(logits)`` starting
+        uniform. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
+    warm_start : bool or None
+        Start ``x_T`` at the DDIM inversion (:func:`ddim_invert`) of a classical estimate (the observation; bicubic
+        upsampling for SR) instead of random noise; costs one extra chain. ``None``: the task's,
+        :data:`ctbird.config.RESTORE_SETUP`.
     config : BirdConfig or None
         BIRD's settings; ``None`` = the task's, ``BirdConfig.for_task(task)``. ``data_filter`` must be ``None``.
     **settings
@@ -337,8 +347,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     if task == "sr":
         _check_int("sr_factor", sr_factor, 2)
         out_h, out_w = height * sr_factor, width * sr_factor
-    operator = _restoration_operator(task, (channels, out_h, out_w), blind=blind, sr_factor=sr_factor,
-                                     kernel_size=kernel_size, kernel=kernel, mask=mask)
+    operator = restoration_operator(task, (channels, out_h, out_w), blind=blind, sr_factor=sr_factor,
+                                     kernel_size=kernel_size, kernel=kernel, mask=mask, kernel_model=kernel_model)
     learnable = any(p.requires_grad for p in operator.parameters())
     if not learnable:
         config = config.replace(lr_operator=0.0)
@@ -347,7 +357,18 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         return resize((x0 + 1.0) / 2.0, (out_h, out_w))
 
     bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
-    out = bird.run(y.to(dev), generator=_generator(seed))
+    init_latent = None
+    if warm_start is None:
+        warm_start = RESTORE_SETUP[task].get("warm_start", False)
+    if warm_start:
+        estimate = resize(y, model.shape[1:]) if task != "sr" else F.interpolate(y, size=model.shape[1:], mode="bicubic")
+        nfe0 = model.nfe
+        init_latent = ddim_invert(model, estimate.clamp(0, 1).to(dev) * 2.0 - 1.0, config.delta_t)
+        init_latent = init_latent.repeat_interleave(config.n_samples, dim=0)
+        warm_nfe = model.nfe - nfe0
+    out = bird.run(y.to(dev), generator=_generator(seed), init_latent=init_latent)
+    if warm_start:
+        out.nfe += warm_nfe
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out.uncertainty is not None else None
     return Restoration(image=out.transformed.clamp(0.0, 1.0), kernel=out.kernel, uncertainty=uncertainty, task=task,
                        blind=blind and learnable, seconds=out.seconds, nfe=out.nfe, loss_history=out.loss_history,
@@ -355,8 +376,38 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                        config=config)
 
 
-def _restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,
-                          kernel_size: int | None, kernel: torch.Tensor | float | None, mask: torch.Tensor | None):
+@torch.no_grad()
+def ddim_invert(prior: DiffusionPrior, x0: torch.Tensor, delta_t: int) -> torch.Tensor:
+    """``x_T`` whose DDIM decode (step ``delta_t``) approximately returns ``x0`` ``[B, C, H, W]`` in [-1, 1].
+
+    The eta=0 DDIM step run forward: at each ``(t, t_prev)`` of :meth:`DiffusionPrior.timestep_pairs`, from the last
+    to the first, ``eps`` is the UNet's noise estimate at ``x_{t_prev}`` and timestep ``t``, and
+    ``x_t = sqrt(a_t) x0_hat + sqrt(1 - a_t) eps`` with ``x0_hat = (x_{t_prev} - sqrt(1 - a_prev) eps) / sqrt(a_prev)``.
+    """
+    schedule = prior.schedule
+    x = x0
+    for t, t_prev in reversed(prior.timestep_pairs(delta_t)):
+        a_t, a_prev = schedule.alpha(t), schedule.alpha(t_prev)
+        out = prior._model_output(x, t)
+        prior.nfe += 1
+        if prior.prediction_type == "epsilon":
+            eps = out
+        elif prior.prediction_type == "v_prediction":
+            eps = math.sqrt(a_t) * out + math.sqrt(1.0 - a_t) * x
+        else:
+            eps = (x - math.sqrt(a_t) * out) / math.sqrt(1.0 - a_t)
+        start = ((x - math.sqrt(1.0 - a_prev) * eps) / math.sqrt(a_prev)).clamp(-1.0, 1.0) if t_prev >= 0 else x
+        x = math.sqrt(a_t) * start + math.sqrt(1.0 - a_t) * eps
+    return x
+
+
+#: Starting sigma (pixels) of ``kernel_model="gaussian"``.
+INITIAL_SIGMA_PX = 1.0
+
+
+def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,
+                          kernel_size: int | None, kernel: torch.Tensor | float | None, mask: torch.Tensor | None,
+                          kernel_model: str | None = None):
     """The degradation of ``task`` on images ``shape = (C, H, W)`` (learnable parameters when ``blind``)."""
     from operators import Identity
     from operators.blur import Blur, GaussianBlur
@@ -369,9 +420,13 @@ def _restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool
             k = default_kernel_size(side) if kernel_size is None else _check_int("kernel_size", kernel_size, 1)
             if k % 2 == 0 or k > side:
                 raise ConfigError(f"kernel_size must be odd and at most the image side {side}, got {k}.")
-            parametrization = "mlp" if task == "gaussian-deblur" else "logits"
-            return Blur(kernel_size=k, image_shape=shape, learnable=True, parametrization=parametrization,
-                        padding="zeros" if task == "gaussian-deblur" else "reflect")
+            model = RESTORE_SETUP[task]["kernel_model"] if kernel_model is None else kernel_model
+            padding = "zeros" if task == "gaussian-deblur" else "reflect"
+            if model == "gaussian":
+                return GaussianBlur(INITIAL_SIGMA_PX, image_shape=shape, kernel_size=k, learnable=True, padding=padding)
+            if model not in ("mlp", "logits"):
+                raise ConfigError(f"kernel_model must be gaussian, mlp or logits, got {model!r}.")
+            return Blur(kernel_size=k, image_shape=shape, learnable=True, parametrization=model, padding=padding)
         if isinstance(kernel, torch.Tensor):
             return Blur(kernel.to(torch.float32), image_shape=shape)
         if isinstance(kernel, (int, float)) and not isinstance(kernel, bool):

@@ -604,9 +604,14 @@ def _json_default(value):
               help="Known blur for --no-blind deblurring: a Gaussian sigma in pixels or a .npy [k, k] kernel.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None,
               help="Inpainting mask (--task inpaint): PNG/NPY, nonzero where pixels are observed.")
+@click.option("--method", "restore_methods", default="bird", show_default=True,
+              help="Comma-separated methods: bird and the task's classical baselines (wiener, richardson-lucy for "
+                   "deblurring, with BIRD's kernel when bird runs too; bicubic; tv; biharmonic).")
 @click.option("--delta-t", type=click.IntRange(min=1), default=None,
               help="DDIM step of the BIRD chain (default: the task's, 100).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: the task's own).")
+@click.option("--preset", "restore_preset", type=click.Choice(["auto", "full", "cpu-fast"]), default="auto",
+              show_default=True, help="BIRD budget: auto = cpu-fast on a CPU (ctbird.config.RESTORE_CPU_BUDGET).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--anonymize/--no-anonymize", default=False, show_default=True,
@@ -618,7 +623,10 @@ def _json_default(value):
               help="TOML file with any of these options and a [bird] table of BIRD settings (ctbird.config).")
 @click.pass_context
 def restore_command(ctx: click.Context, image_path: Path, config: Path | None, **_: Any) -> None:
-    """Restore a degraded photograph (deblur, super-resolve, denoise, inpaint) with BIRD."""
+    """Restore a degraded image (deblur, super-resolve, denoise, inpaint) with BIRD and classical baselines.
+
+    IMAGE is a PNG/JPEG/TIFF picture or a CT DICOM file/folder (its middle slice; the output then also holds
+    restored.dcm, a derived DICOM in HU)."""
     with _errors_as_click():
         params, tables = _apply_config_file(ctx, str(config) if config else None, tables=("bird",))
         _restore(image_path.expanduser(), params, tables.get("bird"))
@@ -679,16 +687,19 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
     import torch
 
     from .cli_safety import RunSafety
-    from .io import atomic_output_dir, read_image, write_png, write_text_atomic
+    from .io import atomic_output_dir, write_png, write_text_atomic
     from .limits import check_sizes
 
     if params["task"] is None:
         raise ConfigError(f"--task is required: one of {', '.join(RESTORE_TASKS)}.")
-    config = _settings_from_table(BirdConfig, BirdConfig.for_task(params["task"]), table, f"[bird] in {params['config']}")
-    config = config.with_overrides(iters=params["iters"], delta_t=params["delta_t"])
-    if not params["prior"]:
-        raise ConfigError("--prior is required for restore: a diffusers folder or hub id of a photograph prior.")
     device = _resolve_device(params["device"])
+    params["restore_preset"] = resolve_preset(params["restore_preset"], device)
+    defaults = BirdConfig.for_task(params["task"], params["restore_preset"])
+    config = _settings_from_table(BirdConfig, defaults, table, f"[bird] in {params['config']}")
+    config = config.with_overrides(iters=params["iters"], delta_t=params["delta_t"])
+    methods = _restore_methods(params["task"], params["restore_methods"])
+    if "bird" in methods and not params["prior"]:
+        raise ConfigError("--prior is required for restore: a diffusers folder or hub id of a photograph prior.")
     inputs = [image_path] + ([Path(params["reference"])] if params["reference"] else [])
     out = _check_out(params["out"], inputs, params["force"], params["anonymize"])
     safety = RunSafety(params["anonymize"])
@@ -697,28 +708,44 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         if extra_input is not None:
             safety.label(extra_input, index=index)
     with safety.collecting():
-        observed = read_image(image_path)
-        reference = read_image(params["reference"]) if params["reference"] else None
+        observed, source = _read_restore_input(image_path)
+        reference = _read_restore_input(Path(params["reference"]))[0] if params["reference"] else None
+    if source is not None:
+        safety.check_burned_in(source[0], source=label)
     factor = params["sr_factor"] if params["task"] == "sr" else 1
     check_sizes(image_size=max(observed.shape[-2:]) * factor)
     kernel_arg, mask_arg = _restore_operator_inputs(params, observed.shape[-2:])
-    from .priors import load_prior
-
-    prior = load_prior(params["prior"], device=device)
-    if observed.shape[0] != prior.channels:
-        observed = np.repeat(observed, prior.channels, axis=0) if observed.shape[0] == 1 else observed.mean(0, keepdims=True)
     from . import api
 
-    with _step_bar(quiet=params["quiet"], desc=f"restore ({params['task']})", total=config.iters) as callback:
-        result = api.restore(torch.from_numpy(observed)[None], params["task"], prior=prior, blind=params["blind"],
-                             sr_factor=params["sr_factor"], kernel=kernel_arg, mask=mask_arg, config=config,
-                             seed=params["seed"], device=device, callback=callback)
-    restored = _as_numpy(result.image)[0]
-    kernel = _as_numpy(result.kernel)
+    if "bird" in methods:
+        from .priors import load_prior
+
+        prior = load_prior(params["prior"], device=device)
+        if observed.shape[0] != prior.channels:
+            observed = (np.repeat(observed, prior.channels, axis=0) if observed.shape[0] == 1
+                        else observed.mean(0, keepdims=True))
+        with _step_bar(quiet=params["quiet"], desc=f"restore ({params['task']})", total=config.iters) as callback:
+            result = api.restore(torch.from_numpy(observed)[None], params["task"], prior=prior, blind=params["blind"],
+                                 sr_factor=params["sr_factor"], kernel=kernel_arg, mask=mask_arg, config=config,
+                                 seed=params["seed"], device=device, callback=callback)
+    else:
+        result = None
+    baselines = _restore_baselines(methods, observed, params, kernel_arg, mask_arg, result)
+    primary = result if result is not None else baselines[methods[0]]
+    restored = _as_numpy(primary.image)[0]
+    kernel = _as_numpy(primary.kernel)
     summary: dict[str, Any] = {"input": label, "task": params["task"], "blind": params["blind"],
-                               "prior": str(params["prior"]), "seed": params["seed"],
-                               "seconds": round(result.seconds, 3), "nfe": result.nfe,
-                               "settings": result.config.to_dict()}
+                               "methods": methods, "preset": params["restore_preset"],
+                               "prior": str(params["prior"]) if result is not None else None,
+                               "seed": params["seed"], "seconds": round(primary.seconds, 3),
+                               "nfe": result.nfe if result is not None else 0,
+                               "settings": result.config.to_dict() if result is not None else None}
+    if params["task"] == "denoise":
+        from .restoration_baselines import estimate_noise_sigma
+
+        summary["noise_sigma_estimate"] = {"wavelet_mad": estimate_noise_sigma(observed)}
+        if result is not None:
+            summary["noise_sigma_estimate"]["bird_residual"] = float(np.std(observed - restored))
     if reference is not None:
         from .metrics import psnr, ssim
 
@@ -731,10 +758,18 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         summary["psnr"] = psnr(restored, reference, data_range=(0.0, 1.0))
         if min(restored.shape[-2:]) >= 11:
             summary["ssim"] = ssim(restored, reference, data_range=(0.0, 1.0))
+        scored = {"input": observed} if observed.shape[-2:] == reference.shape[-2:] else {}
+        scored.update({name: _as_numpy(b.image)[0] for name, b in baselines.items()})
+        summary["scores"] = {name: {"psnr": psnr(image, reference, data_range=(0.0, 1.0)),
+                                    **({"ssim": ssim(image, reference, data_range=(0.0, 1.0))}
+                                       if min(image.shape[-2:]) >= 11 else {})}
+                             for name, image in scored.items()}
     summary["warnings"] = safety.warnings
     with atomic_output_dir(out, force=params["force"]) as staging:
         np.save(staging / "restored.npy", restored.astype(np.float32))
         write_png(restored, staging / "restored.png")
+        if source is not None:
+            _write_restored_dicom(restored, source, staging / "restored.dcm", params, safety.dicom_options())
         extra = {}
         if kernel is not None:
             kernel2d = kernel.reshape(kernel.shape[-2:]) if kernel.ndim >= 2 and np.prod(kernel.shape[:-2]) == 1 else kernel
@@ -742,13 +777,21 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
             peak = float(np.max(kernel2d)) if kernel2d.size else 0.0
             write_png(kernel2d / peak if peak > 0 else kernel2d, staging / "kernel.png")
             extra["estimated kernel" if params["blind"] else "kernel"] = kernel2d
-        uncertainty = _as_numpy(result.uncertainty)
+        uncertainty = _as_numpy(result.uncertainty) if result is not None else None
         if uncertainty is not None:
             np.save(staging / "restored_std.npy", uncertainty[0])
         from .figures import comparison_figure
 
         metrics = {"restored": {k: summary[k] for k in ("psnr", "ssim") if k in summary}}
         images = {"observed": observed if observed.shape[-2:] == restored.shape[-2:] else None, "restored": restored}
+        for name, baseline in baselines.items():
+            if baseline is not primary:
+                image = _as_numpy(baseline.image)[0]
+                np.save(staging / f"{name}.npy", image.astype(np.float32))
+                write_png(image, staging / f"{name}.png")
+                images[name] = image
+                metrics[name] = summary.get("scores", {}).get(name, {})
+        summary["baseline_seconds"] = {name: round(b.seconds, 3) for name, b in baselines.items()}
         figure = comparison_figure({k: v for k, v in images.items() if v is not None}, reference=reference,
                                    window=(0.0, 1.0), metrics=metrics, extra=extra, unit="[0,1]", error_range=0.25,
                                    title=f"{label}: {params['task']}")
@@ -758,9 +801,68 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k != "config"}
         write_text_atomic(staging / "config.toml", to_toml(safety.public({"input": label, **options}),
                                                            header="ctbird restore: resolved configuration",
-                                                           tables={"bird": result.config.to_dict()}))
+                                                           tables={"bird": result.config.to_dict()} if result else {}))
     if not params["quiet"]:
         click.echo(f"Wrote the restored image to {out}", err=True)
+
+
+def _read_restore_input(path: Path) -> tuple[np.ndarray, Any]:
+    """``(image [C, H, W] in [0, 1], source)`` of a restore input: a PNG/JPEG/TIFF picture (``source`` None) or a CT
+    DICOM file/folder (its middle slice, HU -> the prior's [0, 1] scale by :mod:`ctbird.units`; ``source`` =
+    ``(header, pixel spacing mm)`` for the derived DICOM)."""
+    from .io import read_image
+
+    if not (path.is_dir() or path.suffix.lower() in (".dcm", ".dicom", ".ima")):
+        return read_image(path), None
+    from .io import read_dicom
+    from .units import clip_hu, hu_to_unit
+
+    volume = read_dicom(path)
+    index = volume.n_slices // 2
+    unit = (hu_to_unit(clip_hu(volume.hu[index].astype(np.float32))) + 1.0) / 2.0
+    return np.clip(unit, 0.0, 1.0)[None].astype(np.float32), (volume.header(index), volume.pixel_spacing_mm)
+
+
+def _write_restored_dicom(restored: np.ndarray, source: tuple[Any, tuple[float, float]], path: Path,
+                          params: dict[str, Any], dicom_options: dict[str, Any]) -> None:
+    """The restored image ``[C, H, W]`` on [0, 1] as a derived CT DICOM in HU (SR: spacing divided by the factor);
+    ``dicom_options``: the run's de-identification (:meth:`ctbird.cli_safety.RunSafety.dicom_options`)."""
+    from .io import write_derived_dicom
+    from .units import unit_to_hu
+
+    header, spacing = source
+    factor = params["sr_factor"] if params["task"] == "sr" else 1
+    hu = unit_to_hu(2.0 * restored.mean(axis=0) - 1.0)
+    write_derived_dicom(hu.astype(np.float32), header, path, method_name=f"ctbird restore {params['task']}",
+                        pixel_spacing_mm=(spacing[0] / factor, spacing[1] / factor), **dicom_options)
+
+
+def _restore_methods(task: str, text: str) -> list[str]:
+    """The methods of ``restore --method``: ``bird`` and the task's baselines (:mod:`ctbird.restoration_baselines`)."""
+    from .restoration_baselines import task_baselines
+
+    valid = ("bird", *task_baselines(task))
+    methods = list(dict.fromkeys(m.strip().lower() for m in str(text).split(",") if m.strip()))
+    bad = [m for m in methods if m not in valid]
+    if bad or not methods:
+        raise ConfigError(f"--method for --task {task} takes some of {', '.join(valid)}; got {', '.join(bad) or 'nothing'}.")
+    return methods
+
+
+def _restore_baselines(methods: list[str], observed: np.ndarray, params: dict[str, Any], kernel, mask, result) -> dict:
+    """``{name: BaselineRestoration}`` of the classical methods in ``methods``; deconvolution uses the known kernel,
+    else BIRD's estimate when BIRD ran blind, else a Gaussian of estimated width."""
+    import torch
+
+    from .restoration_baselines import gaussian_kernel, run_baseline
+
+    if isinstance(kernel, float):
+        kernel = torch.from_numpy(gaussian_kernel(2 * int(np.ceil(3 * kernel)) + 1, kernel))
+    if kernel is None and result is not None and result.kernel is not None and params["blind"]:
+        kernel = result.kernel[0]
+    image = torch.from_numpy(observed)[None]
+    return {name: run_baseline(name, image, params["task"], sr_factor=params["sr_factor"], mask=mask, kernel=kernel)
+            for name in methods if name != "bird"}
 
 
 if __name__ == "__main__":

@@ -199,13 +199,24 @@ class BirdConfig(Settings):
         object.__setattr__(self, "early_stopping", stop)
 
     @classmethod
-    def for_task(cls: type[S], task: str) -> S:
-        """Defaults of a task: ``"ct"`` or one of :data:`RESTORE_TASKS` (the BIRD reference's ``configs/*.yml``)."""
+    def for_task(cls: type[S], task: str, preset: str = "full") -> S:
+        """Defaults of a task: ``"ct"`` or one of :data:`RESTORE_TASKS` (measured on CT training slices,
+        ``docs/results/tuning/restore_*.md``), under a budget of :data:`PRESETS` for the restoration tasks
+        (``"cpu-fast"``: :data:`RESTORE_CPU_BUDGET`)."""
         if task == "ct":
             return cls()
         if task not in _RESTORE_DEFAULTS:
             raise ConfigError(f"Unknown task {task!r}; use 'ct' or one of {', '.join(RESTORE_TASKS)}.")
-        return cls(**_RESTORE_DEFAULTS[task])
+        if preset not in PRESETS:
+            raise ConfigError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+        budget = RESTORE_CPU_BUDGET if preset == "cpu-fast" else {}
+        return cls(**{**_RESTORE_DEFAULTS[task], **budget})
+
+    @classmethod
+    def reference(cls: type[S]) -> S:
+        """The BIRD reference's settings (its Gaussian deblurring config): 100 iterations at ``delta_t=100``, Adam on
+        ``x_T`` at 3e-3 and on the operator at 2e-4, constant rates, last iterate, plain data term."""
+        return cls(**_BIRD_REFERENCE)
 
     @classmethod
     def preset(cls: type[S], name: str) -> S:
@@ -215,15 +226,35 @@ class BirdConfig(Settings):
         return cls(**PRESETS[name])
 
 
-_REFERENCE = {"delta_t": 100, "latent_optimizer": "adam", "latent_lr_schedule": "constant", "keep_best": False,
-              "data_filter": None}
+_BIRD_REFERENCE = MappingProxyType({"iters": 100, "delta_t": 100, "lr_latent": 3e-3, "lr_operator": 2e-4,
+                                     "latent_optimizer": "adam", "latent_lr_schedule": "constant", "keep_best": False,
+                                     "data_filter": None})
+#: The CT path's latent optimizer, measured for the restoration tasks too (docs/results/tuning/restore_cpu-train128.md:
+#: with a warm start it lifts every task by 5 to 14 dB over the reference's Adam at a constant rate).
+_RESTORE_COMMON = {"delta_t": 100, "latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "keep_best": True,
+                   "data_filter": None}
 _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "gaussian-deblur": MappingProxyType({"iters": 100, "lr_latent": 3e-3, "lr_operator": 2e-4, **_REFERENCE}),
-    "motion-deblur": MappingProxyType({"iters": 100, "lr_latent": 3e-3, "lr_operator": 5e-3, **_REFERENCE}),
-    "sr": MappingProxyType({"iters": 100, "lr_latent": 1e-3, "lr_operator": 2e-4, **_REFERENCE}),
-    "denoise": MappingProxyType({"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE}),
-    "inpaint": MappingProxyType({"iters": 200, "lr_latent": 1e-2, "lr_operator": 0.0, **_REFERENCE}),
+    "gaussian-deblur": MappingProxyType({"iters": 100, "lr_latent": 1.2e-2, "lr_operator": 5e-2, **_RESTORE_COMMON}),
+    "motion-deblur": MappingProxyType({"iters": 100, "lr_latent": 1.2e-2, "lr_operator": 5e-2, **_RESTORE_COMMON}),
+    "sr": MappingProxyType({"iters": 100, "lr_latent": 1.2e-2, "lr_operator": 2e-4, **_RESTORE_COMMON}),
+    "denoise": MappingProxyType({"iters": 200, "lr_latent": 1.2e-2, "lr_operator": 0.0, **_RESTORE_COMMON}),
+    "inpaint": MappingProxyType({"iters": 200, "lr_latent": 5e-2, "lr_operator": 0.0, **_RESTORE_COMMON}),
 })
+
+#: How :func:`ctbird.restore` sets up each task unless told otherwise: the blind kernel model of the deblurring tasks
+#: (``"gaussian"``: a Gaussian learnt through its log-sigma; ``"logits"``: a free kernel) and whether ``x_T`` starts at
+#: the DDIM inversion of a classical estimate (``warm_start``).
+RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "gaussian-deblur": MappingProxyType({"kernel_model": "gaussian", "warm_start": True}),
+    "motion-deblur": MappingProxyType({"kernel_model": "logits", "warm_start": True}),
+    "sr": MappingProxyType({"warm_start": False}),  # the inversion of a bicubic image decodes badly (11-15 dB)
+    "denoise": MappingProxyType({"warm_start": True}),
+    "inpaint": MappingProxyType({"warm_start": True}),
+})
+
+#: The restoration tasks' budget under the ``cpu-fast`` preset, the one the settings were measured with: 31 or 32
+#: DDIM chains of 3 steps (about 100 UNet evaluations; 256²: about 25 s on 2 idle cores, under 3 minutes loaded).
+RESTORE_CPU_BUDGET: Mapping[str, Any] = MappingProxyType({"iters": 30, "delta_t": 333})
 
 #: Named BIRD budgets (settings that differ from :class:`BirdConfig`'s defaults).
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
@@ -361,6 +392,7 @@ METHOD_CONFIGS: Mapping[str, type[Settings]] = MappingProxyType({
 })
 
 
-__all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "DDSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS",
-           "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
+__all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "DDSConfig", "FBPConfig", "SIRTConfig",
+           "TVConfig", "PRESETS", "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "RESTORE_CPU_BUDGET", "RESTORE_SETUP",
+           "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
            "FBP_FILTERS"]

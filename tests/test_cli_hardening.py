@@ -530,3 +530,15 @@ def test_anonymized_volume_run_leaks_no_planted_identifier_and_checks_limits(tmp
                       "--out", tmp_path / "absurd", "--quiet")
     assert refused.exit_code != 0 and "views" in refused.output.lower() and "Traceback" not in refused.output
     assert not (tmp_path / "absurd").exists()
+
+
+def test_anonymized_restore_of_a_dicom_slice_leaks_no_planted_identifier(tmp_path):
+    series = _planted_series(tmp_path / PATIENT_FOLDER, slices=1)
+    identifiers = _identifiers(series)
+    source = next(series.iterdir())
+    out = tmp_path / "restored"
+    result = _invoke("restore", source, "--task", "denoise", "--method", "tv", "--anonymize", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / "restored.dcm").exists() and find_identifiers(out, identifiers) == []
+    restored = pydicom.dcmread(out / "restored.dcm")
+    assert restored.PatientIdentityRemoved == "YES" and restored.StudyInstanceUID != STUDY_UID

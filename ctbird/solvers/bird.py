@@ -237,7 +237,7 @@ class BIRD:
     config : BirdConfig or None
         The settings (:class:`ctbird.config.BirdConfig`: iterations, ``delta_t``, rates, latent optimizer and schedule,
         ``keep_best``, ``n_samples``, ``grad_mode``, ``loss``, early stopping). ``None``: the BIRD reference's,
-        ``BirdConfig.for_task("gaussian-deblur")``. ``data_filter`` is not read here: the CT method
+        ``BirdConfig.reference()``. ``data_filter`` is not read here: the CT method
         (:mod:`ctbird.methods`) builds the filtered operator.
     **settings
         Overrides of single settings (``iters=8``...), validated by :meth:`BirdConfig.replace`.
@@ -276,7 +276,7 @@ class BIRD:
                  input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  callback: Callable[[dict], None] | None = None, compile: bool = False,
                  checkpointing: bool = True, **settings) -> None:
-        config = BirdConfig.for_task("gaussian-deblur") if config is None else config
+        config = BirdConfig.reference() if config is None else config
         if not isinstance(config, BirdConfig):
             raise ConfigError(f"config must be a BirdConfig, got {type(config).__name__}.")
         config = config.replace(**settings)

@@ -78,8 +78,8 @@ def test_presets_and_tasks():
     assert ct == BirdConfig() and (ct.latent_optimizer, ct.keep_best, ct.data_filter) == ("normalized-gd", True, 0.5)
     for task in RESTORE_TASKS:
         photo = BirdConfig.for_task(task)
-        assert (photo.latent_optimizer, photo.keep_best, photo.data_filter, photo.delta_t) == ("adam", False, None, 100)
-    assert BirdConfig.for_task("denoise").lr_operator == 0.0 and BirdConfig.for_task("sr").lr_latent == 1e-3
+        assert (photo.latent_optimizer, photo.keep_best, photo.data_filter, photo.delta_t) == ("normalized-gd", True, None, 100)
+    assert BirdConfig.for_task("denoise").lr_operator == 0.0 and BirdConfig.for_task("inpaint").lr_latent == 5e-2
     with pytest.raises(ConfigError, match="task"):
         BirdConfig.for_task("colorize")
 
