@@ -46,6 +46,7 @@ import torch
 from .errors import ConfigError, InputError, OutputError
 from .io.atomic import atomic_file, atomic_output_dir, write_text_atomic
 from .io.deid import Deidentifier
+from .metrics import score_ct
 from .io.series import VolumeInput, parse_slices, slice_headers, write_derived_series, write_volume_npy
 from .units import EVAL_HU_RANGE, clip_hu, hu_to_mu, mu_to_hu
 
@@ -356,16 +357,6 @@ class VolumeResult:
 
 
 # --------------------------------------------------------------------------- reconstruction
-def _slice_metrics(hu: np.ndarray, truth: np.ndarray) -> dict:
-    from .metrics import psnr, rmse_hu, ssim
-
-    out = {"psnr": psnr(hu, truth, data_range=EVAL_HU_RANGE)}
-    if min(hu.shape) >= 11:
-        out["ssim"] = ssim(hu, truth, data_range=EVAL_HU_RANGE)
-    out["rmse_hu"] = rmse_hu(clip_hu(hu), truth)
-    return out
-
-
 def _prepare_work_dir(work: Path, settings: dict, resume: bool, ctx: DistributedContext) -> None:
     """Check (all ranks) and record (rank 0) the run's settings."""
     record_path = work / SETTINGS_FILE
@@ -538,7 +529,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
                 if "final_loss" in result.info:
                     record["final_loss"] = result.info["final_loss"][item]
                 if truth is not None:
-                    record["metrics"] = _slice_metrics(hu, np.asarray(truth[i], dtype=np.float32))
+                    record["metrics"] = score_ct(hu, np.asarray(truth[i], dtype=np.float32), data_range=EVAL_HU_RANGE)
                 write_text_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2, default=_json_default) + "\n")
                 run, done = run + 1, done + 1
                 _report(bar, progress, done, total, i, ctx.rank, skipped=False)
