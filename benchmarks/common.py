@@ -178,6 +178,38 @@ def score_unit(image: torch.Tensor, truth: torch.Tensor) -> dict:
     return {"psnr": float(psnr(image, truth, data_range=1.0)), "ssim": float(ssim(image, truth, data_range=1.0))}
 
 
+def score_settings_on_slices(args, prior, device: torch.device, settings: Sequence[tuple[str, str, dict]], *,
+                             desc: str) -> tuple[list[str], list[list[dict]]]:
+    """The tuning studies' loop: every setting ``(label, method, overrides)`` reconstructs each ``args.slice`` (read
+    at ``args.size`` with ``args.pixel_mm``, simulated noiseless at ``args.views`` parallel views) with seed
+    ``args.seed``, scored by :func:`ctbird.metrics.score_ct` on :data:`ctbird.units.EVAL_HU_RANGE`.
+
+    Returns the slice labels and, per setting (in order), its rows ``{slice, psnr, ssim, rmse_hu, seconds, nfe}``.
+    """
+    from ctbird.api import reconstruct
+    from ctbird.metrics import score_ct
+    from ctbird.simulate import simulate, simulation_geometry
+    from ctbird.units import EVAL_HU_RANGE
+
+    geometry = simulation_geometry("parallel", args.views, args.size)
+    rows: list[list[dict]] = [[] for _ in settings]
+    labels = []
+    with progress(total=len(args.slice) * len(settings), desc=desc, unit="run") as bar:
+        for spec in args.slice:
+            truth, spacing, slice_label = read_slice(spec, args.size, args.pixel_mm)
+            labels.append(slice_label)
+            sinogram = simulate(truth, image_size=args.size, pixel_spacing_mm=spacing, geometry=geometry,
+                                seed=args.seed, device=device).sinogram
+            for row, (label, method, overrides) in zip(rows, settings):
+                bar.set_description(f"{slice_label} {method}" + (f" {label}" if label else ""))
+                result = reconstruct(sinogram, geometry, image_size=args.size, pixel_spacing_mm=spacing, prior=prior,
+                                     method=method, seed=args.seed, device=device, **overrides)
+                row.append({"slice": slice_label, **score_ct(result.image[0, 0], truth, data_range=EVAL_HU_RANGE),
+                            "seconds": result.seconds, "nfe": result.nfe})
+                bar.update(1)
+    return labels, rows
+
+
 def summarize(per_slice: list[dict]) -> dict:
     """``{key_mean, key_std}`` over the rows of ``per_slice`` for PSNR, SSIM, RMSE, seconds and NFE."""
     summary = {}

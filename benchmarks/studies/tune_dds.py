@@ -22,11 +22,8 @@ import itertools
 import sys
 from pathlib import Path
 
-from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, parse_list, progress, read_slice, record_markdown,
-                               run_script, start_run, summarize, write_outputs)
-from ctbird.metrics import score_ct
-from ctbird.simulate import simulate, simulation_geometry
-from ctbird.units import EVAL_HU_RANGE
+from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, parse_list, record_markdown, run_script,
+                               score_settings_on_slices, start_run, summarize, write_outputs)
 
 #: The settings a row varies, in table order.
 KNOBS = ("steps", "cg_iters", "eta", "gamma")
@@ -69,31 +66,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import reconstruct
     from ctbird.priors import default_prior_path, load_prior
 
     device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
-    geometry = simulation_geometry("parallel", args.views, args.size)
     grid = list(itertools.product(args.steps, args.cg_iters, args.eta, args.gamma))
     settings = [("fbp", None), ("sirt", None)] + [("dds", dict(zip(KNOBS, values))) for values in grid]
-    rows: list[list[dict]] = [[] for _ in settings]
-    labels = []
-    with progress(total=len(args.slice) * len(settings), desc="tune dds", unit="run") as bar:
-        for spec in args.slice:
-            truth, spacing, label = read_slice(spec, args.size, args.pixel_mm)
-            labels.append(label)
-            sinogram = simulate(truth, image_size=args.size, pixel_spacing_mm=spacing, geometry=geometry, seed=args.seed,
-                                device=device).sinogram
-            for row, (method, knobs) in zip(rows, settings):
-                bar.set_description(f"{label} {method}" + (f" {knobs}" if knobs else ""))
-                overrides = {} if knobs is None else {"iters": knobs["steps"], "cg_iters": knobs["cg_iters"],
-                                                      "eta": knobs["eta"], "gamma": knobs["gamma"]}
-                result = reconstruct(sinogram, geometry, image_size=args.size, pixel_spacing_mm=spacing, prior=prior,
-                                     method=method, seed=args.seed, device=device, **overrides)
-                row.append({"slice": label, **score_ct(result.image[0, 0], truth, data_range=EVAL_HU_RANGE),
-                            "seconds": result.seconds, "nfe": result.nfe})
-                bar.update(1)
+    labels, rows = score_settings_on_slices(
+        args, prior, device, [(f"{knobs}" if knobs else "", method,
+                               {} if knobs is None else {"iters": knobs["steps"], "cg_iters": knobs["cg_iters"],
+                                                         "eta": knobs["eta"], "gamma": knobs["gamma"]})
+                              for method, knobs in settings], desc="tune dds")
     results = [{"method": method, **{k: (knobs or {}).get(k) for k in KNOBS}, **summarize(per_slice),
                 "per_slice": per_slice} for (method, knobs), per_slice in zip(settings, rows)]
     payload = {"run": record, "slices": labels, "views": args.views, "image_size": args.size, "seed": args.seed,

@@ -21,11 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, parse_list, progress, read_slice, record_markdown,
-                               run_script, start_run, summarize, write_outputs)
-from ctbird.metrics import score_ct
-from ctbird.simulate import simulate, simulation_geometry
-from ctbird.units import EVAL_HU_RANGE
+from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, parse_list, record_markdown, run_script,
+                               score_settings_on_slices, start_run, summarize, write_outputs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,31 +56,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import reconstruct
     from ctbird.priors import default_prior_path, load_prior
 
     device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
-    geometry = simulation_geometry("parallel", args.views, args.size)
     settings = [("fbp", None, None), ("sirt", None, None)] + [("dps", z, s) for s in args.steps for z in args.zeta]
-    rows = {setting: [] for setting in settings}
-    labels = []
-    with progress(total=len(args.slice) * len(settings), desc="tune dps", unit="run") as bar:
-        for spec in args.slice:
-            truth, spacing, label = read_slice(spec, args.size, args.pixel_mm)
-            labels.append(label)
-            sinogram = simulate(truth, image_size=args.size, pixel_spacing_mm=spacing, geometry=geometry, seed=args.seed,
-                                device=device).sinogram
-            for method, zeta, steps in settings:
-                bar.set_description(f"{label} {method}" + (f" zeta {zeta:g}, {steps} steps" if zeta else ""))
-                result = reconstruct(sinogram, geometry, image_size=args.size, pixel_spacing_mm=spacing,
-                                     prior=prior, method=method, iters=steps, zeta=zeta, seed=args.seed,
-                                     device=device)
-                rows[(method, zeta, steps)].append({"slice": label, **score_ct(result.image[0, 0], truth, data_range=EVAL_HU_RANGE),
-                                                    "seconds": result.seconds, "nfe": result.nfe})
-                bar.update(1)
+    labels, rows = score_settings_on_slices(
+        args, prior, device, [(f"zeta {zeta:g}, {steps} steps" if zeta else "", method,
+                               {"iters": steps, "zeta": zeta} if method == "dps" else {})
+                              for method, zeta, steps in settings], desc="tune dps")
     results = [{"method": method, "relative_zeta": zeta, "steps": steps, **summarize(per_slice), "per_slice": per_slice}
-               for (method, zeta, steps), per_slice in rows.items()]
+               for (method, zeta, steps), per_slice in zip(settings, rows)]
     payload = {"run": record, "slices": labels, "views": args.views, "image_size": args.size, "seed": args.seed,
                "prior": str(args.prior) if args.prior else str(default_prior_path()), "results": results}
     table = [[r["method"], "–" if r["relative_zeta"] is None else f"{r['relative_zeta']:g}",
