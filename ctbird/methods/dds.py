@@ -6,7 +6,7 @@ DDIM sampling in which every denoised estimate is pulled toward the data before 
 1. ``x0_hat = x0_hat(x_t)`` by the UNet (Tweedie; one UNet evaluation, no backpropagation); its squared data
    residual (mean over the sinogram) is the step's entry of ``loss_history``;
 2. ``x0' = x0_hat + argmin_{d in K} ||A T(x0_hat + d) - y||^2 + w ||d||^2`` by ``cg_iters`` conjugate-gradient
-   steps (:func:`ctbird.solvers.refine.conjugate_gradient`) started at ``x0_hat``: the minimisation is restricted to
+   steps (:func:`ctbird.solvers.dds.dds_chain`, :func:`ctbird.solvers.refine.conjugate_gradient`) started at ``x0_hat``: the minimisation is restricted to
    the Krylov subspace ``K`` of the normal operator at the initial residual, so ``x0'`` stays near the clean-image
    manifold's tangent space at ``x0_hat`` (the paper's argument). ``T`` is :meth:`CTProblem.prior_to_measured`, the
    measurement model of every prior-based method (prior scale -> attenuation per pixel length -> Radon);
@@ -22,61 +22,34 @@ The last step (``t_prev < 0``) returns ``x0'``. NFE = ``iters``. The official co
 
 from __future__ import annotations
 
-import math
-import time
-
 import torch
 
 from ..config import DDSConfig
 from ..errors import ConfigError
 from ..priors.schedule import randn
-from ..solvers.refine import conjugate_gradient
+from ..solvers.dds import dds_chain
 from .base import CTProblem, Reconstruction
 
 
 def dds(problem: CTProblem, config: DDSConfig) -> Reconstruction:
     """DDS on ``problem`` with ``config`` (steps, CG iterations, DDIM ``eta``, anchor weight ``gamma``)."""
-    prior, radon, y = problem.prior, problem.radon, problem.sinogram
+    prior, y = problem.prior, problem.sinogram
     if config.iters > prior.num_train_timesteps:
         raise ConfigError(f"DDS setting 'iters' must be at most {prior.num_train_timesteps}, got {config.iters}.")
-    device = prior.device
-    y = y.to(device=device, dtype=torch.float32)
-    radon.to(device)
     generator = problem.generator()
-    x = randn((y.shape[0], *prior.shape), generator=generator, device=device)
-    offset = problem.prior_to_measured(torch.zeros_like(x))  # T(0): T is affine
-
-    def forward(d: torch.Tensor) -> torch.Tensor:
-        """``A (T(d) - T(0))``: the measurement model's linear part."""
-        return radon(problem.prior_to_measured(d) - offset)
-
-    def adjoint(r: torch.Tensor) -> torch.Tensor:
-        """Adjoint of :func:`forward`: ``A^T``, then the transform's adjoint by autograd."""
-        with torch.enable_grad():
-            d = torch.zeros_like(x, requires_grad=True)
-            grad, = torch.autograd.grad(problem.prior_to_measured(d), d, grad_outputs=radon.adjoint(r))
-        return grad
-
-    weight = config.gamma * problem.measurement_norm() ** 2
+    x = randn((y.shape[0], *prior.shape), generator=generator, device=prior.device)
+    nfe0, history = prior.nfe, []
     pairs = prior.timestep_pairs(prior.num_train_timesteps // config.iters)
-    nfe0, start, history = prior.nfe, time.perf_counter(), []
+    image = dds_chain(prior, x, pairs, measure=lambda x0: problem.radon(problem.prior_to_measured(x0)),
+                      y=y.to(x.device), cg_iters=config.cg_iters, eta=config.eta,
+                      weight=config.gamma * problem.measurement_norm() ** 2, generator=generator, history=history,
+                      callback=problem.callback)
     with torch.no_grad():
-        for i, (t, t_prev) in enumerate(pairs, start=1):
-            x0_hat = prior.predict_x0(x, t)
-            residual = y - radon(problem.prior_to_measured(x0_hat))
-            history.append(float(residual.square().flatten(1).mean(dim=1).mean()))
-            x0 = conjugate_gradient(lambda v: adjoint(forward(v)) + weight * v, x0_hat, adjoint(residual),
-                                    config.cg_iters).clamp(-1.0, 1.0)
-            shifted = x + math.sqrt(prior.schedule.alpha(t)) * (x0 - x0_hat)  # re-derives the network's eps
-            x = prior.schedule.ddim_step(shifted, x0, t, t_prev, eta=config.eta, generator=generator)
-            if problem.callback is not None:
-                problem.callback({"iteration": i, "iters": len(pairs), "loss": history[-1], "nfe": prior.nfe - nfe0,
-                                  "seconds": time.perf_counter() - start})
-        image = x.clamp(-1.0, 1.0)
         mu = problem.prior_to_measured(image)
-        final = (radon(mu) - y).square().flatten(1).mean(dim=1)
+        final = (problem.radon(mu) - y.to(mu.device)).square().flatten(1).mean(dim=1)
     return Reconstruction(image=problem.prior_to_hu(image), method="dds", mu=mu.to(torch.float32), uncertainty=None,
                           seconds=0.0, nfe=prior.nfe - nfe0, loss_history=history, grad_mode=None,
                           delta_t=prior.num_train_timesteps // config.iters, pixel_spacing_mm=problem.pixel_spacing_mm,
-                          config=config, info={**config.to_dict(), "steps": len(pairs), "anchor_weight": weight,
+                          config=config, info={**config.to_dict(), "steps": len(pairs),
+                                               "anchor_weight": config.gamma * problem.measurement_norm() ** 2,
                                                "final_loss": final.tolist()})
