@@ -46,6 +46,23 @@ def require_positive(parser, args, names: Sequence[str]) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
 
 
+def add_study_options(parser, topic: str = "tuning") -> None:
+    """The options every study on single slices shares: ``--slice`` (repeatable), ``--pixel-mm``, ``--views``,
+    ``--size``, ``--seed``, ``--prior``, ``--device``, ``--out-dir`` (default ``docs/results/<topic>``), ``--tag``."""
+    parser.add_argument("--slice", action="append", required=True,
+                        help="DICOM slice or STACK.npz:INDEX (repeatable); tune away from the evaluation slices")
+    parser.add_argument("--pixel-mm", type=float, default=1.4,
+                        help="pixel spacing (mm) of a STACK.npz slice when the stack has no pixel_spacing_mm")
+    parser.add_argument("--views", type=int, default=30)
+    parser.add_argument("--size", type=int, default=256, help="working grid side N (default 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior", default=None, help="prior folder (default the shipped one)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / topic,
+                        help=f"output folder (default docs/results/{topic})")
+    parser.add_argument("--tag", default=None, help="file-name label (default the device type)")
+
+
 def add_data_filter_option(parser) -> None:
     """``--data-filter``: the SinogramFilter exponent of BIRD's CT data term (``args.data_filter``: float or None).
 
@@ -90,7 +107,7 @@ def dicom_files(root: Path) -> list[Path]:
 
 
 def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synthetic: bool,
-                   exclude: Collection[str] = ()) -> list[tuple[str, np.ndarray, float]]:
+                   exclude: Collection[str] = (), per_folder: bool = False) -> list[tuple[str, np.ndarray, float]]:
     """CT slices at the working size: ``[(label, hu [size, size] float32, pixel_spacing_mm), ...]``.
 
     Real data: one slice per DICOM file under ``data_dir`` (the middle frame of multi-frame files), an evenly
@@ -99,7 +116,8 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
     from :func:`slice_stack`) holding such slices. ``synthetic``: the Shepp-Logan phantom mapped to HU (``-1000 + 2000 v``; its
     ``[0, 1]`` values span air to dense bone) and its mirror images, ``SYNTHETIC_FOV_MM`` across.
     ``exclude``: labels (paths relative to ``data_dir``) left out before the subset is chosen, e.g. the slices
-    of an earlier run, for a disjoint replicate.
+    of an earlier run, for a disjoint replicate. ``per_folder``: ``count`` files from each top-level folder of
+    ``data_dir`` (each collection), evenly spread within it.
     """
     from ctbird.errors import InputError
 
@@ -120,7 +138,26 @@ def load_ct_slices(data_dir: Path | None, count: int | None, size: int, *, synth
     if not files:
         raise InputError(f"No DICOM files under {data_dir} (after the {len(exclude)} excluded); pass --data DIR or "
                          "--synthetic.")
-    return [(str(path.relative_to(data_dir)), *read_working_slice(path, size)) for path in evenly_spread(files, count)]
+    if per_folder:
+        folders = sorted({path.relative_to(data_dir).parts[0] for path in files})
+        chosen = [path for folder in folders
+                  for path in evenly_spread([p for p in files if p.relative_to(data_dir).parts[0] == folder], count)]
+    else:
+        chosen = evenly_spread(files, count)
+    return [(str(path.relative_to(data_dir)), *read_working_slice(path, size)) for path in chosen]
+
+
+def zoom_slice(hu: np.ndarray, pixel_spacing_mm: float, factor: float) -> tuple[np.ndarray, float]:
+    """The central ``1 / factor`` of a square slice resampled (bilinear) back to its size: a tighter field of view in
+    which the patient fills more of the grid (or runs off its edges). Returns HU and the new pixel spacing (mm)."""
+    if factor == 1.0:
+        return hu, pixel_spacing_mm
+    size = hu.shape[-1]
+    side = max(2, int(round(size / factor)))
+    start = (size - side) // 2
+    crop = torch.from_numpy(np.ascontiguousarray(hu[start:start + side, start:start + side], dtype=np.float32))
+    zoomed = torch.nn.functional.interpolate(crop[None, None], size=(size, size), mode="bilinear", align_corners=False)
+    return zoomed[0, 0].numpy(), pixel_spacing_mm * side / size
 
 
 def read_working_slice(path: Path, size: int) -> tuple[np.ndarray, float]:

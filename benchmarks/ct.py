@@ -14,10 +14,11 @@ Each slice is simulated by :func:`ctbird.simulate.simulate` on the run's device 
 whole grid of the reconstruction clipped to the prior's window; mean and std over slices, plus seconds and UNet
 evaluations (NFE) per slice.
 
-Methods: ``fbp``, ``sirt``, ``tv``, ``dps``, ``dds``, ``bird`` (detached gradients), ``bird-exact`` (backpropagation
-through the UNet) and ``bird+dc`` (BIRD, then conjugate-gradient data-consistency steps). When both ``bird``
-and ``bird+dc`` are requested, BIRD runs once: ``bird`` is the BIRD stage of the ``bird+dc`` run (same seed,
-identical result to a separate run) and its seconds are that stage's. With ``--samples K > 1`` (BIRD restarts) the
+Methods: ``fbp``, ``sirt``, ``tv``, ``dps``, ``dds``, ``bird`` (BIRD with detached gradients, then the DDS
+refinement of its image), ``bird-raw`` (BIRD's decode without the refinement) and ``bird-exact`` (``bird`` with
+backpropagation through the UNet). When both ``bird`` and ``bird-raw`` are requested, BIRD runs once: ``bird-raw``
+is the BIRD stage of the ``bird`` run (same seed, identical result to a separate run) and its seconds are that
+stage's. With ``--samples K > 1`` (BIRD restarts) the
 tables add how well BIRD's per-pixel std predicts its error (:func:`ctbird.metrics.uncertainty_calibration`).
 
 Writes ``<tag>.json`` / ``.md`` and ``figures/<tag>_*.png`` under ``--out-dir`` (default ``docs/results/ct``);
@@ -28,7 +29,8 @@ Examples (repository root)::
 
     python -m benchmarks.ct --quick --tag quick
     python -m benchmarks.ct --tag gpu --device cuda
-    python -m benchmarks.ct --tag cpu --max-slices 4 --views 8,30,60 --methods fbp,sirt,tv,bird,bird+dc --iters 30
+    python -m benchmarks.ct --tag cpu --max-slices 4 --views 8,30,60 --methods fbp,sirt,tv,bird-raw,bird --iters 30
+    python -m benchmarks.ct --tag cpu-eval24 --max-slices 6 --per-collection --views 30 --geometry parallel --noise none
     python -m benchmarks.ct --ablation --tag cpu --max-slices 2 --iters 3
     python -m benchmarks.ct --rerender docs/results/ct/cpu-defaults.json    # the markdown again, from the JSON
 """
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import (RESULTS_DIR, SHARED_DATA, add_data_filter_option, fmt, load_ct_slices, markdown_table,
+                               zoom_slice,
                                noise_label, parse_list, progress, record_markdown, require_positive, run_script,
                                save_png, start_run, summarize, write_outputs)
 from ctbird.metrics import score_ct
@@ -55,8 +58,8 @@ from ctbird.units import EVAL_HU_RANGE, PRIOR_HU_WINDOW
 RMSE_CONVENTION = "reconstruction clipped to the prior's HU window [{:.0f}, {:.0f}]".format(*PRIOR_HU_WINDOW)
 #: What runs made before the convention was recorded did (their JSON has no ``settings["rmse"]``).
 RMSE_UNCLIPPED = "reconstruction unclipped"
-METHODS = ("fbp", "sirt", "tv", "dps", "dds", "bird", "bird-exact", "bird+dc")
-PRIOR_METHODS = {"dps", "dds", "bird", "bird-exact", "bird+dc"}
+METHODS = ("fbp", "sirt", "tv", "dps", "dds", "bird-raw", "bird", "bird-exact")
+PRIOR_METHODS = {"dps", "dds", "bird", "bird-raw", "bird-exact"}
 ABLATION_DELTA_T = (20, 50, 100, 200, 250)
 ABLATION_VIEWS = 30
 GRID_VIEWS = 30
@@ -73,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of evaluation DICOM files, searched recursively (default ../shared/data/ct/eval)")
     parser.add_argument("--synthetic", action="store_true", help="use Shepp-Logan phantom slices instead of --data")
     parser.add_argument("--max-slices", type=int, default=None, help="evenly spread subset of this many slices (default all)")
+    parser.add_argument("--zoom", type=float, default=1.0,
+                        help="reconstruct the central 1/ZOOM of every slice resampled to the grid: a tight field of "
+                             "view in which the patient fills the grid (default 1: as read)")
+    parser.add_argument("--per-collection", action="store_true",
+                        help="--max-slices counts per top-level folder of --data (per collection)")
     parser.add_argument("--exclude-slices-of", type=Path, action="append", default=[], metavar="RUN.json",
                         help="leave out the slices of an earlier run (its results JSON) before choosing the subset: a "
                              "disjoint replicate (repeatable)")
@@ -92,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latent-lr-schedule", choices=LATENT_LR_SCHEDULES, default=None,
                         help="rate schedule of x_T (default ctbird.config.BirdConfig)")
     add_data_filter_option(parser)
+    parser.add_argument("--refine-from-t", type=int, default=None,
+                        help="timestep bird's DDS refinement starts from (0: none; default ctbird.config.BirdConfig)")
+    parser.add_argument("--preset", choices=("full", "cpu-fast"), default=None,
+                        help="BIRD budget preset (ctbird.config.PRESETS); --iters/--delta-t override it")
     parser.add_argument("--dps-steps", type=int, default=None, help="DPS sampling steps (default ctbird.config.DPSConfig)")
     parser.add_argument("--samples", type=int, default=1,
                         help="BIRD restarts per slice (default 1); > 1 scores the std map against the error")
@@ -135,6 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     require_positive(parser, args, ("iters", "delta_t", "dps_steps", "max_slices", "batch_size", "samples"))
     if args.size < 16:
         parser.error("--size must be >= 16.")
+    if not 1.0 <= args.zoom <= 8.0:
+        parser.error("--zoom must lie in [1, 8].")
     try:
         args.excluded_slices = excluded_slices(args.exclude_slices_of)
     except ValueError as exc:
@@ -148,7 +162,7 @@ class Runner:
     Classical methods run slice by slice. Prior methods run ``--batch-size`` slices at a time: each slice's
     sinogram is divided by its pixel spacing and reconstructed with ``pixel_spacing_mm=1`` (the same problem:
     ``reconstruct`` scales by the spacing only there), so slices of different spacings share one batch; each
-    slice gets the batch's seconds divided by the batch size. BIRD is shared between ``bird`` and ``bird+dc``.
+    slice gets the batch's seconds divided by the batch size. BIRD is shared between ``bird`` and ``bird-raw``.
     """
 
     def __init__(self, args: argparse.Namespace, prior, device: torch.device) -> None:
@@ -207,9 +221,14 @@ class Runner:
         from ctbird.units import unit_to_hu
 
         args = self.args
-        bird_kwargs = {"iters": args.iters, "delta_t": delta_t or args.delta_t, "lr_latent": args.lr_latent,
-                       "latent_optimizer": args.latent_optimizer, "latent_lr_schedule": args.latent_lr_schedule,
-                       "data_filter": args.data_filter, "n_samples": args.samples}
+        from ctbird.config import BirdConfig
+
+        bird_config = BirdConfig.preset(args.preset or "full")
+        bird_kwargs = {"config": bird_config, "iters": args.iters, "delta_t": delta_t or args.delta_t,
+                       "lr_latent": args.lr_latent, "latent_optimizer": args.latent_optimizer,
+                       "latent_lr_schedule": args.latent_lr_schedule, "data_filter": args.data_filter,
+                       "n_samples": args.samples, "refine_from_t": args.refine_from_t}
+        hu_per_unit = float(unit_to_hu(torch.tensor(1.0)) - unit_to_hu(torch.tensor(0.0)))
 
         def images(tensor):
             return [None] * batch.shape[0] if tensor is None else list(tensor[:, 0].detach().cpu().numpy())
@@ -221,35 +240,39 @@ class Runner:
                 result, seconds = self._timed("dds", batch, geometry, spacing, bar)
             elif method == "bird-exact":
                 result, seconds = self._timed("bird", batch, geometry, spacing, bar, grad_mode="exact", **bird_kwargs)
-            elif method == "bird" and "bird+dc" in methods:
-                continue  # the BIRD stage of bird+dc, below
+            elif method == "bird-raw" and "bird" in methods:
+                continue  # the BIRD stage of bird, below
             else:
                 result, seconds = self._timed(method, batch, geometry, spacing, bar, grad_mode="detached", **bird_kwargs)
-                if method == "bird+dc" and "bird" in methods:
+                if method == "bird" and "bird-raw" in methods:
                     stage = result.solver_result
-                    bird_hu = unit_to_hu(resize(stage.image, (args.size, args.size)))
-                    yield "bird", images(bird_hu), images(result.uncertainty), float(stage.seconds), int(stage.nfe)
+                    size = (args.size, args.size)
+                    raw_std = None if stage.uncertainty is None else resize(stage.uncertainty, size) * hu_per_unit
+                    yield ("bird-raw", images(unit_to_hu(resize(stage.image, size))), images(raw_std),
+                           float(stage.seconds), int(stage.nfe))
             yield method, images(result.image), images(result.uncertainty), seconds, int(result.nfe)
 
 
 def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
-    from ctbird.config import DCConfig, DDSConfig, DPSConfig, SIRTConfig, TVConfig, BirdConfig
+    from ctbird.config import DDSConfig, DPSConfig, SIRTConfig, TVConfig, BirdConfig
     from ctbird.units import EVAL_HU_RANGE
 
-    ct = BirdConfig().to_dict()
+    ct = BirdConfig.preset(args.preset or "full").to_dict()
     return {
         "data": "synthetic Shepp-Logan (HU = -1000 + 2000 v)" if args.synthetic else str(args.data),
         "image_size": args.size, "prior": prior_label, "seed": args.seed, "batch_size": args.batch_size,
+        "zoom": args.zoom,
         "metric_data_range_hu": list(EVAL_HU_RANGE), "rmse": RMSE_CONVENTION,
         "bird": {"iters": args.iters or ct["iters"], "delta_t": args.delta_t or ct["delta_t"], "lr_latent": args.lr_latent or ct["lr_latent"],
                  "latent_optimizer": args.latent_optimizer or ct["latent_optimizer"],
                  "latent_lr_schedule": args.latent_lr_schedule or ct["latent_lr_schedule"],
                  "data_filter": args.data_filter, "n_samples": args.samples,
-                 "defaults": dict(ct)},
+                 "refine_from_t": ct["refine_from_t"] if args.refine_from_t is None else args.refine_from_t,
+                 "refine": {k: ct[k] for k in ("refine_delta_t", "refine_cg_iters", "refine_eta")},
+                 "preset": args.preset or "full", "defaults": dict(ct)},
         "dps": {"steps": args.dps_steps or DPSConfig().iters, "zeta": DPSConfig().zeta},
         "dds": DDSConfig().to_dict(),
         "sirt_iters": SIRTConfig().iters, "tv_iters": TVConfig().iters,
-        "dc": {"weight": DCConfig().dc_weight, "iters": DCConfig().dc_iters},
         "fan_geometry": "source at 2N, detector at N from the axis (pixel units), 360 degrees",
         "parallel_geometry": "180 degrees",
     }
@@ -258,19 +281,23 @@ def settings_record(args: argparse.Namespace, prior_label: str | None) -> dict:
 def settings_markdown(settings: dict, slices: list[str]) -> str:
     bird = settings["bird"]
     return "\n".join([
-        f"- Data: {settings['data']}; {len(slices)} slice(s) at {settings['image_size']}²: "
+        f"- Data: {settings['data']}; {len(slices)} slice(s) at {settings['image_size']}²"
+        + (f", each the central 1/{settings['zoom']:g} of the slice resampled to the grid (a tight field of view)"
+           if settings.get("zoom", 1.0) != 1.0 else "") + ": "
         + ", ".join(f"`{s}`" for s in slices),
         f"- Prior: `{settings['prior']}`" if settings["prior"] else "- Prior: none (classical methods only)",
         f"- Metrics: PSNR/SSIM on HU clipped to [{settings['metric_data_range_hu'][0]:.0f}, "
         f"{settings['metric_data_range_hu'][1]:.0f}] (data range {settings['metric_data_range_hu'][1] - settings['metric_data_range_hu'][0]:.0f} HU); "
         f"RMSE in HU over the whole grid, {settings.get('rmse', RMSE_UNCLIPPED)}; mean ± std over slices.",
-        f"- BIRD: {bird['iters']} iterations (NFE = (iterations + 1) x DDIM steps: one more decode scores the "
+        (f"- BIRD: {bird['iters']} iterations (NFE = (iterations + 1) x DDIM steps: one more decode scores the "
         f"result), delta_t {bird['delta_t']}, lr_latent {bird['lr_latent']}, latent optimizer "
         f"{bird.get('latent_optimizer', 'adam')} ({bird.get('latent_lr_schedule', 'constant')} rate), data filter exponent {bird.get('data_filter')} "
         f"(the version's BIRD defaults: {bird.get('defaults', bird.get('task_defaults_ct'))}); DPS: {settings['dps']['steps']} steps, zeta "
         f"{settings['dps']['zeta']}; DDS: {settings.get('dds', 'not run')}; SIRT {settings['sirt_iters']} and TV "
-        f"{settings['tv_iters']} iterations; "
-        f"bird+dc: {settings['dc']}.",
+        f"{settings['tv_iters']} iterations"
+        + (f"; bird-dc (an earlier version's method): {settings['dc']}." if "dc" in settings else
+           f"; bird's DDS refinement from t = {bird.get('refine_from_t', 0)}: {bird.get('refine', 'none')} (0: none; "
+           "its steps add to bird's NFE).")),
         f"- Geometries: parallel {settings['parallel_geometry']}; fan {settings['fan_geometry']}. "
         "The same matrix projector simulates and reconstructs.",
         f"- Prior methods ran {settings['batch_size']} slice(s) per batch; seconds per slice = batch seconds / batch size."
@@ -564,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
 
     device, record = start_run(args, argv)
     slices = load_ct_slices(None if args.synthetic else args.data, args.max_slices, args.size, synthetic=args.synthetic,
-                            exclude=args.excluded_slices)
+                            exclude=args.excluded_slices, per_folder=args.per_collection)
+    if args.zoom != 1.0:
+        slices = [(label, *zoom_slice(hu, spacing, args.zoom)) for label, hu, spacing in slices]
     needs_prior = args.ablation or bool(PRIOR_METHODS.intersection(args.methods))
     prior, prior_label = None, None
     if needs_prior:

@@ -33,7 +33,6 @@ _LAZY = {
     "Acquisition": "ctbird.simulate",
     "score_ct": "ctbird.metrics",
     "BirdConfig": "ctbird.config",
-    "DCConfig": "ctbird.config",
     "DPSConfig": "ctbird.config",
     "FBPConfig": "ctbird.config",
     "SIRTConfig": "ctbird.config",
@@ -59,7 +58,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["reconstruct", "restore", "Reconstruction", "Restoration", "Acquisition", "score_ct",
-           "BirdConfig", "DCConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS", "DiffusionPrior",
+           "BirdConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS", "DiffusionPrior",
            "default_prior_path", "BIRD", "BirdResult", "EarlyStopping", "DPS", "DPSResult", "CtbirdError",
            "InputError", "ConfigError", "PriorError", "OutputError", "__version__",
            "reconstruct_volume", "VolumeResult", "write_volume_outputs", "read_volume"]

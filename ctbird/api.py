@@ -153,16 +153,16 @@ def reconstruct(sinogram: torch.Tensor, geometry, *, image_size: int, pixel_spac
     pixel_spacing_mm : float or None
         Pixel size in mm; default ``geometry.pixel_spacing``, else 1.0 (lengths in pixels are then mm).
     prior : DiffusionPrior, str, path or None
-        Diffusion prior for ``bird``/``bird+dc``/``dps``; ``None`` = the shipped default
+        Diffusion prior for ``bird``/``bird-raw``/``dps``/``dds``; ``None`` = the shipped default
         (:func:`ctbird.priors.default_prior_path`). A 1-channel prior trained on
         :func:`ctbird.units.hu_to_unit` images. If its size differs from ``image_size``, ``x0`` is resampled
         bilinearly to ``N x N`` (inside the measurement model, so gradients flow through it).
-    method : {"bird", "bird+dc", "fbp", "sirt", "tv", "dps"}
-        ``bird+dc`` is BIRD followed by conjugate-gradient data-consistency steps (:mod:`ctbird.solvers.refine`).
-        Each is one function of :mod:`ctbird.methods`.
+    method : {"bird", "bird-raw", "fbp", "sirt", "tv", "dps", "dds"}
+        ``bird`` is BIRD followed by the DDS refinement of its image (:mod:`ctbird.solvers.dds`); ``bird-raw`` is
+        BIRD's decode alone. Each is one function of :mod:`ctbird.methods`.
     config : Settings or None
-        The method's settings (:mod:`ctbird.config`): :class:`~ctbird.config.BirdConfig` for ``bird``,
-        :class:`~ctbird.config.DCConfig` for ``bird+dc``, :class:`~ctbird.config.DPSConfig`,
+        The method's settings (:mod:`ctbird.config`): :class:`~ctbird.config.BirdConfig` for ``bird`` and
+        ``bird-raw``, :class:`~ctbird.config.DDSConfig`, :class:`~ctbird.config.DPSConfig`,
         :class:`~ctbird.config.FBPConfig`, :class:`~ctbird.config.SIRTConfig`, :class:`~ctbird.config.TVConfig`;
         ``None`` = its defaults (e.g. ``BirdConfig.preset("cpu-fast")`` for a quick CPU run).
     **settings

@@ -121,7 +121,7 @@ def _apply_config_file(ctx: click.Context, config_path: str | None,
                        tables: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Merge: built-in defaults < ``--config`` TOML < flags given on the command line.
 
-    Returns ``(options, settings tables)``: a TOML table named in ``tables`` (``[bird]``, ``["bird+dc"]``...)
+    Returns ``(options, settings tables)``: a TOML table named in ``tables`` (``[bird]``, ``["bird-raw"]``...)
     holds settings of that method, checked by its settings class; any other key must be an option.
     """
     import tomllib
@@ -306,14 +306,14 @@ def _load_study(input_path: Path, params: dict[str, Any], safety) -> _Study:
               help="TOML/JSON geometry: INPUT is then a measured .npy/.npz sinogram (docs/formats.md).")
 @click.option("--prior", default=None, help="Prior folder or Hugging Face hub id (default: the shipped CT prior).")
 @click.option("--delta-t", type=click.IntRange(min=1), default=None,
-              help=f"DDIM step of the BIRD chain (default {BirdConfig().delta_t}; "
-                   f"{PRESETS['cpu-fast']['delta_t']} with the CPU preset).")
+              help=f"DDIM step of BIRD's latent search (default {BirdConfig().delta_t}).")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Iterations (default: each method's own; BIRD on CPU uses a faster preset, see --preset).")
 @click.option("--preset", type=click.Choice(["auto", "full", "cpu-fast"]), default="auto", show_default=True,
-              help="BIRD budget when --iters/--delta-t are not given: 'full' = the library defaults, 'cpu-fast' = "
-                   f"{PRESETS['cpu-fast']['iters']} iterations at delta_t={PRESETS['cpu-fast']['delta_t']}; 'auto' picks "
-                   "cpu-fast on a CPU and full on a GPU.")
+              help=f"BIRD budget: 'full' = the library defaults ({BirdConfig().iters} iterations, refinement in steps "
+                   f"of {BirdConfig().refine_delta_t}), 'cpu-fast' = {PRESETS['cpu-fast']['iters']} iterations, "
+                   f"refinement in steps of {PRESETS['cpu-fast']['refine_delta_t']}; 'auto' picks cpu-fast on a CPU "
+                   "and full on a GPU; --iters/--delta-t override it.")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Independent BIRD runs (default 1); >1 gives an uncertainty (std) map.")
 @click.option("--seed", type=int, default=0, show_default=True)

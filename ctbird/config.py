@@ -1,7 +1,7 @@
 """Settings of every method: frozen, typed, validated dataclasses, the one home of every default.
 
-* :class:`BirdConfig` — BIRD (its defaults are the CT ones; :meth:`BirdConfig.for_task` gives the photograph tasks').
-* :class:`DCConfig` — ``bird+dc``: BIRD's settings plus the data-consistency refinement.
+* :class:`BirdConfig` — BIRD (its defaults are the CT ones, the DDS refinement of ``bird`` included;
+  :meth:`BirdConfig.for_task` gives the photograph tasks'); ``bird-raw`` takes it too.
 * :class:`DPSConfig`, :class:`DDSConfig`, :class:`FBPConfig`, :class:`SIRTConfig`, :class:`TVConfig` — the other CT methods.
 * :data:`PRESETS` — named BIRD budgets: ``full`` (the defaults) and ``cpu-fast`` (50 iterations at ``delta_t=333``,
   about a minute for a 256² slice on a CPU); :func:`resolve_preset` turns ``auto`` into one of them.
@@ -157,12 +157,18 @@ class BirdConfig(Settings):
     early_stopping : EarlyStopping or None
         Plateau stop; an int (or a ``{patience, rel_tol}`` mapping) is read as :class:`EarlyStopping`;
         ``None`` = run every iteration.
+    refine_from_t : int
+        CT only: renoise BIRD's image to this DDIM timestep and run the DDS chain from there to the clean image
+        (:func:`ctbird.solvers.dds.refine_by_dds`); 0 = BIRD's decode as it is (the ``bird-raw`` method).
+    refine_delta_t, refine_cg_iters, refine_eta
+        The refinement chain's DDIM step (``refine_from_t // refine_delta_t + 1`` UNet evaluations), conjugate-gradient
+        steps on the data term per step, and DDIM ``eta`` of its renoising.
     """
 
     label: ClassVar[str] = "BIRD"
 
-    iters: int = 100
-    delta_t: int = 100
+    iters: int = 50
+    delta_t: int = 333
     lr_latent: float = 1.2e-2
     lr_operator: float = 1e-3
     latent_optimizer: Literal["adam", "normalized-gd"] = "normalized-gd"
@@ -173,11 +179,20 @@ class BirdConfig(Settings):
     grad_mode: Literal["detached", "exact"] = "detached"
     loss: Literal["mse", "l1"] = "mse"
     early_stopping: EarlyStopping | None = None
+    refine_from_t: int = 300
+    refine_delta_t: int = 5
+    refine_cg_iters: int = 5
+    refine_eta: float = 1.0
 
     def _validate(self) -> None:
         from .priors.diffusion import GRAD_MODES
 
-
+        self._int("refine_from_t", 0)
+        self._int("refine_delta_t")
+        self._int("refine_cg_iters", 0)
+        self._float("refine_eta")
+        if self.refine_eta > 1.0:
+            raise self._fail("refine_eta", "in [0, 1]")
         self._int("iters")
         self._int("delta_t")
         self._int("n_samples")
@@ -215,7 +230,7 @@ class BirdConfig(Settings):
     @classmethod
     def reference(cls: type[S]) -> S:
         """The BIRD reference's settings (its Gaussian deblurring config): 100 iterations at ``delta_t=100``, Adam on
-        ``x_T`` at 3e-3 and on the operator at 2e-4, constant rates, last iterate, plain data term."""
+        ``x_T`` at 3e-3 and on the operator at 2e-4, constant rates, last iterate, plain data term, no refinement."""
         return cls(**_BIRD_REFERENCE)
 
     @classmethod
@@ -228,11 +243,11 @@ class BirdConfig(Settings):
 
 _BIRD_REFERENCE = MappingProxyType({"iters": 100, "delta_t": 100, "lr_latent": 3e-3, "lr_operator": 2e-4,
                                      "latent_optimizer": "adam", "latent_lr_schedule": "constant", "keep_best": False,
-                                     "data_filter": None})
+                                     "data_filter": None, "refine_from_t": 0})
 #: The CT path's latent optimizer, measured for the restoration tasks too (docs/results/tuning/restore_cpu-train128.md:
 #: with a warm start it lifts every task by 5 to 14 dB over the reference's Adam at a constant rate).
 _RESTORE_COMMON = {"delta_t": 100, "latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "keep_best": True,
-                   "data_filter": None}
+                   "data_filter": None, "refine_from_t": 0}
 _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "gaussian-deblur": MappingProxyType({"iters": 100, "lr_latent": 1.2e-2, "lr_operator": 5e-2, **_RESTORE_COMMON}),
     "motion-deblur": MappingProxyType({"iters": 100, "lr_latent": 1.2e-2, "lr_operator": 5e-2, **_RESTORE_COMMON}),
@@ -259,7 +274,7 @@ RESTORE_CPU_BUDGET: Mapping[str, Any] = MappingProxyType({"iters": 30, "delta_t"
 #: Named BIRD budgets (settings that differ from :class:`BirdConfig`'s defaults).
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "full": MappingProxyType({}),
-    "cpu-fast": MappingProxyType({"iters": 50, "delta_t": 333}),
+    "cpu-fast": MappingProxyType({"iters": 20, "refine_delta_t": 10}),
 })
 
 
@@ -270,29 +285,6 @@ def resolve_preset(name: str, device: Any) -> str:
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}; use auto, {', '.join(PRESETS)}.")
     return name
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DCConfig(BirdConfig):
-    """``bird+dc``: BIRD's settings plus conjugate-gradient data consistency (:mod:`ctbird.solvers.refine`).
-
-    Attributes
-    ----------
-    dc_weight : float
-        Anchor weight relative to ``||A||^2``.
-    dc_iters : int
-        CG iterations (0 = BIRD's image).
-    """
-
-    label: ClassVar[str] = "bird+dc"
-
-    dc_weight: float = 0.002
-    dc_iters: int = 30
-
-    def _validate(self) -> None:
-        super()._validate()
-        self._float("dc_weight", strict=True)
-        self._int("dc_iters", 0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -387,12 +379,12 @@ class TVConfig(Settings):
 
 #: Each CT method's settings class (the methods themselves: :data:`ctbird.methods.REGISTRY`).
 METHOD_CONFIGS: Mapping[str, type[Settings]] = MappingProxyType({
-    "bird": BirdConfig, "bird+dc": DCConfig, "fbp": FBPConfig, "sirt": SIRTConfig, "tv": TVConfig, "dps": DPSConfig,
+    "bird": BirdConfig, "bird-raw": BirdConfig, "fbp": FBPConfig, "sirt": SIRTConfig, "tv": TVConfig, "dps": DPSConfig,
     "dds": DDSConfig,
 })
 
 
-__all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DCConfig", "DPSConfig", "DDSConfig", "FBPConfig", "SIRTConfig",
+__all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DPSConfig", "DDSConfig", "FBPConfig", "SIRTConfig",
            "TVConfig", "PRESETS", "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "RESTORE_CPU_BUDGET", "RESTORE_SETUP",
            "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
            "FBP_FILTERS"]

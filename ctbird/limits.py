@@ -35,7 +35,7 @@ MATRIX_BYTES_PER_NNZ_PEAK = 24
 #: Activation memory of one diffusion-prior pass with gradients, per working-image pixel (a 256² UNet
 #: with 64 base channels keeps roughly 40 float32 feature maps of 64 channels alive for backprop).
 PRIOR_BYTES_PER_PIXEL = 12 * 1024
-PRIOR_METHODS = ("bird", "bird+dc", "dps", "dds")
+PRIOR_METHODS = ("bird", "bird-raw", "dps", "dds")
 #: Fraction of the available memory a run may plan to use.
 HEADROOM = 0.85
 #: Photon counts per detector element below which nearly every reading is 0 or 1 photon.

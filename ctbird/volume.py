@@ -51,13 +51,13 @@ from .io.series import VolumeInput, parse_slices, slice_headers, write_derived_s
 from .units import EVAL_HU_RANGE, clip_hu, hu_to_mu, mu_to_hu
 
 #: Methods whose result depends on a random start (latents, DPS and DDS noise).
-RANDOM_METHODS = ("bird", "bird+dc", "dps", "dds")
+RANDOM_METHODS = ("bird", "bird-raw", "dps", "dds")
 #: Upper bound of the automatic batch size.
 MAX_AUTO_BATCH = 64
 SETTINGS_FILE = "settings.json"
 #: Default z-TV weight of :func:`refine_z_tv` (measured on a noisy 8-slice phantom stack: tests/test_volume.py).
 Z_TV_WEIGHT = 0.03
-#: Default anchor weight of :func:`refine_z_tv` (relative to ``||A||^2``, as ``bird+dc``'s).
+#: Default anchor weight of :func:`refine_z_tv` (relative to ``||A||^2``, as :func:`ctbird.solvers.refine_data_consistency`'s).
 Z_TV_ANCHOR = 0.002
 Z_TV_FOLDER = "z_tv"
 
@@ -442,7 +442,7 @@ def reconstruct_volume(sinograms: Sequence, geometry, *, image_size: int, work_d
         Apply :func:`refine_z_tv` with this weight after all slices are done (rank 0; needs contiguous slices).
     **options
         Passed to :func:`ctbird.reconstruct` (``config``, ``prior``, ``iters``, ``delta_t``, ``n_samples``,
-        ``radon_backend``, ``dc_weight``...). A prior given as a path is loaded once.
+        ``radon_backend``, ``refine_from_t``...). A prior given as a path is loaded once.
 
     Returns
     -------

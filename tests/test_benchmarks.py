@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.common import load_ct_slices, slice_stack
 from benchmarks.photo import gaussian_kernel, kernel_error, motion_kernel
-from ctbird.config import RESTORE_SETUP
+from ctbird.config import RESTORE_SETUP, BirdConfig
 from benchmarks.studies.margins import slice_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_benchmark_ct_quick(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
     _run("benchmarks.ct", "--quick", "--synthetic", "--size", str(SIZE), "--prior", str(prior), "--device", "cpu",
-         "--tag", "test", "--out-dir", str(out), "--methods", "fbp,sirt,bird,bird+dc", cwd=tmp_path)
+         "--tag", "test", "--out-dir", str(out), "--methods", "fbp,sirt,bird-raw,bird", cwd=tmp_path)
     payload = json.loads((out / "test.json").read_text())
     assert payload["settings"]["metric_data_range_hu"] == [-1000.0, 1000.0]
     assert payload["run"]["command"].startswith("python -m benchmarks.ct --quick")
@@ -71,16 +71,17 @@ def test_benchmark_ct_quick(tmp_path, save_prior):
     assert payload["run"]["ctbird_commit"] and payload["run"]["device"]
     assert len(payload["slices"]) == 2
     rows = {(r["geometry"], r["views"], r["noise"], r["method"]): r for r in payload["results"]}
-    assert set(rows) == {("parallel", 30, "noiseless", m) for m in ("fbp", "sirt", "bird", "bird+dc")}
+    assert set(rows) == {("parallel", 30, "noiseless", m) for m in ("fbp", "sirt", "bird-raw", "bird")}
     for row in rows.values():
         for key in ("psnr_mean", "psnr_std", "ssim_mean", "rmse_hu_mean", "seconds_mean", "nfe_mean"):
             assert _finite(row[key]), (row["method"], key, row[key])
         assert len(row["per_slice"]) == 2
     assert rows[("parallel", 30, "noiseless", "fbp")]["nfe_mean"] == 0
     # --quick: 3 iterations at delta_t 250 (4 DDIM steps), plus the decode that scores the result
-    assert rows[("parallel", 30, "noiseless", "bird")]["nfe_mean"] == (3 + 1) * 4
-    # bird+dc shares the BIRD stage with bird: the same UNet work, then data-consistency steps
-    assert rows[("parallel", 30, "noiseless", "bird+dc")]["nfe_mean"] == rows[("parallel", 30, "noiseless", "bird")]["nfe_mean"]
+    assert rows[("parallel", 30, "noiseless", "bird-raw")]["nfe_mean"] == (3 + 1) * 4
+    # bird-raw is the BIRD stage of bird: the same UNet work, then the refinement's steps
+    refine_steps = BirdConfig().refine_from_t // BirdConfig().refine_delta_t + 1
+    assert rows[("parallel", 30, "noiseless", "bird")]["nfe_mean"] == (3 + 1) * 4 + refine_steps
     # the per-slice section states BIRD's margin over each other method, from the per-slice values
     margin = [b["psnr"] - f["psnr"] for b, f in zip(rows[("parallel", 30, "noiseless", "bird")]["per_slice"],
                                                      rows[("parallel", 30, "noiseless", "fbp")]["per_slice"])]
@@ -90,7 +91,7 @@ def test_benchmark_ct_quick(tmp_path, save_prior):
     assert rows[("parallel", 30, "noiseless", "sirt")]["psnr_mean"] > 25.0
     assert rows[("parallel", 30, "noiseless", "sirt")]["psnr_mean"] > rows[("parallel", 30, "noiseless", "fbp")]["psnr_mean"]
     markdown = (out / "test.md").read_text()
-    assert "| method | 30 views |" in markdown and "| bird+dc |" in markdown and "[-1000, 1000]" in markdown
+    assert "| method | 30 views |" in markdown and "| bird-raw |" in markdown and "[-1000, 1000]" in markdown
     for name in ("test_grid.png", "test_psnr_vs_views.png", "test_psnr_vs_seconds.png"):
         assert (out / "figures" / name).stat().st_size > 1000
 
@@ -121,13 +122,13 @@ def test_benchmark_ct_batches_match_single_slice_runs(tmp_path, save_prior):
     for batch in ("1", "2"):
         out = tmp_path / f"out{batch}"
         _run("benchmarks.ct", "--synthetic", "--size", str(SIZE), "--max-slices", "2", "--views", "18",
-             "--geometry", "parallel", "--noise", "none", "--methods", "fbp,bird,bird+dc", "--iters", "2",
+             "--geometry", "parallel", "--noise", "none", "--methods", "fbp,bird-raw,bird", "--iters", "2",
              "--delta-t", "250", "--batch-size", batch, "--prior", str(prior), "--device", "cpu", "--tag", "b",
              "--out-dir", str(out), "--no-figures", cwd=tmp_path)
         payload = json.loads((out / "b.json").read_text())
         assert payload["settings"]["batch_size"] == int(batch)
         per_slice[batch] = {r["method"]: r["per_slice"] for r in payload["results"]}
-    for method in ("fbp", "bird", "bird+dc"):
+    for method in ("fbp", "bird-raw", "bird"):
         single, batched = per_slice["1"][method], per_slice["2"][method]
         assert [row["slice"] for row in batched] == [row["slice"] for row in single]
         assert batched[0]["nfe"] == single[0]["nfe"]
@@ -341,7 +342,7 @@ def test_margins_study_relates_each_margin_to_the_field_of_view(tmp_path):
     run = {"run": {"command": "python -m benchmarks.ct --tag fake"},
            "settings": {"data": str(pack), "image_size": SIZE},
            "results": [result("bird", bird), result("sirt", sirt), result("fbp", [b - 3 for b in bird]),
-                       result("bird+dc", [b + 1 for b in bird])]}
+                       result("bird-raw", [b - 1 for b in bird])]}
     (tmp_path / "run.json").write_text(json.dumps(run))
     train = tmp_path / "train.npz"
     np.savez(train, images=np.stack([hu for _, hu, _ in _disk_slices([6, 10])]).astype(np.int16),
@@ -350,7 +351,7 @@ def test_margins_study_relates_each_margin_to_the_field_of_view(tmp_path):
          str(tmp_path), cwd=tmp_path)
     payload = json.loads((tmp_path / "t.json").read_text())
     margins = {(row["slice"], row["baseline"]): row for row in payload["margins"]}
-    assert {baseline for _, baseline in margins} == {"sirt", "fbp"}  # bird+dc is BIRD, not a baseline
+    assert {baseline for _, baseline in margins} == {"sirt", "fbp"}  # bird-raw is BIRD, not a baseline
     assert [margins[(label, "sirt")]["margin_db"] for label in labels] == [5.0, 4.0, 2.0, -1.0]
     # the smallest disk has less tissue than both training disks, the largest more
     assert margins[("disk-4", "sirt")]["tissue_fraction_train_rank"] == 0

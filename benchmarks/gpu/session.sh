@@ -13,7 +13,7 @@
 #              (cap 100 + 3 s per slice: 196 s for 32 slices, 430 s for all 110)
 #   exact      the same for bird-exact (backpropagation through the UNet) on 16 slices             (cap 150)
 #   ablation   python -m benchmarks.ct --ablation: delta_t 20..250 on 8 slices                       (cap 150)
-#   views      python -m benchmarks.ct: 8/18/60 parallel views, noiseless, fbp/sirt/tv/bird/bird+dc  (cap 150)
+#   views      python -m benchmarks.ct: 8/18/60 parallel views, noiseless, fbp/sirt/tv/dds/bird-raw/bird  (cap 150)
 #   fan-noise  python -m benchmarks.ct: 30 views, parallel and fan, noiseless and I0 = 1e5, 16 slices  (cap 200)
 #   operators  python -m benchmarks.gpu.radon_timing 256 512                                                (cap 60)
 # Results (markdown, JSON, figures) collect in /tmp/gpu-results/docs/results/<topic> (the repository's layout) and
@@ -89,17 +89,17 @@ for name in "$@"; do
     timing) part 90 python3 -m benchmarks.studies.timing --device "$DEVICE" --tag gpu --batch-sizes 1,16 \
               --iters "${BIRD_ITERS:-10}" --out-dir "$RESULTS/docs" ;;
     main) part $(( 100 + 3 * EVAL_SLICES )) "${BENCH[@]}" --tag gpu --max-slices "$EVAL_SLICES" --batch-size "$BATCH" --views 30 \
-            --geometry parallel --noise none --methods fbp,sirt,tv,dps,bird,bird+dc ;;
+            --geometry parallel --noise none --methods fbp,sirt,tv,dps,dds,bird-raw,bird ;;
     exact) part 150 "${BENCH[@]}" --tag gpu_exact --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
              --batch-size 16 --views 30 --geometry parallel --noise none --methods fbp,bird-exact ;;
     ablation) part 150 "${BENCH[@]}" --ablation --tag gpu --max-slices "$(( EVAL_SLICES < 8 ? EVAL_SLICES : 8 ))" \
                 --batch-size 8 ;;
     views) part 150 "${BENCH[@]}" --tag gpu_views --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
              --batch-size 16 --views 8,18,60 \
-             --geometry parallel --noise none --methods fbp,sirt,tv,bird,bird+dc ;;
+             --geometry parallel --noise none --methods fbp,sirt,tv,dds,bird-raw,bird ;;
     fan-noise) part 200 "${BENCH[@]}" --tag gpu_fan_noise --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
                  --batch-size 16 --views 30 --geometry parallel,fan --noise none,1e5 \
-                 --methods fbp,sirt,tv,bird,bird+dc ;;
+                 --methods fbp,sirt,tv,dds,bird-raw,bird ;;
     operators) part 60 python3 -m benchmarks.gpu.radon_timing 256 512 ;;
     *) echo "unknown part $name" ;;
   esac

@@ -100,7 +100,7 @@ def margins_of_run(run: dict) -> list[dict]:
             continue
         for baseline, scores in methods.items():
             if baseline.startswith("bird"):
-                continue  # BIRD's own variants (bird-exact, bird+dc) are not baselines
+                continue  # BIRD's own variants (bird-raw, bird-exact) are not baselines
             rows += [{"geometry": geometry, "noise": noise, "views": views, "slice": label, "baseline": baseline,
                       "bird_psnr": psnr, "margin_db": psnr - scores[label]}
                      for label, psnr in bird.items() if label in scores]

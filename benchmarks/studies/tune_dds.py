@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from pathlib import Path
 
-from benchmarks.common import (RESULTS_DIR, fmt, markdown_table, parse_list, record_markdown, run_script,
+from benchmarks.common import (add_study_options, fmt, markdown_table, parse_list, record_markdown, run_script,
                                score_settings_on_slices, start_run, summarize, write_outputs)
 
 #: The settings a row varies, in table order.
@@ -34,22 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     defaults = DDSConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slice", action="append", required=True,
-                        help="DICOM slice or STACK.npz:INDEX (repeatable); tune away from the evaluation slices")
-    parser.add_argument("--pixel-mm", type=float, default=1.4,
-                        help="pixel spacing (mm) of a STACK.npz slice when the stack has no pixel_spacing_mm")
+    add_study_options(parser)
     parser.add_argument("--steps", default=str(defaults.iters), help="DDIM sampling steps to compare, comma-separated")
     parser.add_argument("--cg-iters", default=str(defaults.cg_iters), help="CG iterations per step to compare")
     parser.add_argument("--eta", default=f"{defaults.eta:g}", help="DDIM eta values to compare (in [0, 1])")
     parser.add_argument("--gamma", default=f"{defaults.gamma:g}", help="relative anchor weights to compare (>= 0)")
-    parser.add_argument("--views", type=int, default=30)
-    parser.add_argument("--size", type=int, default=256, help="working grid side N (default 256)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prior", default=None, help="prior folder (default the shipped one)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "tuning",
-                        help="output folder (default docs/results/tuning)")
-    parser.add_argument("--tag", default=None, help="file-name label (default the device type)")
     args = parser.parse_args(argv)
     try:
         args.steps, args.cg_iters = parse_list(args.steps, int), parse_list(args.cg_iters, int)

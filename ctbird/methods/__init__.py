@@ -15,7 +15,7 @@ from typing import Any
 from ..config import METHOD_CONFIGS, Settings
 from ..errors import ConfigError
 from .base import CTProblem, Reconstruction, resize
-from .bird import bird, bird_dc
+from .bird import bird, bird_raw
 from .classical import fbp, sirt, tv
 from .dds import dds
 from .dps import dps
@@ -41,7 +41,7 @@ class Method:
         return config.with_overrides(**overrides)
 
 
-_FUNCTIONS = {"bird": (bird, True), "bird+dc": (bird_dc, True), "fbp": (fbp, False), "sirt": (sirt, False),
+_FUNCTIONS = {"bird": (bird, True), "bird-raw": (bird_raw, True), "fbp": (fbp, False), "sirt": (sirt, False),
               "tv": (tv, False), "dps": (dps, True), "dds": (dds, True)}
 #: Every CT method by name (the names and settings classes of :data:`ctbird.config.METHOD_CONFIGS`).
 REGISTRY: Mapping[str, Method] = MappingProxyType({

@@ -21,7 +21,7 @@ class Reconstruction:
     image : Tensor ``[B, 1, N, N]`` float32
         Reconstruction in HU.
     method : str
-        ``"bird"``, ``"bird+dc"``, ``"fbp"``, ``"sirt"``, ``"tv"``, ``"dps"`` or ``"dds"``.
+        ``"bird"``, ``"bird-raw"``, ``"fbp"``, ``"sirt"``, ``"tv"``, ``"dps"`` or ``"dds"``.
     mu : Tensor ``[B, 1, N, N]``
         The same in attenuation per pixel length (``mu * pixel_spacing_mm``, the sinogram's units).
     uncertainty : Tensor ``[B, 1, N, N]`` or None

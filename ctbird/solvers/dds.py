@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .refine import conjugate_gradient
 
 
@@ -77,3 +78,30 @@ def dds_chain(prior, x: torch.Tensor, pairs: Sequence[tuple[int, int]], *,
             callback({"iteration": i, "iters": len(pairs), "loss": residual.square().mean().item(),
                       "nfe": prior.nfe - nfe0, "seconds": time.perf_counter() - start})
     return x0
+
+
+def refinement_pairs(t_start: int, delta_t: int) -> list[tuple[int, int]]:
+    """DDIM pairs ``(t, t - delta_t)`` for ``t = t_start, t_start - delta_t, ...`` down to ``t >= 0`` (the last
+    ``t_prev`` is negative: the clean image); ``t_start // delta_t + 1`` pairs."""
+    return [(t, t - delta_t) for t in range(t_start, -1, -delta_t)]
+
+
+@torch.no_grad()
+def refine_by_dds(prior, x0: torch.Tensor, *, t_start: int, delta_t: int, measure: Callable[[torch.Tensor], torch.Tensor],
+                  y: torch.Tensor, cg_iters: int, eta: float, generator=None, weight: float = 0.0,
+                  history: list[float] | None = None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+    """Refine a reconstruction ``x0`` (``[B, C, h, w]``, prior scale) by the DDS chain from timestep ``t_start``.
+
+    ``x0`` is renoised to ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) z`` (``z`` drawn with ``generator``) and
+    :func:`dds_chain` runs the :func:`refinement_pairs` down to the clean image: the prior repairs what the first
+    solver left off the image manifold while every step is pulled back to the data. Returns ``[B, C, h, w]`` in
+    [-1, 1].
+    """
+    from ..priors.schedule import randn
+
+    if not 0 <= t_start < prior.num_train_timesteps:
+        raise ConfigError(f"refine_from_t must lie in [0, {prior.num_train_timesteps - 1}], got {t_start}.")
+    a = prior.schedule.alpha(t_start)
+    x = math.sqrt(a) * x0 + math.sqrt(1.0 - a) * randn(tuple(x0.shape), generator=generator, device=x0.device)
+    return dds_chain(prior, x, refinement_pairs(t_start, delta_t), measure=measure, y=y, cg_iters=cg_iters, eta=eta,
+                     weight=weight, generator=generator, history=history, callback=callback)

@@ -1,4 +1,4 @@
-"""Data-consistency refinement of a prior-based reconstruction ("bird+dc").
+"""Data-consistency refinement of a reconstruction, and the one conjugate gradient of ctbird.
 
 Solves ``min_x ||A x - y||^2 + w ||x - x_prior||^2`` with ``w = weight * ||A||^2`` by a few conjugate-gradient
 steps on the normal equations ``(A^T A + w I) x = A^T y + w x_prior``, started at ``x_prior``. The prior's
@@ -38,7 +38,7 @@ def refine_data_consistency(y: torch.Tensor, operator: LinearOperator, x_prior: 
         Starting point and anchor (e.g. BIRD's reconstruction on the operator's input scale).
     weight : float
         Anchor weight relative to ``||A||^2`` (``w = weight * ||A||^2``); larger stays closer to ``x_prior``
-        (``bird+dc`` default: :class:`ctbird.config.DCConfig`).
+        (the former ``bird+dc`` used 0.002 with 30 iterations; :mod:`ctbird.solvers.dds` replaced it in ``bird``).
     iters : int
         Conjugate-gradient iterations (each one ``A`` and one ``A^T``).
     nonneg : bool

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ctbird
-from ctbird.config import BirdConfig, DCConfig, DPSConfig
+from ctbird.config import BirdConfig, DPSConfig
 from ctbird.errors import ConfigError, InputError, PriorError
 from ctbird.units import hu_to_mu
 from operators import ParallelBeam
@@ -54,7 +54,7 @@ def test_fbp_and_sirt_return_hu_in_the_documented_units():
         assert float(wrong.image[centre].mean()) < -400.0
 
 
-@pytest.mark.parametrize("method", ["bird", "bird+dc", "dps"])
+@pytest.mark.parametrize("method", ["bird", "bird-raw", "dps"])
 def test_prior_methods_on_a_tiny_case(prior_folder, method):
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(16), geometry)
@@ -63,23 +63,32 @@ def test_prior_methods_on_a_tiny_case(prior_folder, method):
     result = ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
                                 method=method, iters=3, callback=seen.append, **samples)
     assert result.image.shape == (1, 1, 16, 16) and torch.isfinite(result.image).all()
-    assert result.nfe > 0 and len(seen) == 3 and result.method == method
+    refine_steps = BirdConfig().refine_from_t // BirdConfig().refine_delta_t + 1 if method == "bird" else 0
+    assert result.nfe > 0 and len(seen) == 3 + refine_steps and result.method == method
     if method == "bird":
-        assert result.grad_mode == "detached" and result.delta_t == 100
+        assert result.grad_mode == "detached" and result.delta_t == BirdConfig().delta_t
         assert result.uncertainty.shape == (1, 1, 16, 16)
         assert result.loss_history[-1] < result.loss_history[0]
         lo, hi = ctbird.units.PRIOR_HU_WINDOW
         assert result.image.min() >= lo - 1e-3 and result.image.max() <= hi + 1e-3
 
 
-def test_bird_dc_fits_the_data_better_than_bird(prior_folder):
+def test_bird_refinement_fits_the_data_better_than_bird_raw(prior_folder):
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(16), geometry)
     radon = Radon(geometry, 16)
     runs = {m: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
-                                  method=m, iters=2) for m in ("bird", "bird+dc")}
+                                  method=m, iters=2) for m in ("bird", "bird-raw")}
     residual = {m: float((radon(r.mu) - sino).norm()) for m, r in runs.items()}
-    assert residual["bird+dc"] < 0.5 * residual["bird"]
+    assert residual["bird"] < 0.5 * residual["bird-raw"]
+    steps = BirdConfig().refine_from_t // BirdConfig().refine_delta_t + 1
+    assert runs["bird"].nfe == runs["bird-raw"].nfe + steps and runs["bird"].info["refine_nfe"] == steps
+    # bird-raw is the BIRD stage of bird: the same optimized x_T decodes to its image
+    assert torch.equal(runs["bird"].solver_result.image, runs["bird-raw"].solver_result.image)
+    # refine_from_t=0 turns the refinement off: bird is then bird-raw
+    off = ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
+                             iters=2, refine_from_t=0)
+    assert torch.equal(off.image, runs["bird-raw"].image) and off.nfe == runs["bird-raw"].nfe
 
 
 def test_bird_data_filter_weighs_the_data_term(prior_folder):
@@ -89,11 +98,11 @@ def test_bird_data_filter_weighs_the_data_term(prior_folder):
     sino = _sinogram(_water_disk_hu(16), geometry)
     choices = {"default": {}, None: {"data_filter": None}, 1.0: {"data_filter": 1.0}}
     runs = {f: ctbird.reconstruct(sino, geometry, image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder,
-                                  iters=3, **kwargs) for f, kwargs in choices.items()}
+                                  method="bird-raw", iters=3, **kwargs) for f, kwargs in choices.items()}
     assert runs["default"].info["data_filter"] == BirdConfig().data_filter == 0.5
     assert runs[None].info["data_filter"] is None and runs[1.0].info["data_filter"] == 1.0
     assert not torch.equal(runs["default"].image, runs[None].image)
-    # the recorded loss is the filtered data term of the returned image
+    # the recorded loss is the filtered data term of BIRD's image
     radon = Radon(geometry, 16)
     weighting = SinogramFilter(radon.out_shape, exponent=0.5)
     filtered = float((weighting(radon(runs["default"].mu) - sino)).pow(2).mean())
@@ -131,8 +140,10 @@ def test_reconstruct_validation(prior_folder, tmp_path, monkeypatch):
         ctbird.reconstruct(sino, geometry, image_size=16, method="bird", itres=3)
     with pytest.raises(ConfigError, match="'n_samples'.*iters, zeta, eta"):
         ctbird.reconstruct(sino, geometry, image_size=16, method="dps", n_samples=2)
-    with pytest.raises(ConfigError, match="takes a DCConfig, got BirdConfig"):
-        ctbird.reconstruct(sino, geometry, image_size=16, method="bird+dc", config=BirdConfig())
+    with pytest.raises(ConfigError, match="takes a DPSConfig, got BirdConfig"):
+        ctbird.reconstruct(sino, geometry, image_size=16, method="dps", config=BirdConfig())
+    with pytest.raises(ConfigError, match="refine_from_t"):
+        ctbird.reconstruct(sino, geometry, image_size=16, method="bird", refine_from_t=1000)
     with pytest.raises(ConfigError, match="delta_t"):
         ctbird.reconstruct(sino, geometry, image_size=16, method="bird", delta_t=0)
     monkeypatch.setenv("CTBIRD_DEFAULT_PRIOR", str(tmp_path / "missing"))
@@ -195,18 +206,15 @@ def test_config_objects_and_keyword_overrides_agree(prior_folder):
     geometry = ParallelBeam(views=8)
     sino = _sinogram(_water_disk_hu(16), geometry)
     common = dict(image_size=16, pixel_spacing_mm=SPACING_MM, prior=prior_folder)
-    by_config = ctbird.reconstruct(sino, geometry, config=BirdConfig(iters=3, delta_t=250, keep_best=False), **common)
-    by_keywords = ctbird.reconstruct(sino, geometry, iters=3, delta_t=250, keep_best=False, **common)
+    by_config = ctbird.reconstruct(sino, geometry, config=BirdConfig(iters=3, delta_t=250, keep_best=False,
+                                                                     refine_from_t=40, refine_delta_t=10), **common)
+    by_keywords = ctbird.reconstruct(sino, geometry, iters=3, delta_t=250, keep_best=False, refine_from_t=40, refine_delta_t=10, **common)
     assert torch.equal(by_config.image, by_keywords.image)
-    assert by_config.delta_t == 250 and by_config.nfe == 3 * 4 + 4  # delta_t is read from the settings
-    assert by_config.config == BirdConfig(iters=3, delta_t=250, keep_best=False)
+    assert by_config.delta_t == 250 and by_config.nfe == 3 * 4 + 4 + 5  # delta_t and the refinement from the settings
+    assert by_config.config == BirdConfig(iters=3, delta_t=250, keep_best=False, refine_from_t=40, refine_delta_t=10)
     # keywords override the object; None keeps the object's value
     mixed = ctbird.reconstruct(sino, geometry, config=BirdConfig(iters=3, delta_t=250), delta_t=500, iters=None, **common)
     assert (mixed.config.iters, mixed.delta_t) == (3, 500)
-    dc = ctbird.reconstruct(sino, geometry, method="bird+dc", config=DCConfig(iters=2, dc_iters=0), **common)
-    bird = ctbird.reconstruct(sino, geometry, config=BirdConfig(iters=2), **common)
-    # zero CG steps: BIRD's image, via non-negative attenuation (air at -1000 HU)
-    assert torch.allclose(dc.image, bird.image.clamp_min(-1000.0), atol=1e-2)
     dps = ctbird.reconstruct(sino, geometry, method="dps", config=DPSConfig(iters=5), **common)
     assert dps.nfe == 5 and dps.delta_t == 200
 

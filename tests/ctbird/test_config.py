@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ctbird.config import (METHOD_CONFIGS, PRESETS, RESTORE_TASKS, BirdConfig, DCConfig, DPSConfig, EarlyStopping,
+from ctbird.config import (METHOD_CONFIGS, PRESETS, RESTORE_TASKS, BirdConfig, DPSConfig, EarlyStopping,
                            FBPConfig, SIRTConfig, TVConfig, resolve_preset)
 from ctbird.errors import ConfigError
 
@@ -20,7 +20,7 @@ def test_configs_are_frozen_and_module_defaults_immutable():
         PRESETS["cpu-fast"]["iters"] = 1
     with pytest.raises(TypeError):
         METHOD_CONFIGS["bird"] = DPSConfig
-    assert BirdConfig().iters == 100  # nothing above leaked into the defaults
+    assert BirdConfig().iters == 50 and PRESETS["cpu-fast"]["iters"] == 20  # nothing above leaked into the defaults
 
 
 def test_unknown_and_mistyped_names_list_the_valid_keys():
@@ -37,7 +37,8 @@ def test_unknown_and_mistyped_names_list_the_valid_keys():
     (BirdConfig, {"lr_latent": 0.0}, "lr_latent"), (BirdConfig, {"lr_operator": -1.0}, "lr_operator"),
     (BirdConfig, {"latent_optimizer": "sgd"}, "latent_optimizer"), (BirdConfig, {"grad_mode": "full"}, "grad_mode"),
     (BirdConfig, {"keep_best": "yes"}, "keep_best"), (BirdConfig, {"data_filter": -0.5}, "data_filter"),
-    (BirdConfig, {"early_stopping": 0}, "early_stopping"), (DCConfig, {"dc_weight": 0.0}, "dc_weight"),
+    (BirdConfig, {"early_stopping": 0}, "early_stopping"), (BirdConfig, {"refine_eta": 1.5}, "refine_eta"),
+    (BirdConfig, {"refine_from_t": -1}, "refine_from_t"), (BirdConfig, {"refine_delta_t": 0}, "refine_delta_t"),
     (DPSConfig, {"eta": 1.5}, "eta"), (FBPConfig, {"filter": "box"}, "filter"), (TVConfig, {"lam": float("nan")}, "lam"),
     (SIRTConfig, {"iters": -1}, "iters"),
 ])
@@ -47,12 +48,12 @@ def test_invalid_values_name_the_setting(cls, settings, name):
 
 
 def test_round_trip_through_a_dict_and_json():
-    config = DCConfig(iters=7, lr_latent=1, early_stopping=4, data_filter=None, dc_iters=0)
+    config = BirdConfig(iters=7, lr_latent=1, early_stopping=4, data_filter=None, refine_from_t=0)
     assert config.lr_latent == 1.0 and isinstance(config.lr_latent, float)  # TOML integers are accepted as rates
     assert config.early_stopping == EarlyStopping(patience=4)
     record = json.loads(json.dumps(config.to_dict()))
     assert record["early_stopping"] == {"patience": 4, "rel_tol": 1e-3}
-    assert DCConfig.from_dict(record) == config
+    assert BirdConfig.from_dict(record) == config
 
 
 def test_with_overrides_keeps_settings_given_as_none_unless_none_is_a_value():
@@ -66,8 +67,8 @@ def test_with_overrides_keeps_settings_given_as_none_unless_none_is_a_value():
 
 def test_presets_and_tasks():
     assert BirdConfig.preset("full") == BirdConfig()
-    fast = DCConfig.preset("cpu-fast")
-    assert (fast.iters, fast.delta_t, type(fast)) == (50, 333, DCConfig)
+    fast = BirdConfig.preset("cpu-fast")
+    assert (fast.iters, fast.delta_t, fast.refine_from_t, fast.refine_delta_t) == (20, 333, 300, 10)
     assert resolve_preset("auto", "cpu") == "cpu-fast" and resolve_preset("auto", "cuda:0") == "full"
     assert resolve_preset("full", "cpu") == "full"
     with pytest.raises(ConfigError, match="preset"):
@@ -88,6 +89,6 @@ def test_method_settings_classes_are_public():
     import ctbird
     from ctbird.methods import REGISTRY
 
-    assert ctbird.BirdConfig is BirdConfig and ctbird.DCConfig is DCConfig and ctbird.PRESETS is PRESETS
+    assert ctbird.BirdConfig is BirdConfig and ctbird.PRESETS is PRESETS
     assert {name: method.config for name, method in REGISTRY.items()} == dict(METHOD_CONFIGS)
-    assert [name for name, method in REGISTRY.items() if method.needs_prior] == ["bird", "bird+dc", "dps", "dds"]
+    assert [name for name, method in REGISTRY.items() if method.needs_prior] == ["bird", "bird-raw", "dps", "dds"]

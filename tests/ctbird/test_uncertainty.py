@@ -88,13 +88,13 @@ def test_ct_benchmark_tables_dds_and_the_calibration_of_bird_restarts(tmp_path, 
     folder = DiffusionPrior.from_config(tiny_unet_config_factory(size=32), bird_scheduler_config,
                                         seed=0).save_pretrained(tmp_path / "prior")
     assert main(["--synthetic", "--size", "32", "--max-slices", "1", "--views", "18", "--geometry", "parallel",
-                 "--noise", "none", "--methods", "fbp,dds,bird,bird+dc", "--iters", "2", "--delta-t", "500",
+                 "--noise", "none", "--methods", "fbp,dds,bird-raw,bird", "--iters", "2", "--delta-t", "500",
                  "--samples", "2", "--prior", str(folder), "--device", "cpu", "--tag", "u", "--out-dir",
                  str(tmp_path / "out"), "--no-figures"]) == 0
     payload = json.loads((tmp_path / "out" / "u.json").read_text())
     rows = {r["method"]: r for r in payload["results"]}
     assert rows["dds"]["nfe_mean"] == DDSConfig().iters and payload["settings"]["dds"] == DDSConfig().to_dict()
-    for method in ("bird", "bird+dc"):  # both carry the restarts' std map
+    for method in ("bird-raw", "bird"):  # both carry the restarts' std map (bird's: of the refined restarts)
         assert 0.0 <= rows[method]["within_2std_mean"] <= 1.0
         assert rows[method]["per_slice"][0]["within_2std"] == rows[method]["within_2std_mean"]
     assert "within_2std_mean" not in rows["fbp"] and "within_2std_mean" not in rows["dds"]

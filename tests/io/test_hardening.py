@@ -212,7 +212,7 @@ def test_derived_dicom_validates(tmp_path, kind):
         source.SOPInstanceUID = "1..2"
         del source.Manufacturer
     path = tmp_path / "d.dcm"
-    write_derived_dicom(np.zeros((16, 16), np.float32), source, path, method_name="bird+dc",
+    write_derived_dicom(np.zeros((16, 16), np.float32), source, path, method_name="bird-raw",
                         anonymize=kind.endswith("anonymized"))
     ds = pydicom.dcmread(path)
     missing = [k for k in TYPE1_AND_2 if k not in ds]
