@@ -415,7 +415,7 @@ def _reconstruct(input_path: Path, params: dict[str, Any], tables: dict[str, dic
     results: dict[str, Any] = {}
     for method in _progress(methods, quiet=quiet, desc="reconstruct", unit="method"):
         iterative = get_method(method).needs_prior
-        total = getattr(configs[method], "iters", None) if iterative else None
+        total = get_method(method).progress_steps(configs[method]) if iterative else None
         with _step_bar(quiet=quiet or not iterative, desc=method, total=total) as callback:
             results[method] = api.reconstruct(
                 acquisition.sinogram, acquisition.geometry, image_size=acquisition.image_size,

@@ -30,6 +30,13 @@ class Method:
     needs_prior: bool
     run: Callable[[CTProblem, Any], Reconstruction]
 
+    def progress_steps(self, config: Settings) -> int | None:
+        """How many times the method calls its progress callback under ``config`` (``None``: not iterative)."""
+        steps = getattr(config, "iters", None)
+        if self.name == "bird" and steps is not None and config.refine_from_t > 0:
+            steps += config.refine_from_t // config.refine_delta_t + 1
+        return steps
+
     def configure(self, config: Settings | None = None, **overrides: Any) -> Settings:
         """The method's settings: ``config`` (default: its class's defaults) with ``overrides`` applied
         (:meth:`~ctbird.config.Settings.with_overrides`: ``None`` keeps a setting). Raises :class:`ConfigError` for

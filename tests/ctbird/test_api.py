@@ -65,6 +65,9 @@ def test_prior_methods_on_a_tiny_case(prior_folder, method):
     assert result.image.shape == (1, 1, 16, 16) and torch.isfinite(result.image).all()
     refine_steps = BirdConfig().refine_from_t // BirdConfig().refine_delta_t + 1 if method == "bird" else 0
     assert result.nfe > 0 and len(seen) == 3 + refine_steps and result.method == method
+    from ctbird.methods import get_method
+
+    assert get_method(method).progress_steps(result.config) == len(seen)  # the CLI's bar total
     if method == "bird":
         assert result.grad_mode == "detached" and result.delta_t == BirdConfig().delta_t
         assert result.uncertainty.shape == (1, 1, 16, 16)
