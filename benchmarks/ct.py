@@ -475,6 +475,16 @@ def per_slice_markdown(results: list[dict], methods: list[str]) -> list[str]:
         lines += [f"### {setting[0]} beam, {setting[1]}, {setting[2]} views: PSNR (dB)", ""]
         rows = [[name] + [fmt(by_method[m][i]["psnr"]) for m in methods] for i, name in enumerate(names)]
         lines += [markdown_table(["slice"] + methods, rows), ""]
+        collections = list(dict.fromkeys(name.split("/")[0] for name in names if "/" in name))
+        if len(collections) > 1:
+            lines += ["Mean PSNR (dB) by collection (the first folder of each slice's path):", ""]
+            rows = []
+            for collection in collections:
+                members = [i for i, name in enumerate(names) if name.split("/")[0] == collection]
+                rows.append([f"{collection} ({len(members)})"] + [fmt(float(np.mean([by_method[m][i]["psnr"]
+                                                                                     for i in members])))
+                                                                  for m in methods])
+            lines += [markdown_table(["collection (slices)"] + methods, rows), ""]
         if "bird" in by_method:
             bird = np.array([row["psnr"] for row in by_method["bird"]])
             for other in (m for m in methods if m != "bird"):
