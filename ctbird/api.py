@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import RESTORE_SETUP, RESTORE_TASKS, BirdConfig, Settings
+from .config import RESTORE_SETUP, RESTORE_TASKS, BirdConfig, RefineConfig, Settings
 from .errors import ConfigError, InputError
 from .limits import check_run_fits, check_sizes, estimate_run, validate_device
 from .methods import REGISTRY, CTProblem, Reconstruction, get_method, resize
@@ -47,8 +47,13 @@ class Restoration:
         Run record.
     config : BirdConfig
         The settings BIRD ran with.
+    refine : RefineConfig or None
+        The DDS refinement that ran after BIRD (``None``: off; ``.image`` is then BIRD's).
+    noise_sigma : list of float
+        Estimated noise std of each observation on [0, 1] (:func:`ctbird.restoration_baselines.estimate_noise_sigma`).
     solver_result : BirdResult
-        The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...).
+        The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...); ``transformed`` is BIRD's
+        image before the refinement.
     """
 
     image: torch.Tensor
@@ -65,6 +70,8 @@ class Restoration:
     solver_result: BirdResult | None = None
     method: str = "bird"
     config: BirdConfig | None = None
+    refine: RefineConfig | None = None
+    noise_sigma: list[float] | None = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -274,7 +281,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
             kernel_model: str | None = None, warm_start: bool | None = None,
-            config: BirdConfig | None = None, seed: int = 0, device: str | torch.device = "cpu",
+            config: BirdConfig | None = None, refine: RefineConfig | bool | None = None, seed: int = 0, device: str | torch.device = "cpu",
             callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
 
@@ -309,6 +316,10 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         :data:`ctbird.config.RESTORE_SETUP`.
     config : BirdConfig or None
         BIRD's settings; ``None`` = the task's, ``BirdConfig.for_task(task)``. ``data_filter`` must be ``None``.
+    refine : RefineConfig, bool or None
+        The DDS refinement after BIRD (:class:`~ctbird.config.RefineConfig`: BIRD's ``x0`` renoised to ``t0`` and
+        sampled back with the estimated operator frozen and CG data-consistency steps). ``None`` or ``True``: the
+        task's, ``RefineConfig.for_task(task)``; ``False`` (or ``t0=0``): BIRD's image as it is.
     **settings
         Single BIRD settings overriding ``config`` (``iters=50, n_samples=4...``; ``None`` keeps a setting).
     seed, device, callback
@@ -330,6 +341,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     config = config.with_overrides(**settings)
     if config.data_filter is not None:
         raise ConfigError("data_filter weighs CT sinograms; restore() needs data_filter=None.")
+    refine = _refine_settings(task, refine)
     if prior is None:
         raise ConfigError("restore() needs prior=: a diffusers folder or hub id holding a photograph UNet2DModel.")
     y = _photo(image)
@@ -357,23 +369,87 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         return resize((x0 + 1.0) / 2.0, (out_h, out_w))
 
     bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
-    init_latent = None
+    generator = _generator(seed)
     if warm_start is None:
         warm_start = RESTORE_SETUP[task].get("warm_start", False)
+    estimate = None
+    if warm_start or (refine is not None and refine.start == "estimate"):
+        estimate = classical_estimate(y, task, model.shape[1:]).to(dev)
+    init_latent, warm_nfe = None, 0
     if warm_start:
-        estimate = resize(y, model.shape[1:]) if task != "sr" else F.interpolate(y, size=model.shape[1:], mode="bicubic")
         nfe0 = model.nfe
-        init_latent = ddim_invert(model, estimate.clamp(0, 1).to(dev) * 2.0 - 1.0, config.delta_t)
-        init_latent = init_latent.repeat_interleave(config.n_samples, dim=0)
+        init_latent = ddim_invert(model, estimate, config.delta_t).repeat_interleave(config.n_samples, dim=0)
         warm_nfe = model.nfe - nfe0
-    out = bird.run(y.to(dev), generator=_generator(seed), init_latent=init_latent)
-    if warm_start:
-        out.nfe += warm_nfe
+    out = bird.run(y.to(dev), generator=generator, init_latent=init_latent)
+    out.nfe += warm_nfe
+    noise_sigma = _noise_sigma(y)
+    image, nfe, seconds = out.transformed, out.nfe, out.seconds
+    if refine is not None:
+        nfe0, start = model.nfe, time.perf_counter()
+        start_x0 = out.image if refine.start == "bird" else estimate
+        refined = refine_restoration(model, start_x0, y.to(dev), operator, out.operator_state, refine,
+                                     transform=measurement_input, noise_sigma=noise_sigma, generator=_generator(seed))
+        image = measurement_input(refined)
+        nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out.uncertainty is not None else None
-    return Restoration(image=out.transformed.clamp(0.0, 1.0), kernel=out.kernel, uncertainty=uncertainty, task=task,
-                       blind=blind and learnable, seconds=out.seconds, nfe=out.nfe, loss_history=out.loss_history,
+    return Restoration(image=image.clamp(0.0, 1.0), kernel=out.kernel, uncertainty=uncertainty, task=task,
+                       blind=blind and learnable, seconds=seconds, nfe=nfe, loss_history=out.loss_history,
                        grad_mode=out.grad_mode, delta_t=out.delta_t, iters_run=out.iters_run, solver_result=out,
-                       config=config)
+                       config=config, refine=refine, noise_sigma=noise_sigma)
+
+
+def classical_estimate(y: torch.Tensor, task: str, size: tuple[int, int]) -> torch.Tensor:
+    """The classical estimate ``[B, C, *size]`` in [-1, 1] that warm starts (and may start the refinement) from: the
+    observation ``y`` ``[B, C, H, W]`` in [0, 1] resampled to ``size``, bicubic upsampling for ``task="sr"``."""
+    up = resize(y, size) if task != "sr" else F.interpolate(y, size=size, mode="bicubic")
+    return up.clamp(0.0, 1.0) * 2.0 - 1.0
+
+
+def _refine_settings(task: str, refine: RefineConfig | bool | None) -> RefineConfig | None:
+    if refine is None or refine is True:
+        refine = RefineConfig.for_task(task)
+    elif refine is False:
+        return None
+    elif not isinstance(refine, RefineConfig):
+        raise ConfigError(f"refine must be a RefineConfig, True, False or None, got {type(refine).__name__}.")
+    return refine if refine.enabled else None
+
+
+def _noise_sigma(y: torch.Tensor) -> list[float]:
+    from .restoration_baselines import estimate_noise_sigma
+
+    return [estimate_noise_sigma(item) for item in y.detach().cpu().numpy()]
+
+
+@torch.no_grad()
+def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor, operator, operator_state: list[dict],
+                       refine: RefineConfig, *, transform: Callable[[torch.Tensor], torch.Tensor], noise_sigma: Sequence[float],
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """The DDS refinement of :class:`~ctbird.config.RefineConfig` on restorations ``x0`` ``[B, C, h, w]`` in [-1, 1].
+
+    Item ``b`` is renoised to ``refine.t0`` and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the measurement
+    model ``operator(transform(x0))``, the operator holding ``operator_state[b]`` (BIRD's estimate, frozen), against
+    ``y[b]``; the anchor weight is ``refine.anchor * noise_sigma[b]**2``. Returns the refined ``x0`` ``[B, C, h, w]``.
+    """
+    import copy
+
+    from .solvers.dds import dds_chain
+
+    schedule = prior.schedule
+    alpha = schedule.alpha(refine.t0)
+    pairs = [(t, t - refine.step) for t in range(refine.t0, -1, -refine.step)]  # the last t_prev is negative
+    frozen = copy.deepcopy(operator).to(x0.device)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    items = []
+    for b in range(x0.shape[0]):
+        if operator_state and operator_state[b]:
+            frozen.load_state_dict(operator_state[b])
+        noise = torch.randn(x0[b:b + 1].shape, generator=generator).to(x0.device)
+        x_t = math.sqrt(alpha) * x0[b:b + 1] + math.sqrt(1.0 - alpha) * noise
+        items.append(dds_chain(prior, x_t, pairs, measure=lambda v: frozen(transform(v)), y=y[b:b + 1],
+                               cg_iters=refine.cg_iters, eta=0.0, weight=refine.anchor * noise_sigma[b] ** 2))
+    return torch.cat(items, dim=0)
 
 
 @torch.no_grad()

@@ -91,7 +91,7 @@ def test_baselines_alone_need_no_prior(tmp_path, task, method, extra):
     if task != "sr":  # each baseline improves on its observation here
         assert metrics["psnr"] > metrics["scores"]["input"]["psnr"]
     if task == "denoise":
-        sigma = metrics["noise_sigma_estimate"]["wavelet_mad"]
+        sigma = metrics["noise_sigma_estimate"]["wavelet"]
         assert 0.5 * 20 / 255 < sigma < 1.5 * 20 / 255
 
 

@@ -1,0 +1,189 @@
+"""The DDS refinement of :func:`ctbird.restore` on CT training slices: PSNR of each task under each refinement.
+
+Each ``--slice`` (``STACK.npz:INDEX`` of the prior's training stack; never an evaluation slice) is windowed to the
+prior's [0, 1] scale, resampled to ``--size`` and degraded as :mod:`benchmarks.photo` does. BIRD runs once per slice
+and task with the task's defaults under ``--preset`` (:meth:`ctbird.config.BirdConfig.for_task`) and the refinement
+off; every variant of :data:`VARIANTS` then refines that same result (:func:`ctbird.api.refine_restoration`, the
+estimated operator frozen, seeded as :func:`ctbird.restore` seeds it, so a variant's row is what ``restore`` returns
+with that :class:`~ctbird.config.RefineConfig`). ``default`` is the task's current ``RefineConfig.for_task``; ``bird``
+the refinement off. ``--baselines`` adds the classical methods of :mod:`ctbird.restoration_baselines`. PSNR/SSIM with
+data range 1 on [0, 1]; ``data misfit`` = RMS of ``M(x) - y`` (the estimated operator). Writes
+``refine_<tag>.json`` / ``.md`` under ``--out-dir`` (default ``docs/results/tuning``).
+
+Example (repository root)::
+
+    python -m benchmarks.studies.tune_refine --slice ../shared/data/ct/train/ct256_train_hu.npz:300 \\
+        --slice ../shared/data/ct/train/ct256_train_hu.npz:700 --size 128 --tag cpu-train128
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (GAUSSIAN_SIGMA_256, RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, markdown_table,
+                               mean_std, observation_view, parse_list, progress, record_markdown, run_script, score_unit,
+                               start_run, write_outputs)
+from benchmarks.studies.tune_restore import _kernel_scores, load_unit_slice
+
+#: Candidate refinements (``RefineConfig`` settings over its class defaults), the same for every task.
+VARIANTS: dict[str, dict] = {
+    "t200": {"t0": 200},
+    "t400": {"t0": 400},
+    "t600": {"t0": 600},
+    "t400+cg0": {"t0": 400, "cg_iters": 0},
+    "t400+cg2": {"t0": 400, "cg_iters": 2},
+    "t400+step50": {"t0": 400, "step": 50},
+    "t400+anchor300": {"t0": 400, "anchor": 300.0},
+    "t400+anchor1000": {"t0": 400, "anchor": 1000.0},
+    "t400+anchor3000": {"t0": 400, "anchor": 3000.0},
+    "t400+anchor10000": {"t0": 400, "anchor": 10000.0},
+    "estimate+t400": {"t0": 400, "start": "estimate"},
+    "estimate+t600": {"t0": 600, "start": "estimate"},
+    "estimate+t400+anchor1000": {"t0": 400, "start": "estimate", "anchor": 1000.0},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slice", action="append", required=True, help="STACK.npz:INDEX training slice (repeatable)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the tasks")
+    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
+    parser.add_argument("--baselines", action="store_true", help="also score the classical baselines")
+    parser.add_argument("--size", type=int, default=128, help="working side (default 128)")
+    parser.add_argument("--sr-factor", type=int, default=4)
+    parser.add_argument("--preset", choices=("full", "cpu-fast"), default="cpu-fast", help="BIRD's budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "tuning")
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args(argv)
+    args.tasks = parse_list(args.tasks)
+    args.variants = parse_list(args.variants) if args.variants else list(VARIANTS)
+    if any(t not in TASKS for t in args.tasks):
+        parser.error(f"--tasks takes some of {', '.join(TASKS)}.")
+    if any(v not in VARIANTS for v in args.variants):
+        parser.error(f"--variants takes some of {', '.join(VARIANTS)}.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ctbird.api import classical_estimate, default_kernel_size, refine_restoration, resize, restoration_operator, restore
+    from ctbird.config import BirdConfig, RefineConfig
+    from ctbird.priors import DiffusionPrior, default_prior_path
+
+    device, record = start_run(args, argv)
+    prior = DiffusionPrior.from_pretrained(default_prior_path(), device=str(device), image_size=args.size)
+    kernel_size = default_kernel_size(args.size)
+    sigma_true = GAUSSIAN_SIGMA_256 * args.size / 256.0
+    images = [load_unit_slice(spec, args.size) for spec in args.slice]
+    rows: dict[tuple[str, str], list[dict]] = {}
+    settings: dict[tuple[str, str], dict] = {}
+    with progress(total=len(images) * len(args.tasks), desc="tune refine", unit="run") as bar:
+        for index, (image, label) in enumerate(images):
+            for task in args.tasks:
+                bar.set_description(f"{label} {task}")
+                case = degrade(task, image, args, kernel_size, 1000 + index)
+                y = case["y"]
+                truth = image[None]
+                observed = observation_view(task, y, args.size)
+                rows.setdefault((task, "observation"), []).append({"image": label, **score_unit(observed, truth)})
+                if args.baselines:
+                    from ctbird.restoration_baselines import run_baseline, task_baselines
+
+                    for method in task_baselines(task):
+                        out = run_baseline(method, y, task, sr_factor=args.sr_factor, mask=case.get("mask"),
+                                           kernel_size=kernel_size)
+                        rows.setdefault((task, method), []).append(
+                            {"image": label, **score_unit(out.image, truth), "seconds": out.seconds})
+                deblur = "deblur" in task
+                result = restore(y, task, prior=prior, sr_factor=args.sr_factor, kernel_size=kernel_size if deblur else None,
+                                 mask=case.get("mask"), config=BirdConfig.for_task(task, args.preset), refine=False,
+                                 seed=args.seed, device=device)
+                out_shape = tuple(truth.shape[-2:])
+                operator = restoration_operator(task, (truth.shape[1], *out_shape), blind=True, sr_factor=args.sr_factor,
+                                                kernel_size=kernel_size if deblur else None, kernel=None,
+                                                mask=case.get("mask"))
+
+                def transform(x0: torch.Tensor) -> torch.Tensor:
+                    return resize((x0 + 1.0) / 2.0, out_shape)
+
+                def misfit(x0: torch.Tensor) -> float:
+                    with torch.no_grad():
+                        frozen = _frozen(operator, result.solver_result.operator_state[0])
+                        return float((frozen(transform(x0)) - y.to(x0.device)).square().mean().sqrt())
+
+                bird = {"image": label, **score_unit(result.image.cpu(), truth), "seconds": result.seconds,
+                        "nfe": result.nfe, "misfit": misfit(result.solver_result.image),
+                        "noise_sigma": result.noise_sigma[0], **_kernel_scores(result, case, sigma_true)}
+                if task == "denoise":
+                    bird["noise_sigma_true"] = float((y - truth).std())
+                rows.setdefault((task, "bird"), []).append(bird)
+                candidates = {"default": RefineConfig.for_task(task).to_dict(),
+                              **{name: VARIANTS[name] for name in args.variants}}
+                for name, kwargs in candidates.items():
+                    config = RefineConfig(**kwargs)
+                    settings[(task, name)] = config.to_dict()
+                    start_x0 = (result.solver_result.image if config.start == "bird"
+                                else classical_estimate(y, task, prior.shape[1:]).to(device))
+                    nfe0, started = prior.nfe, time.perf_counter()
+                    refined = refine_restoration(prior, start_x0, y.to(device), operator,
+                                                 result.solver_result.operator_state, config, transform=transform,
+                                                 noise_sigma=result.noise_sigma,
+                                                 generator=torch.Generator().manual_seed(args.seed))
+                    rows.setdefault((task, name), []).append({
+                        "image": label, **score_unit(transform(refined).clamp(0, 1).cpu(), truth),
+                        "seconds": result.seconds + time.perf_counter() - started,
+                        "nfe": result.nfe + prior.nfe - nfe0, "misfit": misfit(refined)})
+                bar.update(1)
+    results = []
+    for (task, name), per_image in rows.items():
+        summary = {"task": task, "variant": name, "settings": settings.get((task, name))}
+        for key in ("psnr", "ssim", "misfit", "kernel_error", "sigma", "noise_sigma", "noise_sigma_true", "seconds", "nfe"):
+            values = [r[key] for r in per_image if key in r]
+            if values:
+                summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)
+        results.append({**summary, "per_image": per_image})
+    payload = {"run": record, "slices": [label for _, label in images], "size": args.size, "preset": args.preset,
+               "sr_factor": args.sr_factor, "seed": args.seed, "kernel_size": kernel_size,
+               "bird": {task: BirdConfig.for_task(task, args.preset).to_dict() for task in args.tasks},
+               "prior": str(default_prior_path()), "results": results}
+    table = [[r["task"], r["variant"], fmt(r["psnr_mean"], r["psnr_std"]), fmt(r["ssim_mean"], digits=3),
+              fmt(r["misfit_mean"], digits=4) if "misfit_mean" in r else "–",
+              fmt(r["seconds_mean"], digits=1) if "seconds_mean" in r else "–",
+              fmt(r["nfe_mean"], digits=0) if "nfe_mean" in r else "–"] for r in results]
+    noise = [r for r in results if r["variant"] == "bird" and "noise_sigma_true_mean" in r]
+    markdown = "\n".join([
+        f"# Refinement of the restorations on CT training slices (`{args.tag}`)", "",
+        "Generated by `python -m benchmarks.studies.tune_refine`; do not edit by hand.", "", record_markdown(record),
+        f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}² (prior decoding at {args.size}²); "
+        f"BIRD with `BirdConfig.for_task(task, {args.preset!r})`, refinement off (`bird`), then each refinement of it; "
+        f"SR x{args.sr_factor}; blind kernel {kernel_size}²; degradations of `benchmarks.photo`; seed {args.seed}.",
+        "- Variants (`RefineConfig` over its defaults t0=400, step=20, cg_iters=5, anchor=0, start=bird): `tT` renoise "
+        "to t0=T; `cgN` CG steps per chain step; `anchorA` anchor weight A·sigma² (sigma: the estimated noise std); "
+        "`stepS` chain step; `estimate+` renoise the classical estimate (observation; bicubic for SR) instead of "
+        "BIRD's image; `default` = `RefineConfig.for_task(task)` at the time of the run: "
+        + "; ".join(f"{t}: {settings.get((t, 'default'))}" for t in args.tasks) + ".",
+        "- PSNR/SSIM with data range 1.0 on [0, 1]; mean ± std over the slices; data misfit = RMS of M(x) - y with "
+        "BIRD's operator; seconds and NFE include BIRD's.",
+        *([f"- Noise std (denoise): estimated {fmt(noise[0]['noise_sigma_mean'], digits=4)}, true "
+           f"{fmt(noise[0]['noise_sigma_true_mean'], digits=4)} (`estimate_noise_sigma`)."] if noise else []), "",
+        markdown_table(["task", "variant", "PSNR (dB)", "SSIM", "data misfit", "s / image", "NFE"], table)])
+    json_path, md_path = write_outputs(args.out_dir, f"refine_{args.tag}", payload, markdown)
+    print(f"wrote {md_path} and {json_path}")
+    return 0
+
+
+def _frozen(operator, state: dict):
+    if state:
+        operator.load_state_dict(state)
+    return operator
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(main))
