@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -383,16 +384,18 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     out = bird.run(y.to(dev), generator=generator, init_latent=init_latent)
     out.nfe += warm_nfe
     noise_sigma = _noise_sigma(y)
-    image, nfe, seconds = out.transformed, out.nfe, out.seconds
+    image, nfe, seconds, kernel = out.transformed, out.nfe, out.seconds, out.kernel
     if refine is not None:
         nfe0, start = model.nfe, time.perf_counter()
         start_x0 = out.image if refine.start == "bird" else estimate
-        refined = refine_restoration(model, start_x0, y.to(dev), operator, out.operator_state, refine,
-                                     transform=measurement_input, noise_sigma=noise_sigma, generator=_generator(seed))
+        refined, refitted = refine_restoration(model, start_x0, y.to(dev), operator, out.operator_state, refine,
+                                               transform=measurement_input, noise_sigma=noise_sigma,
+                                               generator=_generator(seed))
+        kernel = refitted if refitted is not None else kernel
         image = measurement_input(refined)
         nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out.uncertainty is not None else None
-    return Restoration(image=image.clamp(0.0, 1.0), kernel=out.kernel, uncertainty=uncertainty, task=task,
+    return Restoration(image=image.clamp(0.0, 1.0), kernel=kernel, uncertainty=uncertainty, task=task,
                        blind=blind and learnable, seconds=seconds, nfe=nfe, loss_history=out.loss_history,
                        grad_mode=out.grad_mode, delta_t=out.delta_t, iters_run=out.iters_run, solver_result=out,
                        config=config, refine=refine, noise_sigma=noise_sigma)
@@ -415,6 +418,18 @@ def _refine_settings(task: str, refine: RefineConfig | bool | None) -> RefineCon
     return refine if refine.enabled else None
 
 
+def _fit_kernels(images: torch.Tensor, y: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Per item, the blur kernel ``[k, k]`` fitted from ``images`` to ``y`` (``[B, C, H, W]`` in [0, 1], channel
+    means) starting at ``kernels`` ``[B, k, k]`` (:func:`ctbird.restoration_baselines.fit_blur_kernel`)."""
+    from .restoration_baselines import fit_blur_kernel
+
+    size = kernels.shape[-1]
+    fitted = [fit_blur_kernel(x.mean(0).detach().cpu().numpy(), obs.mean(0).detach().cpu().numpy(), size,
+                              init=k.detach().cpu().to(torch.float64).numpy())
+              for x, obs, k in zip(images, y, kernels)]
+    return torch.from_numpy(np.stack(fitted)).to(torch.float32)
+
+
 def _noise_sigma(y: torch.Tensor) -> list[float]:
     from .restoration_baselines import estimate_noise_sigma
 
@@ -424,32 +439,91 @@ def _noise_sigma(y: torch.Tensor) -> list[float]:
 @torch.no_grad()
 def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor, operator, operator_state: list[dict],
                        refine: RefineConfig, *, transform: Callable[[torch.Tensor], torch.Tensor], noise_sigma: Sequence[float],
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The DDS refinement of :class:`~ctbird.config.RefineConfig` on restorations ``x0`` ``[B, C, h, w]`` in [-1, 1].
 
     Item ``b`` is renoised to ``refine.t0`` and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the measurement
     model ``operator(transform(x0))``, the operator holding ``operator_state[b]`` (BIRD's estimate, frozen), against
-    ``y[b]``; the anchor weight is ``refine.anchor * noise_sigma[b]**2``. Returns the refined ``x0`` ``[B, C, h, w]``.
+    ``y[b]`` (``refine.samples`` renoisings in one batch, averaged); the anchor weight is ``refine.anchor * noise_sigma[b]**2 * ||A||^2`` (``A``: the model's linear part). With ``refine.kernel_refits`` and a learnable
+    blur, each round fits the kernel to the refined image (:func:`ctbird.restoration_baselines.fit_blur_kernel`) and
+    refines ``x0`` again with it. Returns the refined ``x0`` ``[B, C, h, w]`` and the refitted kernels ``[B, k, k]``
+    (None without refits). ``generator`` is cloned per round (each round renoises with the same noise).
     """
+    import copy
+
+    frozen = copy.deepcopy(operator).to(x0.device)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    states = list(operator_state) if operator_state else [{}] * x0.shape[0]
+    state = generator.get_state() if generator is not None else None
+    refined = _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, generator)
+    refit = refine.kernel_refits > 0 and hasattr(operator, "kernel") and any(p.requires_grad for p in operator.parameters())
+    if not refit:
+        return refined, None
+    from operators.blur import Blur
+
+    kernels = []
+    for item_state in states:
+        if item_state:
+            frozen.load_state_dict(item_state)
+        kernels.append(frozen.kernel.detach().reshape(frozen.kernel.shape[-2:]).cpu())
+    kernels = torch.stack(kernels)
+    fixed = Blur(kernels[0], image_shape=tuple(operator.in_shape), padding=operator.padding).to(x0.device)
+    for _ in range(refine.kernel_refits):
+        kernels = _fit_kernels(transform(refined), y, kernels)
+        if state is not None:
+            generator.set_state(state)
+        refined = _dds_refine(prior, x0, y, fixed, [{"fixed_kernel": k.to(x0.device)} for k in kernels], refine,
+                              transform, noise_sigma, generator)
+    return refined, kernels
+
+
+def _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, generator) -> torch.Tensor:
+    """One renoise-and-sample pass of :func:`refine_restoration`: every item's ``refine.samples`` renoisings in one
+    chain (item ``b``'s measurement model ``frozen`` loaded with ``states[b]``), averaged per item."""
     import copy
 
     from .solvers.dds import dds_chain
 
-    schedule = prior.schedule
-    alpha = schedule.alpha(refine.t0)
+    batch, k = x0.shape[0], refine.samples
+    ops = []
+    for state in states:
+        op = copy.deepcopy(frozen)
+        if state:
+            op.load_state_dict(state)
+        ops.append(op)
+
+    def measure(v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([op(transform(part)) for op, part in zip(ops, v.split(k))], dim=0)
+
+    alpha = prior.schedule.alpha(refine.t0)
     pairs = [(t, t - refine.step) for t in range(refine.t0, -1, -refine.step)]  # the last t_prev is negative
-    frozen = copy.deepcopy(operator).to(x0.device)
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    items = []
-    for b in range(x0.shape[0]):
-        if operator_state and operator_state[b]:
-            frozen.load_state_dict(operator_state[b])
-        noise = torch.randn(x0[b:b + 1].shape, generator=generator).to(x0.device)
-        x_t = math.sqrt(alpha) * x0[b:b + 1] + math.sqrt(1.0 - alpha) * noise
-        items.append(dds_chain(prior, x_t, pairs, measure=lambda v: frozen(transform(v)), y=y[b:b + 1],
-                               cg_iters=refine.cg_iters, eta=0.0, weight=refine.anchor * noise_sigma[b] ** 2))
-    return torch.cat(items, dim=0)
+    start = x0.repeat_interleave(k, dim=0)
+    noise = torch.randn(start.shape, generator=generator).to(x0.device)
+    x_t = math.sqrt(alpha) * start + math.sqrt(1.0 - alpha) * noise
+    weight: float | torch.Tensor = 0.0
+    if refine.anchor > 0:  # per sample, broadcast in the CG normal operator
+        weight = torch.tensor([refine.anchor * sigma ** 2 * _squared_norm(lambda v, op=op: op(transform(v)), x0[:1])
+                               for op, sigma in zip(ops, noise_sigma)], dtype=x0.dtype, device=x0.device)
+        weight = weight.repeat_interleave(k).view(-1, *([1] * (x0.dim() - 1)))
+    refined = dds_chain(prior, x_t, pairs, measure=measure, y=y.repeat_interleave(k, dim=0), cg_iters=refine.cg_iters,
+                        eta=0.0, weight=weight)
+    return refined.view(batch, k, *x0.shape[1:]).mean(dim=1)
+
+
+def _squared_norm(measure: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, iters: int = 10) -> float:
+    """``||A||^2`` of the linear part ``A`` of the affine ``measure`` by power iteration on ``A^T A`` (seeded)."""
+    offset = measure(torch.zeros_like(like))
+    v = torch.randn(like.shape, generator=torch.Generator().manual_seed(0)).to(like)
+    value = 0.0
+    for _ in range(iters):
+        v = v / v.norm()
+        with torch.enable_grad():
+            d = v.clone().requires_grad_(True)
+            out = measure(d) - offset
+            v, = torch.autograd.grad(out, d, grad_outputs=out)
+        value = float(v.norm())
+    return value
 
 
 @torch.no_grad()

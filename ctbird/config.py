@@ -273,11 +273,19 @@ class RefineConfig(Settings):
     cg_iters : int
         CG steps per chain step (0: the chain only denoises).
     anchor : float
-        ``w = anchor * sigma^2`` with ``sigma`` the observation's estimated noise std on [0, 1]
-        (:func:`ctbird.restoration_baselines.estimate_noise_sigma`): noisier data lean more on the prior.
+        ``w = anchor * sigma^2 * ||A||^2`` with ``sigma`` the observation's estimated noise std on [0, 1]
+        (:func:`ctbird.restoration_baselines.estimate_noise_sigma`) and ``A`` the measurement model's linear part
+        (power iteration): noisier data lean more on the prior.
     start : {"bird", "estimate"}
         What is renoised: BIRD's ``x0``, or the classical estimate of the warm start (the observation; bicubic
         upsampling for SR), the operator still BIRD's.
+    samples : int
+        Independent renoisings refined in one batch and averaged (an estimate of the posterior mean; each costs the
+        chain's UNet evaluations again, batched).
+    kernel_refits : int
+        Blind deblurring: rounds of fitting the blur kernel to the refined image by least squares
+        (:func:`ctbird.restoration_baselines.fit_blur_kernel`, from the current kernel) and refining again, from the
+        same start, with that kernel (each round costs one more chain). 0: BIRD's kernel.
     """
 
     label: ClassVar[str] = "refine"
@@ -287,9 +295,13 @@ class RefineConfig(Settings):
     cg_iters: int = 5
     anchor: float = 0.0
     start: Literal["bird", "estimate"] = "bird"
+    samples: int = 1
+    kernel_refits: int = 0
 
     def _validate(self) -> None:
+        self._int("samples")
         self._choice("start", ("bird", "estimate"))
+        self._int("kernel_refits", 0)
         self._int("t0", 0)
         self._int("step")
         self._int("cg_iters", 0)
@@ -312,11 +324,11 @@ class RefineConfig(Settings):
 
 #: Each restoration task's refinement over :class:`RefineConfig`'s defaults (docs/results/tuning/refine_*.md).
 RESTORE_REFINE: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "gaussian-deblur": MappingProxyType({}),
-    "motion-deblur": MappingProxyType({}),
-    "sr": MappingProxyType({}),
-    "denoise": MappingProxyType({}),
-    "inpaint": MappingProxyType({}),
+    "gaussian-deblur": MappingProxyType({"t0": 200, "anchor": 1200.0}),
+    "motion-deblur": MappingProxyType({"t0": 200, "anchor": 4000.0}),
+    "sr": MappingProxyType({"t0": 200, "start": "estimate"}),
+    "denoise": MappingProxyType({"t0": 60, "cg_iters": 0}),
+    "inpaint": MappingProxyType({"t0": 800, "anchor": 4000.0}),
 })
 
 #: Named BIRD budgets (settings that differ from :class:`BirdConfig`'s defaults).

@@ -22,6 +22,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -30,21 +31,29 @@ from benchmarks.common import (GAUSSIAN_SIGMA_256, RESTORE_TASKS as TASKS, RESUL
                                start_run, write_outputs)
 from benchmarks.studies.tune_restore import _kernel_scores, load_unit_slice
 
-#: Candidate refinements (``RefineConfig`` settings over its class defaults), the same for every task.
-VARIANTS: dict[str, dict] = {
-    "t200": {"t0": 200},
-    "t400": {"t0": 400},
-    "t600": {"t0": 600},
-    "t400+cg0": {"t0": 400, "cg_iters": 0},
-    "t400+cg2": {"t0": 400, "cg_iters": 2},
-    "t400+step50": {"t0": 400, "step": 50},
-    "t400+anchor300": {"t0": 400, "anchor": 300.0},
-    "t400+anchor1000": {"t0": 400, "anchor": 1000.0},
-    "t400+anchor3000": {"t0": 400, "anchor": 3000.0},
-    "t400+anchor10000": {"t0": 400, "anchor": 10000.0},
-    "estimate+t400": {"t0": 400, "start": "estimate"},
-    "estimate+t600": {"t0": 600, "start": "estimate"},
-    "estimate+t400+anchor1000": {"t0": 400, "start": "estimate", "anchor": 1000.0},
+#: Candidate refinements per task (``RefineConfig`` settings over its class defaults).
+VARIANTS: dict[str, dict[str, dict]] = {
+    "gaussian-deblur": {"t400+anchor1200": {"anchor": 1200.0}, "t200": {"t0": 200},
+                        "t200+cg0": {"t0": 200, "cg_iters": 0}, "t200+anchor1200": {"t0": 200, "anchor": 1200.0},
+                        "t100+anchor1200": {"t0": 100, "anchor": 1200.0}, "t200+anchor4000": {"t0": 200, "anchor": 4000.0},
+                        "t200+anchor1200+samples4": {"t0": 200, "anchor": 1200.0, "samples": 4}},
+    "motion-deblur": {"t400+anchor4000": {"anchor": 4000.0}, "t200+anchor4000": {"t0": 200, "anchor": 4000.0},
+                      "t200+anchor4000+refit1": {"t0": 200, "anchor": 4000.0, "kernel_refits": 1},
+                      "estimate+t200+anchor4000": {"start": "estimate", "t0": 200, "anchor": 4000.0},
+                      "t200+anchor4000+samples4": {"t0": 200, "anchor": 4000.0, "samples": 4}},
+    "sr": {"t200": {"t0": 200}, "estimate+t400": {"start": "estimate"}, "estimate+t200": {"start": "estimate", "t0": 200},
+           "estimate+t100": {"start": "estimate", "t0": 100},
+           "estimate+t200+anchor20000": {"start": "estimate", "t0": 200, "anchor": 20000.0},
+           "estimate+t100+anchor20000": {"start": "estimate", "t0": 100, "anchor": 20000.0},
+           "estimate+t200+samples4": {"start": "estimate", "t0": 200, "samples": 4}},
+    "denoise": {"t400+anchor4000": {"anchor": 4000.0}, "t60+cg0": {"t0": 60, "cg_iters": 0},
+                "t100+cg0": {"t0": 100, "cg_iters": 0}, "t150+cg0": {"t0": 150, "cg_iters": 0},
+                "t60+cg0+samples8": {"t0": 60, "cg_iters": 0, "samples": 8},
+                "t100+cg0+samples8": {"t0": 100, "cg_iters": 0, "samples": 8},
+                "estimate+t40+cg0+samples8": {"start": "estimate", "t0": 40, "cg_iters": 0, "samples": 8}},
+    "inpaint": {"t400": {}, "t600": {"t0": 600}, "t800": {"t0": 800}, "t900": {"t0": 900},
+                "t800+anchor4000": {"t0": 800, "anchor": 4000.0},
+                "t800+anchor4000+samples2": {"t0": 800, "anchor": 4000.0, "samples": 2}},
 }
 
 
@@ -52,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slice", action="append", required=True, help="STACK.npz:INDEX training slice (repeatable)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the tasks")
-    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
+    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all of each task)")
     parser.add_argument("--baselines", action="store_true", help="also score the classical baselines")
     parser.add_argument("--size", type=int, default=128, help="working side (default 128)")
     parser.add_argument("--sr-factor", type=int, default=4)
@@ -63,11 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default=None)
     args = parser.parse_args(argv)
     args.tasks = parse_list(args.tasks)
-    args.variants = parse_list(args.variants) if args.variants else list(VARIANTS)
+    args.variants = parse_list(args.variants) if args.variants else None
     if any(t not in TASKS for t in args.tasks):
         parser.error(f"--tasks takes some of {', '.join(TASKS)}.")
-    if any(v not in VARIANTS for v in args.variants):
-        parser.error(f"--variants takes some of {', '.join(VARIANTS)}.")
+    known = {name for task in args.tasks for name in VARIANTS[task]}
+    if args.variants and any(v not in known for v in args.variants):
+        parser.error(f"--variants takes some of {', '.join(sorted(known))}.")
     return args
 
 
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.api import classical_estimate, default_kernel_size, refine_restoration, resize, restoration_operator, restore
     from ctbird.config import BirdConfig, RefineConfig
     from ctbird.priors import DiffusionPrior, default_prior_path
+    from operators.blur import Blur
 
     device, record = start_run(args, argv)
     prior = DiffusionPrior.from_pretrained(default_prior_path(), device=str(device), image_size=args.size)
@@ -113,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                 def transform(x0: torch.Tensor) -> torch.Tensor:
                     return resize((x0 + 1.0) / 2.0, out_shape)
 
-                def misfit(x0: torch.Tensor) -> float:
+                def misfit(x0: torch.Tensor, kernels: torch.Tensor | None = None) -> float:
                     with torch.no_grad():
-                        frozen = _frozen(operator, result.solver_result.operator_state[0])
+                        if kernels is None:
+                            frozen = _frozen(operator, result.solver_result.operator_state[0])
+                        else:
+                            frozen = Blur(kernels[0], image_shape=tuple(operator.in_shape), padding=operator.padding)
                         return float((frozen(transform(x0)) - y.to(x0.device)).square().mean().sqrt())
 
                 bird = {"image": label, **score_unit(result.image.cpu(), truth), "seconds": result.seconds,
@@ -125,21 +139,24 @@ def main(argv: list[str] | None = None) -> int:
                     bird["noise_sigma_true"] = float((y - truth).std())
                 rows.setdefault((task, "bird"), []).append(bird)
                 candidates = {"default": RefineConfig.for_task(task).to_dict(),
-                              **{name: VARIANTS[name] for name in args.variants}}
+                              **{name: kw for name, kw in VARIANTS[task].items()
+                                 if args.variants is None or name in args.variants}}
                 for name, kwargs in candidates.items():
                     config = RefineConfig(**kwargs)
                     settings[(task, name)] = config.to_dict()
                     start_x0 = (result.solver_result.image if config.start == "bird"
                                 else classical_estimate(y, task, prior.shape[1:]).to(device))
                     nfe0, started = prior.nfe, time.perf_counter()
-                    refined = refine_restoration(prior, start_x0, y.to(device), operator,
-                                                 result.solver_result.operator_state, config, transform=transform,
-                                                 noise_sigma=result.noise_sigma,
-                                                 generator=torch.Generator().manual_seed(args.seed))
-                    rows.setdefault((task, name), []).append({
-                        "image": label, **score_unit(transform(refined).clamp(0, 1).cpu(), truth),
-                        "seconds": result.seconds + time.perf_counter() - started,
-                        "nfe": result.nfe + prior.nfe - nfe0, "misfit": misfit(refined)})
+                    refined, kernels = refine_restoration(prior, start_x0, y.to(device), operator,
+                                                          result.solver_result.operator_state, config,
+                                                          transform=transform, noise_sigma=result.noise_sigma,
+                                                          generator=torch.Generator().manual_seed(args.seed))
+                    row = {"image": label, **score_unit(transform(refined).clamp(0, 1).cpu(), truth),
+                           "seconds": result.seconds + time.perf_counter() - started,
+                           "nfe": result.nfe + prior.nfe - nfe0, "misfit": misfit(refined, kernels)}
+                    if kernels is not None:
+                        row.update(_kernel_scores(SimpleNamespace(kernel=kernels), case, sigma_true))
+                    rows.setdefault((task, name), []).append(row)
                 bar.update(1)
     results = []
     for (task, name), per_image in rows.items():
@@ -164,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}² (prior decoding at {args.size}²); "
         f"BIRD with `BirdConfig.for_task(task, {args.preset!r})`, refinement off (`bird`), then each refinement of it; "
         f"SR x{args.sr_factor}; blind kernel {kernel_size}²; degradations of `benchmarks.photo`; seed {args.seed}.",
-        "- Variants (`RefineConfig` over its defaults t0=400, step=20, cg_iters=5, anchor=0, start=bird): `tT` renoise "
-        "to t0=T; `cgN` CG steps per chain step; `anchorA` anchor weight A·sigma² (sigma: the estimated noise std); "
-        "`stepS` chain step; `estimate+` renoise the classical estimate (observation; bicubic for SR) instead of "
+        "- Variants (`RefineConfig` over its class defaults t0=400, step=20, cg_iters=5, anchor=0, start=bird, samples=1, kernel_refits=0): `tT` renoise "
+        "to t0=T; `cgN` CG steps per chain step; `anchorA` anchor weight A·sigma²·‖A‖² (sigma: the estimated noise std); "
+        "`stepS` chain step; `refitN` N rounds of kernel least squares on the refined image and refinement again (blind deblurring); `samplesN` the mean of N refinements; `estimate+` renoise the classical estimate (observation; bicubic for SR) instead of "
         "BIRD's image; `default` = `RefineConfig.for_task(task)` at the time of the run: "
         + "; ".join(f"{t}: {settings.get((t, 'default'))}" for t in args.tasks) + ".",
         "- PSNR/SSIM with data range 1.0 on [0, 1]; mean ± std over the slices; data misfit = RMS of M(x) - y with "

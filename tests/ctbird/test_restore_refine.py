@@ -95,3 +95,42 @@ def test_noise_estimate_reads_signal_dependent_noise_at_its_average_power():
     from ctbird.restoration_baselines import estimate_noise_sigma
 
     assert estimate_noise_sigma(image + noise) == pytest.approx(float(noise.std()), rel=0.1)
+
+
+def test_kernel_least_squares_recovers_a_motion_kernel_from_the_true_image():
+    from operators.blur import Blur
+
+    from ctbird.restoration_baselines import fit_blur_kernel
+
+    rng = np.random.default_rng(0)
+    from scipy.ndimage import gaussian_filter
+
+    image = gaussian_filter(rng.random((64, 64)), 1.5)
+    truth = np.zeros((9, 9))
+    truth[4, 1:8] = 1.0
+    truth[3, 6:8] = 0.5
+    truth /= truth.sum()
+    with torch.no_grad():
+        blurred = Blur(torch.from_numpy(truth).float(), image_shape=(1, 64, 64))(torch.from_numpy(image).float()[None, None])
+    kernel = fit_blur_kernel(image, blurred[0, 0].numpy().astype(np.float64), 9, iters=500, smoothing_px=0.0)
+    assert kernel.min() >= 0 and kernel.sum() == pytest.approx(1.0)
+    assert np.linalg.norm(kernel - truth) < 0.1 * np.linalg.norm(truth)
+
+
+def test_kernel_refits_replace_the_kernel_and_cost_one_chain_each(gaussian_prior):
+    y, _ = _blurred()
+    settings = dict(prior=gaussian_prior, kernel_size=5, iters=2, delta_t=250)
+    once = restore(y, "gaussian-deblur", refine=RefineConfig(t0=200, step=100), **settings)
+    refit = restore(y, "gaussian-deblur", refine=RefineConfig(t0=200, step=100, kernel_refits=2), **settings)
+    assert refit.nfe == once.nfe + 2 * 3
+    assert refit.kernel.shape == once.kernel.shape and float(refit.kernel.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert not torch.allclose(refit.kernel, once.kernel)
+    assert torch.equal(once.kernel, once.solver_result.kernel)
+
+
+def test_refinement_samples_are_averaged_in_one_batched_chain(gaussian_prior):
+    y, _ = _blurred()
+    settings = dict(prior=gaussian_prior, blind=False, kernel=1.0, iters=2, delta_t=250)
+    one = restore(y, "gaussian-deblur", refine=RefineConfig(t0=200, step=50), **settings)
+    four = restore(y, "gaussian-deblur", refine=RefineConfig(t0=200, step=50, samples=4), **settings)
+    assert four.nfe == one.nfe and four.image.shape == one.image.shape and not torch.allclose(four.image, one.image)
