@@ -418,16 +418,44 @@ def _refine_settings(task: str, refine: RefineConfig | bool | None) -> RefineCon
     return refine if refine.enabled else None
 
 
-def _fit_kernels(images: torch.Tensor, y: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Per item, the blur kernel ``[k, k]`` fitted from ``images`` to ``y`` (``[B, C, H, W]`` in [0, 1], channel
-    means) starting at ``kernels`` ``[B, k, k]`` (:func:`ctbird.restoration_baselines.fit_blur_kernel`)."""
+def _fit_kernels(operator, images: torch.Tensor, y: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Per item, the blur kernel ``[k, k]`` that best maps ``images`` to ``y`` (``[B, C, H, W]`` in [0, 1]) in the blind
+    ``operator``'s family: a Gaussian's width (:func:`_fit_gaussian_width`) for an isotropic ``GaussianBlur``, else a
+    free kernel from ``kernels`` ``[B, k, k]`` (:func:`ctbird.restoration_baselines.fit_blur_kernel`, channel means)."""
+    from operators.blur import GaussianBlur
+
     from .restoration_baselines import fit_blur_kernel
 
-    size = kernels.shape[-1]
-    fitted = [fit_blur_kernel(x.mean(0).detach().cpu().numpy(), obs.mean(0).detach().cpu().numpy(), size,
-                              init=k.detach().cpu().to(torch.float64).numpy())
-              for x, obs, k in zip(images, y, kernels)]
-    return torch.from_numpy(np.stack(fitted)).to(torch.float32)
+    fitted = []
+    for x, obs, k in zip(images, y, kernels):
+        if isinstance(operator, GaussianBlur) and not operator.anisotropic:
+            fitted.append(_fit_gaussian_width(operator, x[None], obs[None]))
+        else:
+            fitted.append(torch.from_numpy(fit_blur_kernel(
+                x.mean(0).detach().cpu().numpy(), obs.mean(0).detach().cpu().numpy(), k.shape[-1],
+                init=k.detach().cpu().to(torch.float64).numpy())).to(torch.float32))
+    return torch.stack(fitted)
+
+
+def _fit_gaussian_width(operator, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The kernel ``[k, k]`` of the width minimizing ``||G_sigma image - y||^2`` (bounded search on ``log sigma``
+    between 0.2 px and half the kernel side), ``G`` a copy of the isotropic ``GaussianBlur`` ``operator``."""
+    import copy
+
+    from scipy.optimize import minimize_scalar
+
+    blur = copy.deepcopy(operator).to(image.device)
+
+    def misfit(log_sigma: float) -> float:
+        with torch.no_grad():
+            blur.log_sigma.fill_(log_sigma)
+            return float((blur(image) - y.to(image.device)).square().mean())
+
+    best = minimize_scalar(misfit, bounds=(math.log(0.2), math.log(blur.kernel_size / 2)), method="bounded",
+                           options={"xatol": 1e-3})
+    with torch.no_grad():
+        blur.log_sigma.fill_(float(best.x))
+        return blur.kernel.detach().cpu().to(torch.float32)
 
 
 def _noise_sigma(y: torch.Tensor) -> list[float]:
@@ -445,8 +473,8 @@ def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor,
     Item ``b`` is renoised to ``refine.t0`` and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the measurement
     model ``operator(transform(x0))``, the operator holding ``operator_state[b]`` (BIRD's estimate, frozen), against
     ``y[b]`` (``refine.samples`` renoisings in one batch, averaged); the anchor weight is ``refine.anchor * noise_sigma[b]**2 * ||A||^2`` (``A``: the model's linear part). With ``refine.kernel_refits`` and a learnable
-    blur, each round fits the kernel to the refined image (:func:`ctbird.restoration_baselines.fit_blur_kernel`) and
-    refines ``x0`` again with it. Returns the refined ``x0`` ``[B, C, h, w]`` and the refitted kernels ``[B, k, k]``
+    blur, each round fits the kernel to the refined image (a Gaussian's width, or a free kernel:
+    :func:`ctbird.restoration_baselines.fit_blur_kernel`) and refines ``x0`` again with it. Returns the refined ``x0`` ``[B, C, h, w]`` and the refitted kernels ``[B, k, k]``
     (None without refits). ``generator`` is cloned per round (each round renoises with the same noise).
     """
     import copy
@@ -470,7 +498,7 @@ def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor,
     kernels = torch.stack(kernels)
     fixed = Blur(kernels[0], image_shape=tuple(operator.in_shape), padding=operator.padding).to(x0.device)
     for _ in range(refine.kernel_refits):
-        kernels = _fit_kernels(transform(refined), y, kernels)
+        kernels = _fit_kernels(frozen, transform(refined), y, kernels)
         if state is not None:
             generator.set_state(state)
         refined = _dds_refine(prior, x0, y, fixed, [{"fixed_kernel": k.to(x0.device)} for k in kernels], refine,

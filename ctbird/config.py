@@ -283,9 +283,10 @@ class RefineConfig(Settings):
         Independent renoisings refined in one batch and averaged (an estimate of the posterior mean; each costs the
         chain's UNet evaluations again, batched).
     kernel_refits : int
-        Blind deblurring: rounds of fitting the blur kernel to the refined image by least squares
-        (:func:`ctbird.restoration_baselines.fit_blur_kernel`, from the current kernel) and refining again, from the
-        same start, with that kernel (each round costs one more chain). 0: BIRD's kernel.
+        Blind deblurring: rounds of fitting the blur kernel to the refined image by least squares (a Gaussian
+        kernel model: its width; a free one: :func:`ctbird.restoration_baselines.fit_blur_kernel` from the current
+        kernel) and refining again, from the same start, with that kernel (each round costs one more chain).
+        0: BIRD's kernel.
     """
 
     label: ClassVar[str] = "refine"

@@ -125,7 +125,22 @@ def test_kernel_refits_replace_the_kernel_and_cost_one_chain_each(gaussian_prior
     assert refit.nfe == once.nfe + 2 * 3
     assert refit.kernel.shape == once.kernel.shape and float(refit.kernel.sum()) == pytest.approx(1.0, abs=1e-5)
     assert not torch.allclose(refit.kernel, once.kernel)
+    assert torch.allclose(refit.kernel[0], refit.kernel[0].T, atol=1e-6)  # the Gaussian model refits its width
     assert torch.equal(once.kernel, once.solver_result.kernel)
+
+
+def test_gaussian_width_fit_recovers_the_blur_of_the_true_image():
+    from operators.blur import GaussianBlur
+
+    from ctbird.api import _fit_gaussian_width
+
+    image = _scene(32)
+    truth = GaussianBlur(1.3, image_shape=(1, 32, 32), kernel_size=9, padding="zeros")
+    with torch.no_grad():
+        y = truth(image)
+    start = GaussianBlur(0.7, image_shape=(1, 32, 32), kernel_size=9, learnable=True, padding="zeros")
+    kernel = _fit_gaussian_width(start, image, y)
+    assert torch.allclose(kernel, truth.kernel, atol=1e-4)
 
 
 def test_refinement_samples_are_averaged_in_one_batched_chain(gaussian_prior):
