@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -282,8 +281,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
             kernel_model: str | None = None, warm_start: bool | None = None,
-            config: BirdConfig | None = None, refine: RefineConfig | bool | None = None, seed: int = 0, device: str | torch.device = "cpu",
-            callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
+            config: BirdConfig | None = None, refine: RefineConfig | bool | None = None, seed: int = 0,
+            device: str | torch.device = "cpu", callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
 
     Parameters
@@ -466,16 +465,19 @@ def _noise_sigma(y: torch.Tensor) -> list[float]:
 
 @torch.no_grad()
 def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor, operator, operator_state: list[dict],
-                       refine: RefineConfig, *, transform: Callable[[torch.Tensor], torch.Tensor], noise_sigma: Sequence[float],
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       refine: RefineConfig, *, transform: Callable[[torch.Tensor], torch.Tensor],
+                       noise_sigma: Sequence[float], generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The DDS refinement of :class:`~ctbird.config.RefineConfig` on restorations ``x0`` ``[B, C, h, w]`` in [-1, 1].
 
-    Item ``b`` is renoised to ``refine.t0`` and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the measurement
-    model ``operator(transform(x0))``, the operator holding ``operator_state[b]`` (BIRD's estimate, frozen), against
-    ``y[b]`` (``refine.samples`` renoisings in one batch, averaged); the anchor weight is ``refine.anchor * noise_sigma[b]**2 * ||A||^2`` (``A``: the model's linear part). With ``refine.kernel_refits`` and a learnable
-    blur, each round fits the kernel to the refined image (a Gaussian's width, or a free kernel:
-    :func:`ctbird.restoration_baselines.fit_blur_kernel`) and refines ``x0`` again with it. Returns the refined ``x0`` ``[B, C, h, w]`` and the refitted kernels ``[B, k, k]``
-    (None without refits). ``generator`` is cloned per round (each round renoises with the same noise).
+    Item ``b`` is renoised to ``refine.t0`` and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the
+    measurement model ``operator(transform(x0))``, the operator holding ``operator_state[b]`` (BIRD's estimate,
+    frozen), against ``y[b]`` (``refine.samples`` renoisings in one batch, averaged; all items in one chain); the
+    anchor weight is ``refine.anchor * noise_sigma[b]**2 * ||A||^2`` (``A``: the model's linear part). With
+    ``refine.kernel_refits`` and a learnable blur, each round fits the kernel to the refined image (a Gaussian's width,
+    or a free kernel: :func:`ctbird.restoration_baselines.fit_blur_kernel`) and refines ``x0`` again with it, renoised
+    with the same noise (``generator``'s state is restored). Returns the refined ``x0`` ``[B, C, h, w]`` and the
+    refitted kernels ``[B, k, k]`` (None without refits).
     """
     import copy
 
@@ -485,7 +487,8 @@ def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor,
     states = list(operator_state) if operator_state else [{}] * x0.shape[0]
     state = generator.get_state() if generator is not None else None
     refined = _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, generator)
-    refit = refine.kernel_refits > 0 and hasattr(operator, "kernel") and any(p.requires_grad for p in operator.parameters())
+    refit = (refine.kernel_refits > 0 and hasattr(operator, "kernel")
+             and any(p.requires_grad for p in operator.parameters()))
     if not refit:
         return refined, None
     from operators.blur import Blur
