@@ -26,10 +26,9 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import (GAUSSIAN_SIGMA_256, RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, markdown_table,
-                               mean_std, observation_view, parse_list, progress, record_markdown, run_script, score_unit,
-                               start_run, write_outputs)
-from benchmarks.studies.tune_restore import _kernel_scores, load_unit_slice
+from benchmarks.common import (RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, kernel_scores,
+                               load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
+                               record_markdown, run_script, score_unit, start_run, write_outputs)
 
 #: Candidate refinements per task (``RefineConfig`` settings over its class defaults).
 VARIANTS: dict[str, dict[str, dict]] = {
@@ -103,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     prior_path = args.prior or default_prior_path()
     prior = DiffusionPrior.from_pretrained(prior_path, device=str(device), image_size=args.size)
     kernel_size = default_kernel_size(args.size)
-    sigma_true = GAUSSIAN_SIGMA_256 * args.size / 256.0
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     rows: dict[tuple[str, str], list[dict]] = {}
     settings: dict[tuple[str, str], dict] = {}
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 bird = {"image": label, **score_unit(result.image.cpu(), truth), "seconds": result.seconds,
                         "nfe": result.nfe, "misfit": misfit(result.solver_result.image),
-                        "noise_sigma": result.noise_sigma[0], **_kernel_scores(result, case, sigma_true)}
+                        "noise_sigma": result.noise_sigma[0], **kernel_scores(result, case)}
                 if task == "denoise":
                     bird["noise_sigma_true"] = float((y - truth).std())
                 rows.setdefault((task, "bird"), []).append(bird)
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                            "seconds": result.seconds + time.perf_counter() - started,
                            "nfe": result.nfe + prior.nfe - nfe0, "misfit": misfit(refined, kernels)}
                     if kernels is not None:
-                        row.update(_kernel_scores(SimpleNamespace(kernel=kernels), case, sigma_true))
+                        row.update(kernel_scores(SimpleNamespace(kernel=kernels), case))
                     rows.setdefault((task, name), []).append(row)
                 bar.update(1)
     results = []
