@@ -555,3 +555,26 @@ def kernel_sigma(kernel: torch.Tensor) -> float:
     rows, cols = k.sum(1), k.sum(0)
     cy, cx = (rows * r).sum(), (cols * r).sum()
     return float((((rows * (r - cy) ** 2).sum() + (cols * (r - cx) ** 2).sum()) / 2).sqrt())
+
+
+def load_unit_slice(spec: str, size: int) -> tuple[torch.Tensor, str]:
+    """A 256² training-stack slice (``STACK.npz:INDEX``) on the prior's [0, 1] scale, resampled to ``[1, size, size]``."""
+    from ctbird.api import resize
+    from ctbird.units import hu_to_unit
+
+    hu, _, label = read_slice(spec, 256, 1.0)
+    unit = torch.from_numpy((hu_to_unit(hu) + 1.0) / 2.0).clamp(0.0, 1.0).to(torch.float32)
+    return resize(unit[None, None], (size, size))[0].clamp(0.0, 1.0), label
+
+
+def kernel_scores(result, case: dict) -> dict:
+    """``{kernel_error, sigma}`` of ``result.kernel`` (``[B, k, k]`` or ``[k, k]``; the first item) against
+    ``case["kernel"]`` (blind deblurring), else ``{}``."""
+    scores = {}
+    kernel = getattr(result, "kernel", None)
+    if "kernel" in case and kernel is not None:
+        estimate = kernel[0].detach().cpu() if kernel.dim() == 3 else kernel.detach().cpu()
+        if estimate.shape == case["kernel"].shape:
+            scores["kernel_error"] = kernel_error(estimate, case["kernel"])
+            scores["sigma"] = kernel_sigma(estimate)
+    return scores

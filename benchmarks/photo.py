@@ -18,7 +18,9 @@ Metrics: PSNR and SSIM with data range 1.0 on [0, 1] images, of the restoration 
 (``input``; bilinear upsampling for SR); for the blind deblurring tasks the kernel error
 ``min_shift ||k_est - k_true||_2 / ||k_true||_2`` (both normalized to sum 1, integer shifts up to ``k // 4``
 allowed: blind deconvolution is shift-ambiguous), also for the solver's initial kernel, and the estimated kernel's
-width (:func:`kernel_sigma`); for denoising the noise level (std of ``y - x``: true, BIRD's residual, wavelet MAD).
+width (:func:`kernel_sigma`); for denoising the noise level (std of ``y - x``: true, BIRD's residual, and the estimate
+:func:`ctbird.restoration_baselines.estimate_noise_sigma` that the refinement uses). ``BIRD raw``: BIRD's image before
+the DDS refinement of :func:`ctbird.restore` (``--no-refine`` skips the refinement).
 Classical baselines (:mod:`ctbird.restoration_baselines`) run on the same observations: Wiener with a Gaussian of
 estimated width and Richardson–Lucy with BIRD's kernel (deblurring), bicubic (SR), TV (denoising), biharmonic
 (inpainting).
@@ -73,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--delta-t", type=int, default=None, help="DDIM step of BIRD's chain (default ctbird.config.BirdConfig.for_task)")
     parser.add_argument("--preset", choices=("auto", "full", "cpu-fast"), default="auto",
                         help="BIRD budget of each task (auto: cpu-fast on a CPU; ctbird.config.BirdConfig.for_task)")
+    parser.add_argument("--no-refine", dest="refine", action="store_false",
+                        help="BIRD's image without the DDS refinement (ctbird.config.RefineConfig.for_task)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="compute device (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents; noise and motion kernels use 1000 + image index")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "photo",
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.api import default_kernel_size, restore
     from ctbird.errors import ConfigError
     from ctbird.priors import default_prior_path, load_prior
-    from ctbird.config import BirdConfig
+    from ctbird.config import BirdConfig, RefineConfig
 
     device, record = start_run(args, argv)
     from ctbird.config import resolve_preset
@@ -185,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = restore(case["y"], task, prior=prior, blind=True, config=BirdConfig.for_task(task, args.preset),
                                  iters=args.iters, sr_factor=args.sr_factor,
                                  kernel_size=kernel_size if task in BLIND_DEBLUR else None, mask=case.get("mask"),
-                                 seed=args.seed, device=device, delta_t=args.delta_t, callback=callback)
+                                 refine=None if args.refine else False, seed=args.seed, device=device,
+                                 delta_t=args.delta_t, callback=callback)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds = time.perf_counter() - started
@@ -194,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 scores, input_scores = score_unit(restored, image[None]), score_unit(observed, image[None])
                 row = {"image": label, **scores, "input_psnr": input_scores["psnr"],
                        "input_ssim": input_scores["ssim"], "seconds": seconds, "nfe": int(result.nfe), "iters_run": int(result.iters_run)}
+                if result.refine is not None:  # BIRD's own image, before the refinement
+                    raw = score_unit(result.solver_result.transformed.clamp(0, 1).cpu(), image[None])
+                    row["bird_psnr"], row["bird_ssim"] = raw["psnr"], raw["ssim"]
                 if task in BLIND_DEBLUR and result.kernel is not None:
                     row["kernel_error"] = kernel_error(result.kernel[0].cpu(), case["kernel"])
                     row["initial_kernel_error"] = kernel_error(initial_kernel(task, kernel_size, tuple(image.shape)),
@@ -201,11 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 if task in BLIND_DEBLUR and result.kernel is not None:
                     row["sigma_estimate"] = kernel_sigma(result.kernel[0].cpu())
                 if task == "denoise":
-                    from ctbird.restoration_baselines import estimate_noise_sigma
-
                     row["noise_sigma_true"] = float((case["y"] - image[None]).std())
                     row["noise_sigma_bird"] = float((case["y"] - restored).std())
-                    row["noise_sigma_mad"] = estimate_noise_sigma(case["y"][0].numpy())
+                    row["noise_sigma_estimate"] = result.noise_sigma[0]
                 row["baselines"] = run_baselines(task, case, image, result, args.sr_factor)
                 per_task[task].append(row)
                 if index == 0:
@@ -216,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for task, rows in per_task.items():
         summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task, args.preset).iters}
-        for key in ("psnr", "ssim", "input_psnr", "input_ssim", "kernel_error", "initial_kernel_error", "sigma_estimate",
-                    "noise_sigma_true", "noise_sigma_bird", "noise_sigma_mad", "seconds", "nfe"):
+        for key in ("psnr", "ssim", "input_psnr", "input_ssim", "bird_psnr", "bird_ssim", "kernel_error",
+                    "initial_kernel_error", "sigma_estimate", "noise_sigma_true", "noise_sigma_bird",
+                    "noise_sigma_estimate", "seconds", "nfe"):
             values = [r[key] for r in rows if key in r]
             if values:
                 summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "prior": prior_label, "prior_size": prior.image_size, "prior_channels": prior.channels, "size": size,
         "delta_t": args.delta_t or BirdConfig.for_task(args.tasks[0], args.preset).delta_t, "iters": args.iters,
         "preset": args.preset, "task_defaults": {t: BirdConfig.for_task(t, args.preset).to_dict() for t in args.tasks},
+        "refine": {t: RefineConfig.for_task(t).to_dict() if args.refine else None for t in args.tasks},
         "kernel_size": kernel_size, "gaussian_sigma_px": GAUSSIAN_SIGMA_256 * size / 256.0, "sr_factor": args.sr_factor,
         "inpaint_hole_px": int(round(HOLE_256 * size / 256)), "metric_data_range": 1.0, "seed": args.seed,
         "noise": "SpeckleGaussianNoise() for deblur/sr/inpaint, (speckle 0.4, gaussian 0.15, clip) for denoise; "
@@ -267,6 +275,9 @@ def photo_markdown(record, settings, images, results, figures, args) -> str:
              f"- BIRD: iterations {settings['iters'] or 'the defaults of each task (BirdConfig.for_task)'}, delta_t {settings['delta_t']}; blind kernel "
              f"{settings['kernel_size']}x{settings['kernel_size']}, true Gaussian sigma {settings['gaussian_sigma_px']:.2f} px; "
              f"SR x{settings['sr_factor']}; inpainting hole {settings['inpaint_hole_px']} px",
+             f"- Refinement after BIRD (`RefineConfig.for_task`): " + "; ".join(
+                 f"{task}: {', '.join(f'{k}={v}' for k, v in refine.items()) if refine else 'off'}"
+                 for task, refine in settings["refine"].items()),
              f"- Noise: {settings['noise']}",
              "- Metrics: PSNR/SSIM with data range 1.0 on [0, 1]; `input` = the observation itself (bilinearly upsampled "
              "for SR); kernel error = min over shifts of ||k_est - k_true|| / ||k_true|| (sums normalized to 1).", ""]
@@ -274,15 +285,17 @@ def photo_markdown(record, settings, images, results, figures, args) -> str:
     for r in results:
         rows.append([r["task"], r["iters"], fmt(r["psnr_mean"], r["psnr_std"]), fmt(r["ssim_mean"], r["ssim_std"], 3),
                      fmt(r["input_psnr_mean"], r["input_psnr_std"]), fmt(r["input_ssim_mean"], r["input_ssim_std"], 3),
+                     f"{fmt(r['bird_psnr_mean'])} / {fmt(r['bird_ssim_mean'], None, 3)}" if "bird_psnr_mean" in r else "–",
                      fmt(r.get("kernel_error_mean", float("nan")), r.get("kernel_error_std"), 3),
                      fmt(r.get("initial_kernel_error_mean", float("nan")), None, 3),
                      fmt(r["seconds_mean"]), fmt(r["nfe_mean"], None, 0),
                      "; ".join(f"{name} {fmt(r[f'{name}_psnr_mean'])} / {fmt(r[f'{name}_ssim_mean'], None, 3)}"
                                for name in _baseline_names(r)) or "–",
                      fmt(r["sigma_estimate_mean"]) if "sigma_estimate_mean" in r else
-                     (f"BIRD {fmt(r['noise_sigma_bird_mean'], None, 3)}, MAD {fmt(r['noise_sigma_mad_mean'], None, 3)} "
+                     (f"BIRD {fmt(r['noise_sigma_bird_mean'], None, 3)}, estimate {fmt(r['noise_sigma_estimate_mean'], None, 3)} "
                       f"(true {fmt(r['noise_sigma_true_mean'], None, 3)})" if "noise_sigma_true_mean" in r else "–")])
-    lines += [markdown_table(["task", "iters", "PSNR (dB)", "SSIM", "input PSNR", "input SSIM", "kernel error",
+    lines += [markdown_table(["task", "iters", "PSNR (dB)", "SSIM", "input PSNR", "input SSIM",
+                              "BIRD raw PSNR / SSIM", "kernel error",
                               "initial kernel error", "s / image", "NFE / image", "baselines PSNR / SSIM",
                               "kernel sigma / noise level"], rows), ""]
     lines += [f"![{f}](figures/{f})" for f in figures]
@@ -290,8 +303,8 @@ def photo_markdown(record, settings, images, results, figures, args) -> str:
 
 
 def _baseline_names(summary: dict) -> list[str]:
-    return [key[:-len("_psnr_mean")] for key in summary if key.endswith("_psnr_mean") and key != "input_psnr_mean"
-            and not key.startswith("psnr")]
+    return [key[:-len("_psnr_mean")] for key in summary if key.endswith("_psnr_mean")
+            and key not in ("input_psnr_mean", "bird_psnr_mean") and not key.startswith("psnr")]
 
 
 def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str]:

@@ -37,6 +37,7 @@ _LAZY = {
     "FBPConfig": "ctbird.config",
     "SIRTConfig": "ctbird.config",
     "TVConfig": "ctbird.config",
+    "RefineConfig": "ctbird.config",
     "PRESETS": "ctbird.config",
     "reconstruct_volume": "ctbird.volume",
     "VolumeResult": "ctbird.volume",
@@ -58,7 +59,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["reconstruct", "restore", "Reconstruction", "Restoration", "Acquisition", "score_ct",
-           "BirdConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "PRESETS", "DiffusionPrior",
+           "BirdConfig", "DPSConfig", "FBPConfig", "SIRTConfig", "TVConfig", "RefineConfig", "PRESETS",
+           "DiffusionPrior",
            "default_prior_path", "BIRD", "BirdResult", "EarlyStopping", "DPS", "DPSResult", "CtbirdError",
            "InputError", "ConfigError", "PriorError", "OutputError", "__version__",
            "reconstruct_volume", "VolumeResult", "write_volume_outputs", "read_volume"]

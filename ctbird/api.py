@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import RESTORE_SETUP, RESTORE_TASKS, BirdConfig, Settings
+from .config import RESTORE_SETUP, RESTORE_TASKS, BirdConfig, RefineConfig, Settings
 from .errors import ConfigError, InputError
 from .limits import check_run_fits, check_sizes, estimate_run, validate_device
 from .methods import REGISTRY, CTProblem, Reconstruction, get_method, resize
@@ -47,8 +47,13 @@ class Restoration:
         Run record.
     config : BirdConfig
         The settings BIRD ran with.
+    refine : RefineConfig or None
+        The DDS refinement that ran after BIRD (``None``: off; ``.image`` is then BIRD's).
+    noise_sigma : list of float
+        Estimated noise std of each observation on [0, 1] (:func:`ctbird.restoration_baselines.estimate_noise_sigma`).
     solver_result : BirdResult
-        The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...).
+        The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...); ``transformed`` is BIRD's
+        image before the refinement.
     """
 
     image: torch.Tensor
@@ -65,6 +70,8 @@ class Restoration:
     solver_result: BirdResult | None = None
     method: str = "bird"
     config: BirdConfig | None = None
+    refine: RefineConfig | None = None
+    noise_sigma: list[float] | None = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -274,8 +281,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
             kernel_model: str | None = None, warm_start: bool | None = None,
-            config: BirdConfig | None = None, seed: int = 0, device: str | torch.device = "cpu",
-            callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
+            config: BirdConfig | None = None, refine: RefineConfig | bool | None = None, seed: int = 0,
+            device: str | torch.device = "cpu", callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
 
     Parameters
@@ -309,6 +316,10 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         :data:`ctbird.config.RESTORE_SETUP`.
     config : BirdConfig or None
         BIRD's settings; ``None`` = the task's, ``BirdConfig.for_task(task)``. ``data_filter`` must be ``None``.
+    refine : RefineConfig, bool or None
+        The DDS refinement after BIRD (:class:`~ctbird.config.RefineConfig`: BIRD's ``x0`` renoised to ``t0`` and
+        sampled back with the estimated operator frozen and CG data-consistency steps). ``None`` or ``True``: the
+        task's, ``RefineConfig.for_task(task)``; ``False`` (or ``t0=0``): BIRD's image as it is.
     **settings
         Single BIRD settings overriding ``config`` (``iters=50, n_samples=4...``; ``None`` keeps a setting).
     seed, device, callback
@@ -330,6 +341,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     config = config.with_overrides(**settings)
     if config.data_filter is not None:
         raise ConfigError("data_filter weighs CT sinograms; restore() needs data_filter=None.")
+    refine = _refine_settings(task, refine)
     if prior is None:
         raise ConfigError("restore() needs prior=: a diffusers folder or hub id holding a photograph UNet2DModel.")
     y = _photo(image)
@@ -357,23 +369,192 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         return resize((x0 + 1.0) / 2.0, (out_h, out_w))
 
     bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
-    init_latent = None
+    generator = _generator(seed)
     if warm_start is None:
         warm_start = RESTORE_SETUP[task].get("warm_start", False)
+    estimate = None
+    if warm_start or (refine is not None and refine.start == "estimate"):
+        estimate = classical_estimate(y, task, model.shape[1:]).to(dev)
+    init_latent, warm_nfe = None, 0
     if warm_start:
-        estimate = resize(y, model.shape[1:]) if task != "sr" else F.interpolate(y, size=model.shape[1:], mode="bicubic")
         nfe0 = model.nfe
-        init_latent = ddim_invert(model, estimate.clamp(0, 1).to(dev) * 2.0 - 1.0, config.delta_t)
-        init_latent = init_latent.repeat_interleave(config.n_samples, dim=0)
+        init_latent = ddim_invert(model, estimate, config.delta_t).repeat_interleave(config.n_samples, dim=0)
         warm_nfe = model.nfe - nfe0
-    out = bird.run(y.to(dev), generator=_generator(seed), init_latent=init_latent)
-    if warm_start:
-        out.nfe += warm_nfe
+    out = bird.run(y.to(dev), generator=generator, init_latent=init_latent)
+    out.nfe += warm_nfe
+    noise_sigma = _noise_sigma(y)
+    image, nfe, seconds, kernel = out.transformed, out.nfe, out.seconds, out.kernel
+    if refine is not None:
+        nfe0, start = model.nfe, time.perf_counter()
+        start_x0 = out.image if refine.start == "bird" else estimate
+        refined, refitted = refine_restoration(model, start_x0, y.to(dev), operator, out.operator_state, refine,
+                                               transform=measurement_input, noise_sigma=noise_sigma,
+                                               generator=_generator(seed))
+        kernel = refitted if refitted is not None else kernel
+        image = measurement_input(refined)
+        nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out.uncertainty is not None else None
-    return Restoration(image=out.transformed.clamp(0.0, 1.0), kernel=out.kernel, uncertainty=uncertainty, task=task,
-                       blind=blind and learnable, seconds=out.seconds, nfe=out.nfe, loss_history=out.loss_history,
+    return Restoration(image=image.clamp(0.0, 1.0), kernel=kernel, uncertainty=uncertainty, task=task,
+                       blind=blind and learnable, seconds=seconds, nfe=nfe, loss_history=out.loss_history,
                        grad_mode=out.grad_mode, delta_t=out.delta_t, iters_run=out.iters_run, solver_result=out,
-                       config=config)
+                       config=config, refine=refine, noise_sigma=noise_sigma)
+
+
+def classical_estimate(y: torch.Tensor, task: str, size: tuple[int, int]) -> torch.Tensor:
+    """The classical estimate ``[B, C, *size]`` in [-1, 1] that warm starts (and may start the refinement) from: the
+    observation ``y`` ``[B, C, H, W]`` in [0, 1] resampled to ``size``, bicubic upsampling for ``task="sr"``."""
+    up = resize(y, size) if task != "sr" else F.interpolate(y, size=size, mode="bicubic")
+    return up.clamp(0.0, 1.0) * 2.0 - 1.0
+
+
+def _refine_settings(task: str, refine: RefineConfig | bool | None) -> RefineConfig | None:
+    if refine is None or refine is True:
+        refine = RefineConfig.for_task(task)
+    elif refine is False:
+        return None
+    elif not isinstance(refine, RefineConfig):
+        raise ConfigError(f"refine must be a RefineConfig, True, False or None, got {type(refine).__name__}.")
+    return refine if refine.enabled else None
+
+
+def _fit_kernels(operator, images: torch.Tensor, y: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Per item, the blur kernel ``[k, k]`` that best maps ``images`` to ``y`` (``[B, C, H, W]`` in [0, 1]) in the blind
+    ``operator``'s family: a Gaussian's width (:func:`_fit_gaussian_width`) for an isotropic ``GaussianBlur``, else a
+    free kernel from ``kernels`` ``[B, k, k]`` (:func:`ctbird.restoration_baselines.fit_blur_kernel`, channel means)."""
+    from operators.blur import GaussianBlur
+
+    from .restoration_baselines import fit_blur_kernel
+
+    fitted = []
+    for x, obs, k in zip(images, y, kernels):
+        if isinstance(operator, GaussianBlur) and not operator.anisotropic:
+            fitted.append(_fit_gaussian_width(operator, x[None], obs[None]))
+        else:
+            fitted.append(torch.from_numpy(fit_blur_kernel(
+                x.mean(0).detach().cpu().numpy(), obs.mean(0).detach().cpu().numpy(), k.shape[-1],
+                init=k.detach().cpu().to(torch.float64).numpy())).to(torch.float32))
+    return torch.stack(fitted)
+
+
+def _fit_gaussian_width(operator, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The kernel ``[k, k]`` of the width minimizing ``||G_sigma image - y||^2`` (bounded search on ``log sigma``
+    between 0.2 px and half the kernel side), ``G`` a copy of the isotropic ``GaussianBlur`` ``operator``."""
+    import copy
+
+    from scipy.optimize import minimize_scalar
+
+    blur = copy.deepcopy(operator).to(image.device)
+
+    def misfit(log_sigma: float) -> float:
+        with torch.no_grad():
+            blur.log_sigma.fill_(log_sigma)
+            return float((blur(image) - y.to(image.device)).square().mean())
+
+    best = minimize_scalar(misfit, bounds=(math.log(0.2), math.log(blur.kernel_size / 2)), method="bounded",
+                           options={"xatol": 1e-3})
+    with torch.no_grad():
+        blur.log_sigma.fill_(float(best.x))
+        return blur.kernel.detach().cpu().to(torch.float32)
+
+
+def _noise_sigma(y: torch.Tensor) -> list[float]:
+    from .restoration_baselines import estimate_noise_sigma
+
+    return [estimate_noise_sigma(item) for item in y.detach().cpu().numpy()]
+
+
+@torch.no_grad()
+def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor, operator, operator_state: list[dict],
+                       refine: RefineConfig, *, transform: Callable[[torch.Tensor], torch.Tensor],
+                       noise_sigma: Sequence[float], generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The DDS refinement of :class:`~ctbird.config.RefineConfig` on restorations ``x0`` ``[B, C, h, w]`` in [-1, 1].
+
+    Item ``b`` is renoised to ``refine.t0`` and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the
+    measurement model ``operator(transform(x0))``, the operator holding ``operator_state[b]`` (BIRD's estimate,
+    frozen), against ``y[b]`` (``refine.samples`` renoisings in one batch, averaged; all items in one chain); the
+    anchor weight is ``refine.anchor * noise_sigma[b]**2 * ||A||^2`` (``A``: the model's linear part). With
+    ``refine.kernel_refits`` and a learnable blur, each round fits the kernel to the refined image (a Gaussian's width,
+    or a free kernel: :func:`ctbird.restoration_baselines.fit_blur_kernel`) and refines ``x0`` again with it, renoised
+    with the same noise (``generator``'s state is restored). Returns the refined ``x0`` ``[B, C, h, w]`` and the
+    refitted kernels ``[B, k, k]`` (None without refits).
+    """
+    import copy
+
+    frozen = copy.deepcopy(operator).to(x0.device)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    states = list(operator_state) if operator_state else [{}] * x0.shape[0]
+    state = generator.get_state() if generator is not None else None
+    refined = _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, generator)
+    refit = (refine.kernel_refits > 0 and hasattr(operator, "kernel")
+             and any(p.requires_grad for p in operator.parameters()))
+    if not refit:
+        return refined, None
+    from operators.blur import Blur
+
+    kernels = []
+    for item_state in states:
+        if item_state:
+            frozen.load_state_dict(item_state)
+        kernels.append(frozen.kernel.detach().reshape(frozen.kernel.shape[-2:]).cpu())
+    kernels = torch.stack(kernels)
+    fixed = Blur(kernels[0], image_shape=tuple(operator.in_shape), padding=operator.padding).to(x0.device)
+    for _ in range(refine.kernel_refits):
+        kernels = _fit_kernels(frozen, transform(refined), y, kernels)
+        if state is not None:
+            generator.set_state(state)
+        refined = _dds_refine(prior, x0, y, fixed, [{"fixed_kernel": k.to(x0.device)} for k in kernels], refine,
+                              transform, noise_sigma, generator)
+    return refined, kernels
+
+
+def _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, generator) -> torch.Tensor:
+    """One renoise-and-sample pass of :func:`refine_restoration`: every item's ``refine.samples`` renoisings in one
+    chain (item ``b``'s measurement model ``frozen`` loaded with ``states[b]``), averaged per item."""
+    import copy
+
+    from .solvers.dds import dds_chain
+
+    batch, k = x0.shape[0], refine.samples
+    ops = []
+    for state in states:
+        op = copy.deepcopy(frozen)
+        if state:
+            op.load_state_dict(state)
+        ops.append(op)
+
+    def measure(v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([op(transform(part)) for op, part in zip(ops, v.split(k))], dim=0)
+
+    alpha = prior.schedule.alpha(refine.t0)
+    pairs = [(t, t - refine.step) for t in range(refine.t0, -1, -refine.step)]  # the last t_prev is negative
+    start = x0.repeat_interleave(k, dim=0)
+    noise = torch.randn(start.shape, generator=generator).to(x0.device)
+    x_t = math.sqrt(alpha) * start + math.sqrt(1.0 - alpha) * noise
+    weight: float | torch.Tensor = 0.0
+    if refine.anchor > 0:  # per sample, broadcast in the CG normal operator
+        weight = torch.tensor([refine.anchor * sigma ** 2 * _squared_norm(lambda v, op=op: op(transform(v)), x0[:1])
+                               for op, sigma in zip(ops, noise_sigma)], dtype=x0.dtype, device=x0.device)
+        weight = weight.repeat_interleave(k).view(-1, *([1] * (x0.dim() - 1)))
+    refined = dds_chain(prior, x_t, pairs, measure=measure, y=y.repeat_interleave(k, dim=0), cg_iters=refine.cg_iters,
+                        eta=0.0, weight=weight)
+    return refined.view(batch, k, *x0.shape[1:]).mean(dim=1)
+
+
+def _squared_norm(measure: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, iters: int = 10) -> float:
+    """``||A||^2`` of the linear part ``A`` of the affine ``measure`` by power iteration on ``A^T A`` (seeded)."""
+    offset = measure(torch.zeros_like(like))
+    v = torch.randn(like.shape, generator=torch.Generator().manual_seed(0)).to(like)
+    value = 0.0
+    for _ in range(iters):
+        v = v / v.norm()
+        with torch.enable_grad():
+            d = v.clone().requires_grad_(True)
+            out = measure(d) - offset
+            v, = torch.autograd.grad(out, d, grad_outputs=out)
+        value = float(v.norm())
+    return value
 
 
 @torch.no_grad()

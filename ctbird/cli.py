@@ -29,7 +29,7 @@ from operators.errors import OperatorError
 
 from .cli_calibration import (calibrate_acquisition, calibration_options, check_calibration_options,
                               simulated_errors, write_calibrated_geometry)
-from .config import METHOD_CONFIGS, PRESETS, RESTORE_TASKS, BirdConfig, Settings, resolve_preset
+from .config import METHOD_CONFIGS, PRESETS, RESTORE_TASKS, BirdConfig, RefineConfig, Settings, resolve_preset
 from .errors import ConfigError, CtbirdError, InputError
 from .units import EVAL_HU_RANGE, WINDOWS
 
@@ -612,6 +612,9 @@ def _json_default(value):
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: the task's own).")
 @click.option("--preset", "restore_preset", type=click.Choice(["auto", "full", "cpu-fast"]), default="auto",
               show_default=True, help="BIRD budget: auto = cpu-fast on a CPU (ctbird.config.RESTORE_CPU_BUDGET).")
+@click.option("--refine/--no-refine", default=True, show_default=True,
+              help="Refine BIRD's image by the DDS chain with its estimated operator frozen (ctbird.config.RefineConfig; "
+                   "settings in a [refinement] table of --config).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--anonymize/--no-anonymize", default=False, show_default=True,
@@ -628,8 +631,8 @@ def restore_command(ctx: click.Context, image_path: Path, config: Path | None, *
     IMAGE is a PNG/JPEG/TIFF picture or a CT DICOM file/folder (its middle slice; the output then also holds
     restored.dcm, a derived DICOM in HU)."""
     with _errors_as_click():
-        params, tables = _apply_config_file(ctx, str(config) if config else None, tables=("bird",))
-        _restore(image_path.expanduser(), params, tables.get("bird"))
+        params, tables = _apply_config_file(ctx, str(config) if config else None, tables=("bird", "refinement"))
+        _restore(image_path.expanduser(), params, tables.get("bird"), tables.get("refinement"))
 
 
 def _restore_operator_inputs(params: dict[str, Any], shape: tuple[int, int]):
@@ -683,7 +686,8 @@ def _kernel_file(text: str | None) -> str | None:
     return None
 
 
-def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | None) -> None:
+def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | None,
+             refine_table: dict[str, Any] | None = None) -> None:
     import torch
 
     from .cli_safety import RunSafety
@@ -697,6 +701,8 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
     defaults = BirdConfig.for_task(params["task"], params["restore_preset"])
     config = _settings_from_table(BirdConfig, defaults, table, f"[bird] in {params['config']}")
     config = config.with_overrides(iters=params["iters"], delta_t=params["delta_t"])
+    refine = (_settings_from_table(RefineConfig, RefineConfig.for_task(params["task"]), refine_table,
+                                   f"[refinement] in {params['config']}") if params["refine"] else False)
     methods = _restore_methods(params["task"], params["restore_methods"])
     if "bird" in methods and not params["prior"]:
         raise ConfigError("--prior is required for restore: a diffusers folder or hub id of a photograph prior.")
@@ -727,7 +733,7 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         with _step_bar(quiet=params["quiet"], desc=f"restore ({params['task']})", total=config.iters) as callback:
             result = api.restore(torch.from_numpy(observed)[None], params["task"], prior=prior, blind=params["blind"],
                                  sr_factor=params["sr_factor"], kernel=kernel_arg, mask=mask_arg, config=config,
-                                 seed=params["seed"], device=device, callback=callback)
+                                 refine=refine, seed=params["seed"], device=device, callback=callback)
     else:
         result = None
     baselines = _restore_baselines(methods, observed, params, kernel_arg, mask_arg, result)
@@ -739,11 +745,13 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
                                "prior": str(params["prior"]) if result is not None else None,
                                "seed": params["seed"], "seconds": round(primary.seconds, 3),
                                "nfe": result.nfe if result is not None else 0,
-                               "settings": result.config.to_dict() if result is not None else None}
+                               "settings": result.config.to_dict() if result is not None else None,
+                               "refine": (result.refine.to_dict() if result.refine is not None else None)
+                               if result is not None else None}
     if params["task"] == "denoise":
         from .restoration_baselines import estimate_noise_sigma
 
-        summary["noise_sigma_estimate"] = {"wavelet_mad": estimate_noise_sigma(observed)}
+        summary["noise_sigma_estimate"] = {"wavelet": estimate_noise_sigma(observed)}
         if result is not None:
             summary["noise_sigma_estimate"]["bird_residual"] = float(np.std(observed - restored))
     if reference is not None:
@@ -801,7 +809,10 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k != "config"}
         write_text_atomic(staging / "config.toml", to_toml(safety.public({"input": label, **options}),
                                                            header="ctbird restore: resolved configuration",
-                                                           tables={"bird": result.config.to_dict()} if result else {}))
+                                                           tables={"bird": result.config.to_dict(),
+                                                                   **({"refinement": result.refine.to_dict()}
+                                                                      if result.refine is not None else {})}
+                                                           if result else {}))
     if not params["quiet"]:
         click.echo(f"Wrote the restored image to {out}", err=True)
 

@@ -271,6 +271,82 @@ RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 #: DDIM chains of 3 steps (about 100 UNet evaluations; 256²: about 25 s on 2 idle cores, under 3 minutes loaded).
 RESTORE_CPU_BUDGET: Mapping[str, Any] = MappingProxyType({"iters": 30, "delta_t": 333})
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RefineConfig(Settings):
+    """The DDS refinement that :func:`ctbird.restore` runs after BIRD, with the operator BIRD estimated frozen.
+
+    BIRD's ``x0`` is renoised to timestep ``t0`` (``x_t0 = sqrt(a) x0 + sqrt(1 - a) eps``) and the DDS chain
+    (:func:`ctbird.solvers.dds.dds_chain`) runs from it to ``t = 0`` in steps of ``step``, each Tweedie estimate pulled
+    toward the observation by ``cg_iters`` conjugate-gradient steps on ``||M(x0) - y||^2 + w ||x0 - x0_hat||^2``.
+
+    Attributes
+    ----------
+    t0 : int
+        Timestep BIRD's result is renoised to; ``0`` turns the refinement off (the result is BIRD's).
+    step : int
+        DDIM step of the chain (``t0 // step + 1`` UNet evaluations).
+    cg_iters : int
+        CG steps per chain step (0: the chain only denoises).
+    anchor : float
+        ``w = anchor * sigma^2 * ||A||^2`` with ``sigma`` the observation's estimated noise std on [0, 1]
+        (:func:`ctbird.restoration_baselines.estimate_noise_sigma`) and ``A`` the measurement model's linear part
+        (power iteration): noisier data lean more on the prior.
+    start : {"bird", "estimate"}
+        What is renoised: BIRD's ``x0``, or the classical estimate of the warm start (the observation; bicubic
+        upsampling for SR), the operator still BIRD's.
+    samples : int
+        Independent renoisings refined in one batch and averaged (an estimate of the posterior mean; each costs the
+        chain's UNet evaluations again, batched).
+    kernel_refits : int
+        Blind deblurring: rounds of fitting the blur kernel to the refined image by least squares (a Gaussian
+        kernel model: its width; a free one: :func:`ctbird.restoration_baselines.fit_blur_kernel` from the current
+        kernel) and refining again, from the same start, with that kernel (each round costs one more chain).
+        0: BIRD's kernel.
+    """
+
+    label: ClassVar[str] = "refine"
+
+    t0: int = 400
+    step: int = 20
+    cg_iters: int = 5
+    anchor: float = 0.0
+    start: Literal["bird", "estimate"] = "bird"
+    samples: int = 1
+    kernel_refits: int = 0
+
+    def _validate(self) -> None:
+        self._int("samples")
+        self._choice("start", ("bird", "estimate"))
+        self._int("kernel_refits", 0)
+        self._int("t0", 0)
+        self._int("step")
+        self._int("cg_iters", 0)
+        self._float("anchor")
+        if self.t0 >= 1000:
+            raise self._fail("t0", "below 1000 (the prior's training timesteps)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the refinement runs (``t0 > 0``)."""
+        return self.t0 > 0
+
+    @classmethod
+    def for_task(cls, task: str) -> RefineConfig:
+        """The measured refinement of a restoration task (:data:`RESTORE_REFINE`)."""
+        if task not in RESTORE_REFINE:
+            raise ConfigError(f"Unknown task {task!r}; use one of {', '.join(RESTORE_TASKS)}.")
+        return cls(**RESTORE_REFINE[task])
+
+
+#: Each restoration task's refinement over :class:`RefineConfig`'s defaults (docs/results/tuning/refine_*.md).
+RESTORE_REFINE: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "gaussian-deblur": MappingProxyType({"t0": 200, "anchor": 1200.0, "samples": 4}),
+    "motion-deblur": MappingProxyType({"t0": 200, "anchor": 4000.0, "start": "estimate", "samples": 4}),
+    "sr": MappingProxyType({"t0": 100, "anchor": 20000.0, "start": "estimate", "samples": 4}),
+    "denoise": MappingProxyType({"t0": 60, "cg_iters": 0, "samples": 8}),
+    "inpaint": MappingProxyType({"t0": 800, "step": 40, "anchor": 4000.0, "samples": 4}),
+})
+
 #: Named BIRD budgets (settings that differ from :class:`BirdConfig`'s defaults).
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "full": MappingProxyType({}),
@@ -385,6 +461,7 @@ METHOD_CONFIGS: Mapping[str, type[Settings]] = MappingProxyType({
 
 
 __all__ = ["Settings", "METHOD_CONFIGS", "BirdConfig", "DPSConfig", "DDSConfig", "FBPConfig", "SIRTConfig",
-           "TVConfig", "PRESETS", "resolve_preset", "EarlyStopping", "RESTORE_TASKS", "RESTORE_CPU_BUDGET", "RESTORE_SETUP",
+           "TVConfig", "RefineConfig", "RESTORE_REFINE", "PRESETS", "resolve_preset", "EarlyStopping", "RESTORE_TASKS",
+           "RESTORE_CPU_BUDGET", "RESTORE_SETUP",
            "LATENT_OPTIMIZERS", "LATENT_LR_SCHEDULES", "LOSSES",
            "FBP_FILTERS"]

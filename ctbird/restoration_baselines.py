@@ -29,8 +29,16 @@ from .errors import ConfigError
 TASK_BASELINES = {"gaussian-deblur": ("wiener", "richardson-lucy"), "motion-deblur": ("wiener", "richardson-lucy"),
                   "sr": ("bicubic",), "denoise": ("tv",), "inpaint": ("biharmonic",)}
 BASELINES = ("wiener", "richardson-lucy", "tv", "biharmonic", "bicubic")
-#: TV weight of ``denoise_tv_chambolle`` per unit of estimated noise std.
-TV_WEIGHT_PER_SIGMA = 1.0
+#: TV weight of ``denoise_tv_chambolle`` per unit of estimated noise std (best of 0.4-3.0 on 4 CT training slices at
+#: 256² with the denoising benchmark noise: 33.4 dB at 1.3, 30.8 dB at 0.6).
+TV_WEIGHT_PER_SIGMA = 1.3
+#: Block side (in diagonal Haar coefficients, i.e. twice as many pixels) of :func:`estimate_noise_sigma`.
+NOISE_BLOCK = 8
+#: FISTA iterations of :func:`fit_blur_kernel`.
+KERNEL_FIT_ITERS = 300
+#: Pre-smoothing width (px at 256 px) of :func:`fit_blur_kernel` (CT training slices, true image: motion-kernel error
+#: 0.73 unsmoothed, 0.38-0.43 at 1.5 px, 0.42-0.46 at 2 px).
+KERNEL_FIT_SMOOTHING_256 = 1.5
 #: Richardson–Lucy iterations.
 RL_ITERS = 30
 
@@ -55,14 +63,26 @@ def task_baselines(task: str) -> tuple[str, ...]:
 
 
 def estimate_noise_sigma(image: np.ndarray) -> float:
-    """Noise std of a ``[H, W]`` or ``[C, H, W]`` image: Donoho's wavelet MAD, ``median(|HH|) / 0.6745`` of the
-    finest diagonal Haar detail (as ``skimage.restoration.estimate_sigma``, without needing PyWavelets), averaged
-    over the channels."""
+    """Noise std of a ``[H, W]`` or ``[C, H, W]`` image from its finest diagonal Haar detail ``HH`` (orthonormal: white
+    noise of std ``s`` gives ``HH`` of std ``s``), averaged over the channels.
+
+    ``HH`` is cut into blocks of ``NOISE_BLOCK`` x ``NOISE_BLOCK`` coefficients; each block's level is Donoho's MAD,
+    ``median(|HH|) / 0.6745`` (robust to the few edge coefficients a block holds), and the estimate is the root mean
+    square of the block levels. Signal-dependent noise (speckle) is thus read at its average power, where one MAD over
+    the whole image reads the median pixel's: 40 % low on speckled CT training slices, within 7 % this way.
+    """
     planes = image if image.ndim == 3 else image[None]
     h, w = planes.shape[-2] // 2 * 2, planes.shape[-1] // 2 * 2
     p = planes[:, :h, :w].astype(np.float64)
     detail = (p[:, 0::2, 0::2] - p[:, 0::2, 1::2] - p[:, 1::2, 0::2] + p[:, 1::2, 1::2]) / 2.0
-    return float(np.mean([np.median(np.abs(d)) / 0.6745 for d in detail]))
+    b = min(NOISE_BLOCK, *detail.shape[-2:])
+    rows, cols = detail.shape[-2] // b * b, detail.shape[-1] // b * b
+    sigmas = []
+    for d in detail:
+        blocks = d[:rows, :cols].reshape(rows // b, b, cols // b, b).transpose(0, 2, 1, 3).reshape(-1, b * b)
+        levels = np.median(np.abs(blocks), axis=1) / 0.6745
+        sigmas.append(float(np.sqrt(np.mean(levels ** 2))))
+    return float(np.mean(sigmas))
 
 
 def estimate_gaussian_sigma(image: np.ndarray, max_sigma: float | None = None) -> float:
@@ -100,6 +120,60 @@ def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     r = np.arange(size) - (size - 1) / 2.0
     g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * sigma * sigma))
     return g / g.sum()
+
+
+def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, init: np.ndarray | None = None,
+                    iters: int = KERNEL_FIT_ITERS, smoothing_px: float | None = None) -> np.ndarray:
+    """The blur kernel ``[size, size]`` (non-negative, sum 1) that best maps ``image`` to ``observation`` (``[H, W]``).
+
+    Least squares ``min_k ||g * (k * dx - dy)||^2`` over the simplex by FISTA with the exact projection, where ``d``
+    are the horizontal and vertical finite differences (edges carry the kernel's information), ``g`` a Gaussian
+    pre-smoothing of width ``smoothing_px`` (default ``KERNEL_FIT_SMOOTHING_256 * H / 256``: it damps the noise,
+    which dominates the highest frequencies; convolutions commute, so the model stays exact), ``*`` true
+    convolution (as :class:`operators.blur.Blur`) computed by FFT, and the residual scored away from the
+    borders. Starts from ``init`` (default: uniform).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    h, w = image.shape
+    half = size // 2
+    width = KERNEL_FIT_SMOOTHING_256 * h / 256 if smoothing_px is None else smoothing_px
+
+    def differences(a: np.ndarray) -> np.ndarray:
+        a = gaussian_filter(a.astype(np.float64), width) if width > 0 else a.astype(np.float64)
+        return np.stack([np.diff(a, axis=0, append=a[-1:]), np.diff(a, axis=1, append=a[:, -1:])])
+
+    spectrum = np.fft.rfft2(differences(image))
+    target = differences(observation)
+    inside = np.zeros((h, w))
+    inside[half + 1:h - half - 1, half + 1:w - half - 1] = 1.0
+    step = 1.0 / max(float((np.abs(spectrum) ** 2).sum(axis=0).max()), 1e-12)
+
+    def embed(k: np.ndarray) -> np.ndarray:
+        full = np.zeros((h, w))
+        full[:size, :size] = k
+        return np.roll(full, (-half, -half), axis=(0, 1))
+
+    kernel = np.full((size, size), 1.0 / size ** 2) if init is None else project_to_simplex(init)
+    ahead, momentum = kernel.copy(), 1.0
+    for _ in range(iters):
+        residual = inside * (np.fft.irfft2(spectrum * np.fft.rfft2(embed(ahead)), s=(h, w)) - target)
+        grad = np.fft.irfft2(np.conj(spectrum) * np.fft.rfft2(residual), s=(h, w)).sum(axis=0)
+        grad = np.roll(grad, (half, half), axis=(0, 1))[:size, :size]
+        new = project_to_simplex(ahead - step * grad)
+        next_momentum = (1.0 + math.sqrt(1.0 + 4.0 * momentum ** 2)) / 2.0
+        ahead = new + (momentum - 1.0) / next_momentum * (new - kernel)
+        kernel, momentum = new, next_momentum
+    return kernel
+
+
+def project_to_simplex(values: np.ndarray) -> np.ndarray:
+    """Euclidean projection of an array onto ``{k >= 0, sum k = 1}`` (same shape)."""
+    flat = np.sort(values.ravel())[::-1]
+    cumulative = np.cumsum(flat) - 1.0
+    index = np.arange(1, flat.size + 1)
+    rho = index[flat - cumulative / index > 0][-1]
+    return np.maximum(values - cumulative[rho - 1] / rho, 0.0)
 
 
 def richardson_lucy(image: np.ndarray, kernel: np.ndarray, iters: int = RL_ITERS) -> np.ndarray:
@@ -164,4 +238,5 @@ def run_baseline(method: str, image: torch.Tensor, task: str, *, sr_factor: int 
 
 
 __all__ = ["BASELINES", "TASK_BASELINES", "BaselineRestoration", "task_baselines", "run_baseline",
-           "estimate_noise_sigma", "estimate_gaussian_sigma", "gaussian_kernel", "richardson_lucy"]
+           "estimate_noise_sigma", "estimate_gaussian_sigma", "gaussian_kernel", "richardson_lucy", "fit_blur_kernel",
+           "project_to_simplex"]

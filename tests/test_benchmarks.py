@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.common import load_ct_slices, slice_stack
 from benchmarks.photo import gaussian_kernel, kernel_error, motion_kernel
-from ctbird.config import RESTORE_SETUP, BirdConfig
+from ctbird.config import RESTORE_SETUP, BirdConfig, RefineConfig
 from benchmarks.studies.margins import slice_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,7 +265,10 @@ def test_benchmark_photo_quick_ct_domain(tmp_path, save_prior):
         for key in ("psnr_mean", "ssim_mean", "input_psnr_mean", "seconds_mean", "nfe_mean"):
             assert _finite(row[key]), (task, key, row[key])
         warm = 2 if RESTORE_SETUP[task]["warm_start"] else 0  # the warm start's DDIM inversion
-        assert row["nfe_mean"] == (2 + 1) * 2 + warm  # --quick: 2 iterations at delta_t 500
+        refine = RefineConfig.for_task(task)  # the DDS refinement's chain (its samples batched)
+        chain = (refine.t0 // refine.step + 1) * (1 + refine.kernel_refits)
+        assert row["nfe_mean"] == (2 + 1) * 2 + warm + chain  # --quick: 2 iterations at delta_t 500
+        assert _finite(row["bird_psnr_mean"])  # BIRD's own image, before the refinement
         assert len(row["per_image"]) == 2
     for task in ("gaussian-deblur", "motion-deblur"):
         assert 0.0 <= results[task]["kernel_error_mean"] <= 2.0
@@ -478,3 +481,23 @@ def test_gpu_pack_keeps_every_patient_in_the_stack_format(tmp_path):
     assert "Slices 1, 3, 5, ... of train.npz (6 slices)" in subset.description
     with pytest.raises(InputError, match="lost patients"):
         pack(source, tmp_path / "lost.npz", stride=4, offset=0)
+
+
+def test_tune_refine_scores_bird_and_each_refinement_of_it(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    stack = tmp_path / "stack.npz"  # training stacks hold 256² slices
+    yy, xx = np.mgrid[:256, :256] - 127.5
+    disk = np.where(np.hypot(yy, xx) <= 60, 0, -1000) + np.where(np.hypot(yy - 20, xx) <= 15, 800, 0)
+    np.savez(stack, images=disk[None].astype(np.int16), pixel_spacing_mm=np.full(1, 1.5, np.float32))
+    _run("benchmarks.studies.tune_refine", "--slice", f"{stack}:0", "--tasks", "gaussian-deblur,denoise", "--variants",
+         "t200+anchor1200,t60+cg0", "--iters", "1", "--size", str(SIZE), "--prior", str(prior), "--device", "cpu",
+         "--tag", "t", "--out-dir", str(tmp_path), cwd=tmp_path)
+    payload = json.loads((tmp_path / "refine_t.json").read_text())
+    rows = {(r["task"], r["variant"]): r for r in payload["results"]}
+    assert set(rows) == {(task, name) for task in ("gaussian-deblur", "denoise")
+                         for name in ("observation", "bird", "default")} | {("gaussian-deblur", "t200+anchor1200"),
+                                                                              ("denoise", "t60+cg0")}
+    assert rows[("denoise", "t60+cg0")]["settings"]["t0"] == 60
+    assert rows[("denoise", "t60+cg0")]["nfe_mean"] == rows[("denoise", "bird")]["nfe_mean"] + 60 // 20 + 1
+    assert rows[("gaussian-deblur", "t200+anchor1200")]["psnr_mean"] != rows[("gaussian-deblur", "bird")]["psnr_mean"]
+    assert "| denoise | t60+cg0 |" in (tmp_path / "refine_t.md").read_text()

@@ -91,7 +91,7 @@ def test_baselines_alone_need_no_prior(tmp_path, task, method, extra):
     if task != "sr":  # each baseline improves on its observation here
         assert metrics["psnr"] > metrics["scores"]["input"]["psnr"]
     if task == "denoise":
-        sigma = metrics["noise_sigma_estimate"]["wavelet_mad"]
+        sigma = metrics["noise_sigma_estimate"]["wavelet"]
         assert 0.5 * 20 / 255 < sigma < 1.5 * 20 / 255
 
 
@@ -119,3 +119,29 @@ def test_dicom_in_gives_a_derived_dicom_in_hu_matching_the_restored_image(tmp_pa
     hu = derived.pixel_array * float(derived.RescaleSlope) + float(derived.RescaleIntercept)
     expected = unit_to_hu(2.0 * np.load(out / "restored.npy")[0] - 1.0)
     np.testing.assert_allclose(hu, expected, atol=0.5 * float(derived.RescaleSlope) + 1e-2)
+
+
+def test_refinement_is_recorded_and_can_be_turned_off_or_set(tmp_path, rgb_prior):
+    import tomllib
+
+    from PIL import Image
+
+    from ctbird.config import RefineConfig
+
+    Image.fromarray(_smooth_rgb(32)).save(tmp_path / "noisy.png")
+    common = ["--task", "denoise", "--prior", rgb_prior, "--iters", 1, "--delta-t", 500, "--quiet"]
+    _invoke("restore", tmp_path / "noisy.png", *common, "--out", tmp_path / "on")
+    _invoke("restore", tmp_path / "noisy.png", *common, "--no-refine", "--out", tmp_path / "off")
+    (tmp_path / "run.toml").write_text("[refinement]\nt0 = 40\nsamples = 2\n")
+    _invoke("restore", tmp_path / "noisy.png", *common, "--config", tmp_path / "run.toml", "--out", tmp_path / "set")
+    on, off, chosen = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("on", "off", "set"))
+    assert on["refine"] == RefineConfig.for_task("denoise").to_dict() and off["refine"] is None
+    assert chosen["refine"] == RefineConfig.for_task("denoise").replace(t0=40, samples=2).to_dict()
+    assert on["nfe"] > off["nfe"] and not np.array_equal(np.load(tmp_path / "on" / "restored.npy"),
+                                                          np.load(tmp_path / "off" / "restored.npy"))
+    table = tomllib.loads((tmp_path / "set" / "config.toml").read_text())
+    assert table["refinement"]["t0"] == 40 and "refinement" not in tomllib.loads((tmp_path / "off" / "config.toml").read_text())
+    (tmp_path / "bad.toml").write_text("[refinement]\nt0 = 5000\n")
+    result = CliRunner().invoke(main, ["restore", str(tmp_path / "noisy.png"), *map(str, common), "--config",
+                                       str(tmp_path / "bad.toml"), "--out", str(tmp_path / "bad")])
+    assert result.exit_code != 0 and "[refinement]" in result.output and "Traceback" not in result.output

@@ -123,6 +123,17 @@ def test_method_page_states_the_defaults_of_ctbird_config():
         assert _stated(row["default"], getattr(config, row["setting"])), (row["method"], row["setting"], row["default"])
 
 
+def test_method_page_states_the_refinement_defaults():
+    from ctbird.config import RESTORE_TASKS, RefineConfig
+
+    table = _section_tables(DOCS / "method.md", "### Refinement after BIRD (`ctbird.config.RefineConfig`)")[0]
+    assert {row["task"] for row in table} == set(RESTORE_TASKS)
+    for row in table:
+        config = RefineConfig.for_task(row["task"])
+        for key in ("t0", "step", "cg_iters", "anchor", "start", "samples", "kernel_refits"):
+            assert _stated(row[key], getattr(config, key)), (row["task"], key, row[key], getattr(config, key))
+
+
 def readme_python_example() -> str:
     """The Python block of the README's ``Use`` section."""
     use = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Use", 1)[1].split("\n## ", 1)[0]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (GAUSSIAN_SIGMA_256, RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, kernel_error,
-                               kernel_sigma, markdown_table, mean_std, observation_view, parse_list, progress, read_slice,
+from benchmarks.common import (GAUSSIAN_SIGMA_256, RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, kernel_scores,
+                               load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
 
 #: The CT path's measured latent optimizer (docs/method.md §3).
@@ -72,16 +72,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_unit_slice(spec: str, size: int) -> tuple[torch.Tensor, str]:
-    """A training slice on the prior's [0, 1] scale, ``[1, size, size]``."""
-    from ctbird.api import resize
-    from ctbird.units import hu_to_unit
-
-    hu, _, label = read_slice(spec, 256, 1.0)
-    unit = torch.from_numpy((hu_to_unit(hu) + 1.0) / 2.0).clamp(0.0, 1.0).to(torch.float32)
-    return resize(unit[None, None], (size, size))[0].clamp(0.0, 1.0), label
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ctbird.api import default_kernel_size, restore
@@ -108,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                         out = run_baseline(method, case["y"], task, sr_factor=args.sr_factor, mask=case.get("mask"),
                                            kernel_size=kernel_size)
                         row = {"image": label, **score_unit(out.image, image[None]), "seconds": out.seconds}
-                        row.update(_kernel_scores(out, case, sigma_true))
+                        row.update(kernel_scores(out, case))
                         rows.setdefault((task, method), []).append(row)
                 for run_task, name, kwargs in runs:
                     if run_task != task:
@@ -120,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                      iters=args.iters, delta_t=args.delta_t, seed=args.seed, device=device, **kw)
                     row = {"image": label, **score_unit(result.image.cpu(), image[None]), "seconds": result.seconds,
                            "nfe": result.nfe}
-                    row.update(_kernel_scores(result, case, sigma_true))
+                    row.update(kernel_scores(result, case))
                     rows.setdefault((task, name), []).append(row)
                     bar.update(1)
     results = []
@@ -153,17 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = write_outputs(args.out_dir, f"restore_{args.tag}", payload, markdown)
     print(f"wrote {md_path} and {json_path}")
     return 0
-
-
-def _kernel_scores(result, case: dict, sigma_true: float) -> dict:
-    scores = {}
-    kernel = getattr(result, "kernel", None)
-    if "kernel" in case and kernel is not None:
-        estimate = kernel[0].detach().cpu() if kernel.dim() == 3 else kernel.detach().cpu()
-        if estimate.shape == case["kernel"].shape:
-            scores["kernel_error"] = kernel_error(estimate, case["kernel"])
-            scores["sigma"] = kernel_sigma(estimate)
-    return scores
 
 
 if __name__ == "__main__":

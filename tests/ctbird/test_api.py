@@ -160,7 +160,9 @@ def test_restore_contract_blind_gaussian_deblur(rgb_prior_folder):
     assert result.image.shape == image.shape
     assert result.image.min() >= 0 and result.image.max() <= 1
     assert result.kernel.shape == (2, 3, 3) and torch.allclose(result.kernel.sum(dim=(1, 2)), torch.ones(2))
-    assert result.blind and result.iters_run == 3 and result.nfe == 40 + 10  # + the warm start's DDIM inversion
+    refine = ctbird.RefineConfig.for_task("gaussian-deblur")
+    # + the warm start's DDIM inversion + the refinement's chain (both items in one batch)
+    assert result.blind and result.iters_run == 3 and result.nfe == 40 + 10 + refine.t0 // refine.step + 1
 
 
 def test_restore_other_tasks(rgb_prior_folder):
