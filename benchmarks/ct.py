@@ -22,7 +22,7 @@ stage's. With ``--samples K > 1`` (BIRD restarts) the
 tables add how well BIRD's per-pixel std predicts its error (:func:`ctbird.metrics.uncertainty_calibration`).
 
 Writes ``<tag>.json`` / ``.md`` and ``figures/<tag>_*.png`` under ``--out-dir`` (default ``docs/results/ct``);
-``--ablation`` instead runs the ``delta_t`` ablation of BIRD (30 views, parallel, noiseless) into
+``--ablation`` instead runs the ``delta_t`` ablation of BIRD's decode chain (``bird-raw``; 30 views, parallel, noiseless) into
 ``ablation_<tag>.*``.
 
 Examples (repository root)::
@@ -175,7 +175,8 @@ class Runner:
             bar.set_postfix_str(f"{method} it {info['iteration']}/{info['iters']} loss {info['loss']:.3g}", refresh=True)
 
         return reconstruct(sinogram, geometry, image_size=self.args.size, pixel_spacing_mm=spacing,
-                           prior=self.prior if method in PRIOR_METHODS else None, method=method, seed=self.args.seed,
+                           prior=self.prior if method in PRIOR_METHODS else None, method=method,
+                           seed=(self.args.seed,) * sinogram.shape[0] if sinogram.shape[0] > 1 else self.args.seed,
                            device=self.device, callback=callback, **kwargs)
 
     def _timed(self, *call_args, **kwargs):
@@ -529,7 +530,9 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
     with progress(total=len(args.ablation_delta_t) * len(slices), desc="delta_t ablation", unit="run") as bar:
         for delta_t in args.ablation_delta_t:
             bar.set_description(f"delta_t {delta_t}")
-            items = runner.run(["bird"], sinograms, geometry, [s[2] for s in slices], bar, delta_t=delta_t)["bird"]
+            # BIRD's own decode chain (bird-raw): the refinement after it has its own step, refine_delta_t
+            items = runner.run(["bird-raw"], sinograms, geometry, [s[2] for s in slices], bar,
+                               delta_t=delta_t)["bird-raw"]
             per_delta[delta_t] = [{"slice": label, **score_ct(item["image"], hu, data_range=EVAL_HU_RANGE),
                                    "seconds": item["seconds"],
                                    "nfe": item["nfe"]} for (label, hu, _), item in zip(slices, items)]
@@ -553,7 +556,7 @@ def ablation(args, slices, prior, prior_label, device, record) -> None:
         twin = ax.twinx()
         twin.plot(xs, [r["seconds_mean"] for r in rows], "s--", color="tab:red", label="seconds")
         twin.set_ylabel("seconds per slice", color="tab:red")
-        ax.set_title(f"BIRD delta_t ablation ({ABLATION_VIEWS} views, parallel, noiseless)", fontsize=10)
+        ax.set_title(f"bird-raw delta_t ablation ({ABLATION_VIEWS} views, parallel, noiseless)", fontsize=10)
         ax.grid(alpha=0.3)
         name = f"ablation_{args.tag}.png"
         save_png(args.out_dir / "figures" / name, fig)

@@ -132,8 +132,10 @@ def test_benchmark_ct_batches_match_single_slice_runs(tmp_path, save_prior):
         single, batched = per_slice["1"][method], per_slice["2"][method]
         assert [row["slice"] for row in batched] == [row["slice"] for row in single]
         assert batched[0]["nfe"] == single[0]["nfe"]
-        # the batch draws slice 0's latent first, as the single run does, and scales its sinogram by the spacing
-        assert abs(batched[0]["psnr"] - single[0]["psnr"]) < 1e-3, method
+        # every item of a batch is seeded as its single run, with its sinogram scaled by the spacing: equal up to the
+        # float reduction order of batched calls
+        for b, s in zip(batched, single):
+            assert abs(b["psnr"] - s["psnr"]) < 0.05, method
     assert per_slice["2"]["fbp"][1]["psnr"] == pytest.approx(per_slice["1"]["fbp"][1]["psnr"], abs=1e-6)
 
 

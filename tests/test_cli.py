@@ -322,7 +322,7 @@ def test_config_file_method_tables(tmp_path, tiny_prior_dir, phantom_npy):
     assert typo.exit_code == 1 and "'lr_latnet'" in typo.output and "valid keys: iters, delta_t" in typo.output
     config.write_text('[birdd]\niters = 2\n')
     table = _invoke("reconstruct", phantom_npy, "--config", config, "--out", tmp_path / "o")
-    assert table.exit_code == 1 and "[birdd]" in table.output and '["bird-raw"]' in table.output
+    assert table.exit_code == 1 and "[birdd]" in table.output and "[bird-raw]" in table.output
     config.write_text('[bird]\niters = 0\n')
     bad = _invoke("reconstruct", phantom_npy, "--config", config, "--out", tmp_path / "o")
     assert bad.exit_code == 1 and "'iters' must be an integer >= 1" in bad.output

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
             def run(iters: int):
                 return reconstruct(sinogram, geometry, image_size=size, pixel_spacing_mm=spacing, prior=prior,
-                                   method="bird", iters=iters, delta_t=args.delta_t, grad_mode=grad_mode, device=device)
+                                   method="bird-raw", iters=iters, delta_t=args.delta_t, grad_mode=grad_mode,
+                                   device=device)  # BIRD's iterations; the refinement's steps are one UNet call each
 
             run(1)  # warm-up: kernels, caches, the operator norm
             if device.type == "cuda":
