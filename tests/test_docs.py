@@ -113,11 +113,16 @@ def test_method_page_states_the_defaults_of_ctbird_config():
     assert ct.latent_optimizer in ct_row["lr_latent"] and ct.latent_lr_schedule in ct_row["lr_latent"]
     assert f"SinogramFilter({ct.data_filter:g})" in ct_row["lr_latent"] and ("keep_best" in ct_row["lr_latent"]) == ct.keep_best
     text = page.read_text(encoding="utf-8")
-    stated_delta_t = int(re.search(r"`delta_t = (\d+)` \(\d+ DDIM steps\) everywhere", text).group(1))
-    assert {BirdConfig.for_task(row["task"]).delta_t for row in bird_table} == {stated_delta_t}
+    restore_delta_t = int(re.search(r"`delta_t = (\d+)` \(\d+ DDIM steps\) for the restoration tasks", text).group(1))
+    assert {BirdConfig.for_task(row["task"]).delta_t for row in bird_table if row["task"] != "ct"} == {restore_delta_t}
+    assert f"CT's latent search uses\n`delta_t = {ct.delta_t}`" in text
     fast = PRESETS["cpu-fast"]
-    assert "`cpu-fast` preset" in text and f"runs {fast['iters']} iterations at delta_t {fast['delta_t']}" in text
-    assert {row["method"] for row in other_table} == set(METHOD_CONFIGS) - {"bird"}
+    assert "`cpu-fast` preset" in text and f"runs {fast['iters']} iterations and refines in steps of " \
+        f"{fast['refine_delta_t']} for CT" in text.replace("\n", " ")
+    # the other methods' settings, and bird's refinement (bird-raw is bird without it)
+    assert {row["method"] for row in other_table} == set(METHOD_CONFIGS) - {"bird-raw"}
+    assert {row["setting"] for row in other_table if row["method"] == "bird"} == \
+        {key for key in BirdConfig.keys() if key.startswith("refine_")}
     for row in other_table:
         config = METHOD_CONFIGS[row["method"]]()
         assert _stated(row["default"], getattr(config, row["setting"])), (row["method"], row["setting"], row["default"])
