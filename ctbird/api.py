@@ -514,7 +514,7 @@ def _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, ge
     chain (item ``b``'s measurement model ``frozen`` loaded with ``states[b]``), averaged per item."""
     import copy
 
-    from .solvers.dds import dds_chain
+    from .solvers.dds import refine_by_dds
 
     batch, k = x0.shape[0], refine.samples
     ops = []
@@ -527,18 +527,14 @@ def _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, ge
     def measure(v: torch.Tensor) -> torch.Tensor:
         return torch.cat([op(transform(part)) for op, part in zip(ops, v.split(k))], dim=0)
 
-    alpha = prior.schedule.alpha(refine.t0)
-    pairs = [(t, t - refine.step) for t in range(refine.t0, -1, -refine.step)]  # the last t_prev is negative
-    start = x0.repeat_interleave(k, dim=0)
-    noise = torch.randn(start.shape, generator=generator).to(x0.device)
-    x_t = math.sqrt(alpha) * start + math.sqrt(1.0 - alpha) * noise
     weight: float | torch.Tensor = 0.0
     if refine.anchor > 0:  # per sample, broadcast in the CG normal operator
         weight = torch.tensor([refine.anchor * sigma ** 2 * _squared_norm(lambda v, op=op: op(transform(v)), x0[:1])
                                for op, sigma in zip(ops, noise_sigma)], dtype=x0.dtype, device=x0.device)
         weight = weight.repeat_interleave(k).view(-1, *([1] * (x0.dim() - 1)))
-    refined = dds_chain(prior, x_t, pairs, measure=measure, y=y.repeat_interleave(k, dim=0), cg_iters=refine.cg_iters,
-                        eta=0.0, weight=weight)
+    refined = refine_by_dds(prior, x0.repeat_interleave(k, dim=0), t_start=refine.t0, delta_t=refine.step,
+                            measure=measure, y=y.repeat_interleave(k, dim=0), cg_iters=refine.cg_iters, eta=0.0,
+                            generator=generator, weight=weight)
     return refined.view(batch, k, *x0.shape[1:]).mean(dim=1)
 
 

@@ -39,10 +39,11 @@ def dds(problem: CTProblem, config: DDSConfig) -> Reconstruction:
     generator = problem.generator()
     x = randn((y.shape[0], *prior.shape), generator=generator, device=prior.device)
     nfe0, history = prior.nfe, []
+    weight = config.gamma * problem.measurement_norm() ** 2
     pairs = prior.timestep_pairs(prior.num_train_timesteps // config.iters)
     image = dds_chain(prior, x, pairs, measure=lambda x0: problem.radon(problem.prior_to_measured(x0)),
                       y=y.to(x.device), cg_iters=config.cg_iters, eta=config.eta,
-                      weight=config.gamma * problem.measurement_norm() ** 2, generator=generator, history=history,
+                      weight=weight, generator=generator, history=history,
                       callback=problem.callback)
     with torch.no_grad():
         mu = problem.prior_to_measured(image)
@@ -51,5 +52,5 @@ def dds(problem: CTProblem, config: DDSConfig) -> Reconstruction:
                           seconds=0.0, nfe=prior.nfe - nfe0, loss_history=history, grad_mode=None,
                           delta_t=prior.num_train_timesteps // config.iters, pixel_spacing_mm=problem.pixel_spacing_mm,
                           config=config, info={**config.to_dict(), "steps": len(pairs),
-                                               "anchor_weight": config.gamma * problem.measurement_norm() ** 2,
+                                               "anchor_weight": weight,
                                                "final_loss": final.tolist()})

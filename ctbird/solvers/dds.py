@@ -22,7 +22,7 @@ from .refine import conjugate_gradient
 @torch.no_grad()
 def dds_chain(prior, x: torch.Tensor, pairs: Sequence[tuple[int, int]], *,
               measure: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, cg_iters: int, eta: float,
-              weight: float = 0.0, generator=None, history: list[float] | None = None,
+              weight: float | torch.Tensor = 0.0, generator=None, history: list[float] | None = None,
               callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Run the DDS chain from ``x`` (``[B, C, h, w]``, the noisy image at timestep ``pairs[0][0]``).
 
@@ -40,8 +40,8 @@ def dds_chain(prior, x: torch.Tensor, pairs: Sequence[tuple[int, int]], *,
         CG steps per sampling step (0: unconditional DDIM).
     eta : float
         DDIM stochasticity of the renoising (noise drawn with ``generator``: one, or one per batch item).
-    weight : float
-        Absolute anchor weight ``w`` on ``||x0 - x0_hat||^2``.
+    weight : float or Tensor ``[B, 1, 1, 1]``
+        Absolute anchor weight ``w`` on ``||x0 - x0_hat||^2`` (one for all, or one per batch item).
     history : list or None
         Receives each step's mean squared residual ``||M(x0_hat) - y||^2 / numel`` (batch mean).
     callback : callable or None
@@ -88,7 +88,7 @@ def refinement_pairs(t_start: int, delta_t: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def refine_by_dds(prior, x0: torch.Tensor, *, t_start: int, delta_t: int, measure: Callable[[torch.Tensor], torch.Tensor],
-                  y: torch.Tensor, cg_iters: int, eta: float, generator=None, weight: float = 0.0,
+                  y: torch.Tensor, cg_iters: int, eta: float, generator=None, weight: float | torch.Tensor = 0.0,
                   history: list[float] | None = None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Refine a reconstruction ``x0`` (``[B, C, h, w]``, prior scale) by the DDS chain from timestep ``t_start``.
 
