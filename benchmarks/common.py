@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctbird.config import RESTORE_TASKS  # noqa: F401  (the restoration benchmarks' task list)
+from ctbird.metrics import kernel_error, kernel_sigma
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The team's data folder, a sibling of the repository (``../shared/data``).
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -441,120 +444,12 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
-# ------------------------------------------------------------------------------- restoration degradations
-#: The restoration tasks of ``benchmarks.photo`` and ``benchmarks.studies.tune_restore``.
-RESTORE_TASKS = ("gaussian-deblur", "motion-deblur", "sr", "denoise", "inpaint")
-#: Reference (256 px) Gaussian blur sigma and inpainting hole side.
-GAUSSIAN_SIGMA_256, HOLE_256 = 3.0, 80
-
-
-def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    """Normalized isotropic Gaussian ``[size, size]``."""
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2.0 * sigma * sigma))
-    return (g / g.sum()).to(torch.float32)
-
-
-def motion_kernel(size: int, seed: int, steps: int | None = None) -> torch.Tensor:
-    """Synthetic motion blur ``[size, size]``: a smoothed 2-D random walk (camera shake) rasterized bilinearly.
-
-    The velocity follows ``v <- 0.7 v + 0.5 n`` (``n`` standard normal, unit-speed steps); the path is centred
-    and scaled to span 80 % of the grid; each point splats its unit mass bilinearly; the sum is 1.
-    """
-    rng = np.random.default_rng(seed)
-    steps = steps or 6 * size
-    velocity = rng.normal(size=2)
-    points = np.zeros((steps, 2))
-    position = np.zeros(2)
-    for i in range(steps):
-        velocity = 0.7 * velocity + 0.5 * rng.normal(size=2)
-        position = position + velocity / max(np.linalg.norm(velocity), 1e-8)
-        points[i] = position
-    points -= (points.max(axis=0) + points.min(axis=0)) / 2.0
-    extent = np.abs(points).max()
-    points *= 0.4 * (size - 1) / max(extent, 1e-8)
-    points += (size - 1) / 2.0
-    kernel = np.zeros((size, size))
-    for y, x in points:
-        y0, x0 = int(np.floor(y)), int(np.floor(x))
-        fy, fx = y - y0, x - x0
-        for dy, wy in ((0, 1 - fy), (1, fy)):
-            for dx, wx in ((0, 1 - fx), (1, fx)):
-                if 0 <= y0 + dy < size and 0 <= x0 + dx < size:
-                    kernel[y0 + dy, x0 + dx] += wy * wx
-    return torch.from_numpy(kernel / kernel.sum()).to(torch.float32)
-
-
-def kernel_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
-    """``min_shift ||shift(est) - truth|| / ||truth||`` over integer shifts ``|dy|, |dx| <= k // 4`` (zero fill)."""
-    est = (estimate / estimate.sum()).to(torch.float64)
-    ref = (truth / truth.sum()).to(torch.float64)
-    k = ref.shape[-1]
-    reach = k // 4
-    padded = torch.nn.functional.pad(est, (reach, reach, reach, reach))
-    best = float("inf")
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            shifted = padded[reach + dy:reach + dy + k, reach + dx:reach + dx + k]
-            best = min(best, float((shifted - ref).norm() / ref.norm()))
-    return best
-
-
-def inpaint_mask(size: int) -> torch.Tensor:
-    """1 = observed; a centred square hole of side ``80 size / 256``."""
-    hole = max(1, round(HOLE_256 * size / 256))
-    start = (size - hole) // 2
-    mask = torch.ones(size, size)
-    mask[start:start + hole, start:start + hole] = 0.0
-    return mask
-
-
-def degrade(task: str, image: torch.Tensor, args, kernel_size: int, seed: int) -> dict:
-    """Observation ``y`` [1, C, h, w] in [0, 1] plus what the task needs (true kernel, mask)."""
-    from operators.blur import Blur
-    from operators.noise import SpeckleGaussianNoise
-    from operators.resample import Downsample
-
-    x = image[None]
-    shape = tuple(image.shape)
-    generator = torch.Generator().manual_seed(seed)
-    noise = SpeckleGaussianNoise()
-    out: dict = {}
-    with torch.no_grad():
-        if task == "gaussian-deblur":
-            out["kernel"] = gaussian_kernel(kernel_size, GAUSSIAN_SIGMA_256 * shape[-1] / 256.0)
-            clean = Blur(out["kernel"], image_shape=shape, padding="zeros")(x)
-        elif task == "motion-deblur":
-            out["kernel"] = motion_kernel(kernel_size, seed)
-            clean = Blur(out["kernel"], image_shape=shape, padding="reflect")(x)
-        elif task == "sr":
-            clean = Downsample(args.sr_factor, shape, filter="box")(x)
-        elif task == "denoise":
-            clean, noise = x, SpeckleGaussianNoise(speckle_sigma=0.4, gaussian_sigma=0.15, clip=True)
-        else:
-            out["mask"] = inpaint_mask(shape[-1])
-            clean = x
-        y = noise(clean, generator=generator).clamp(0.0, 1.0)
-        if task == "inpaint":
-            y = y * out["mask"]
-    out["y"] = y
-    return out
-
-
+# ------------------------------------------------------------------------------- restoration tasks
 def observation_view(task: str, y: torch.Tensor, size: int) -> torch.Tensor:
     """The observation on the ground truth's grid (bilinear upsampling for SR)."""
     from ctbird.api import resize
 
     return resize(y, (size, size)) if task == "sr" else y
-
-
-def kernel_sigma(kernel: torch.Tensor) -> float:
-    """Width (px) of a kernel: ``sqrt(trace(covariance) / 2)``, the sigma of a Gaussian with its second moment."""
-    k = (kernel / kernel.sum()).to(torch.float64)
-    r = torch.arange(k.shape[-1], dtype=torch.float64) - (k.shape[-1] - 1) / 2
-    rows, cols = k.sum(1), k.sum(0)
-    cy, cx = (rows * r).sum(), (cols * r).sum()
-    return float((((rows * (r - cy) ** 2).sum() + (cols * (r - cx) ** 2).sum()) / 2).sqrt())
 
 
 def load_unit_slice(spec: str, size: int) -> tuple[torch.Tensor, str]:

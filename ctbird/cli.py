@@ -598,8 +598,12 @@ def _json_default(value):
 @click.option("--prior", default=None, help="Prior folder or Hugging Face hub id trained on photographs (required).")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="Ground-truth image: adds PSNR/SSIM (data range [0, 1]) to metrics.json.")
+@click.option("--simulate", is_flag=True, default=False,
+              help="IMAGE is clean: degrade it as the benchmarks do (ctbird.simulate.degrade_image, seeded by --seed), "
+                   "restore that and score every method and the degraded input against IMAGE; also writes "
+                   "observed.png/.npy and the true kernel.")
 @click.option("--sr-factor", type=click.IntRange(min=2), default=8, show_default=True,
-              help="Super-resolution factor (--task sr; IMAGE is the low-resolution image).")
+              help="Super-resolution factor (--task sr; IMAGE is the low-resolution image unless --simulate).")
 @click.option("--kernel", default=None,
               help="Known blur for --no-blind deblurring: a Gaussian sigma in pixels or a .npy [k, k] kernel.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None,
@@ -677,6 +681,20 @@ def _restore_operator_inputs(params: dict[str, Any], shape: tuple[int, int]):
     return kernel, mask
 
 
+def _simulate_restore_input(clean: np.ndarray, params: dict[str, Any]):
+    """``(reference, observed, true kernel or None, mask or None)`` of ``restore --simulate``: the clean image
+    ``[C, H, W]`` degraded by :func:`ctbird.simulate.degrade_image` (seed ``--seed``)."""
+    import torch
+
+    from .simulate import degrade_image
+
+    given = [name for name in ("reference", "mask", "kernel") if params[name] is not None]
+    if given:
+        raise ConfigError(f"--simulate makes its own reference, mask and kernel; drop --{', --'.join(given)}.")
+    case = degrade_image(params["task"], torch.from_numpy(clean), sr_factor=params["sr_factor"], seed=params["seed"])
+    return clean, case["y"][0].numpy(), case.get("kernel"), case.get("mask")
+
+
 def _kernel_file(text: str | None) -> str | None:
     """``--kernel`` when it names a file (not a Gaussian sigma)."""
     try:
@@ -718,9 +736,14 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
         reference = _read_restore_input(Path(params["reference"]))[0] if params["reference"] else None
     if source is not None:
         safety.check_burned_in(source[0], source=label)
-    factor = params["sr_factor"] if params["task"] == "sr" else 1
+    factor = params["sr_factor"] if params["task"] == "sr" and not params["simulate"] else 1
     check_sizes(image_size=max(observed.shape[-2:]) * factor)
-    kernel_arg, mask_arg = _restore_operator_inputs(params, observed.shape[-2:])
+    true_kernel = None
+    if params["simulate"]:
+        reference, observed, true_kernel, mask_arg = _simulate_restore_input(observed, params)
+        kernel_arg = true_kernel if params["task"] in ("gaussian-deblur", "motion-deblur") and not params["blind"] else None
+    else:
+        kernel_arg, mask_arg = _restore_operator_inputs(params, observed.shape[-2:])
     from . import api
 
     if "bird" in methods:
@@ -748,6 +771,12 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
                                "settings": result.config.to_dict() if result is not None else None,
                                "refine": (result.refine.to_dict() if result.refine is not None else None)
                                if result is not None else None}
+    if true_kernel is not None and kernel is not None and params["blind"]:
+        from .metrics import kernel_error, kernel_sigma
+
+        estimate = kernel.reshape(kernel.shape[-2:])
+        summary["kernel"] = {"error": kernel_error(estimate, true_kernel), "sigma_px": kernel_sigma(estimate),
+                             "true_sigma_px": kernel_sigma(true_kernel)}
     if params["task"] == "denoise":
         from .restoration_baselines import estimate_noise_sigma
 
@@ -785,6 +814,14 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
             peak = float(np.max(kernel2d)) if kernel2d.size else 0.0
             write_png(kernel2d / peak if peak > 0 else kernel2d, staging / "kernel.png")
             extra["estimated kernel" if params["blind"] else "kernel"] = kernel2d
+        if true_kernel is not None:
+            truth = true_kernel.numpy()
+            np.save(staging / "true_kernel.npy", truth.astype(np.float32))
+            write_png(truth / truth.max(), staging / "true_kernel.png")
+            extra["true kernel"] = truth
+        if params["simulate"]:
+            np.save(staging / "observed.npy", observed.astype(np.float32))
+            write_png(observed, staging / "observed.png")
         uncertainty = _as_numpy(result.uncertainty) if result is not None else None
         if uncertainty is not None:
             np.save(staging / "restored_std.npy", uncertainty[0])
@@ -842,7 +879,7 @@ def _write_restored_dicom(restored: np.ndarray, source: tuple[Any, tuple[float, 
     from .units import unit_to_hu
 
     header, spacing = source
-    factor = params["sr_factor"] if params["task"] == "sr" else 1
+    factor = params["sr_factor"] if params["task"] == "sr" and not params["simulate"] else 1
     hu = unit_to_hu(2.0 * restored.mean(axis=0) - 1.0)
     write_derived_dicom(hu.astype(np.float32), header, path, method_name=f"ctbird restore {params['task']}",
                         pixel_spacing_mm=(spacing[0] / factor, spacing[1] / factor), **dicom_options)

@@ -283,4 +283,32 @@ def uncertainty_calibration(mean_hu: ArrayLike, std_hu: ArrayLike, truth_hu: Arr
             "within_2std": float(np.mean(error <= 2.0 * std))}
 
 
-__all__ = ["psnr", "ssim", "rmse", "rmse_hu", "score_ct", "fov_mask", "uncertainty_calibration", "SSIM_SETTINGS"]
+def kernel_error(estimate: ArrayLike, truth: ArrayLike) -> float:
+    """Relative error of a blur-kernel estimate ``[k, k]``: ``min_shift ||shift(est) - truth||_2 / ||truth||_2``, both
+    normalized to sum 1, over integer shifts ``|dy|, |dx| <= k // 4`` (zero fill; blind deconvolution is
+    shift-ambiguous). 0 is exact; a flat kernel against a narrow one is near 1."""
+    est, ref = (_to_numpy(a, name).astype(np.float64) for a, name in ((estimate, "estimate"), (truth, "truth")))
+    if est.ndim != 2 or est.shape != ref.shape:
+        raise InputError(f"kernel_error needs two [k, k] kernels of one shape; got {est.shape} and {ref.shape}.")
+    est, ref = est / est.sum(), ref / ref.sum()
+    k = ref.shape[-1]
+    reach = k // 4
+    padded = np.pad(est, reach)
+    norm = np.linalg.norm(ref)
+    return min(float(np.linalg.norm(padded[reach + dy:reach + dy + k, reach + dx:reach + dx + k] - ref) / norm)
+               for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1))
+
+
+def kernel_sigma(kernel: ArrayLike) -> float:
+    """Width (px) of a blur kernel ``[k, k]``: ``sqrt(trace(covariance) / 2)``, the sigma of the Gaussian with its
+    second moment."""
+    k = _to_numpy(kernel, "kernel").astype(np.float64)
+    k = k / k.sum()
+    r = np.arange(k.shape[-1], dtype=np.float64) - (k.shape[-1] - 1) / 2
+    rows, cols = k.sum(1), k.sum(0)
+    cy, cx = (rows * r).sum(), (cols * r).sum()
+    return float(np.sqrt(((rows * (r - cy) ** 2).sum() + (cols * (r - cx) ** 2).sum()) / 2))
+
+
+__all__ = ["psnr", "ssim", "rmse", "rmse_hu", "score_ct", "fov_mask", "uncertainty_calibration", "kernel_error",
+           "kernel_sigma", "SSIM_SETTINGS"]

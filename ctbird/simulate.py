@@ -5,6 +5,9 @@
 converts HU to attenuation (:mod:`ctbird.units`), projects it with :class:`operators.radon.Radon` (on the CPU or
 the given device) and optionally adds log-Poisson dose noise. The sinogram holds line integrals of
 ``mu`` (1/mm) with ray lengths in mm, the units :func:`ctbird.reconstruct` expects.
+
+:func:`degrade_image` is the same for the restoration tasks: a clean image on [0, 1] -> the observation of a
+blur, downsampling, noise or mask (``ctbird restore --simulate`` and the restoration benchmarks).
 """
 
 from __future__ import annotations
@@ -197,4 +200,109 @@ def simulate(hu: np.ndarray | torch.Tensor, *, views: int | None = None, image_s
                        image_size=image_size, dose=None if dose is None else float(dose), seed=seed)
 
 
-__all__ = ["Acquisition", "simulate", "simulation_geometry", "GEOMETRY_KINDS"]
+
+# ------------------------------------------------------------------------------ restoration degradations
+#: Reference (256 px) Gaussian blur sigma and inpainting hole side of the restoration tasks (BIRD's settings).
+GAUSSIAN_SIGMA_256, HOLE_256 = 3.0, 80
+
+
+def motion_kernel(size: int, seed: int, steps: int | None = None) -> torch.Tensor:
+    """Synthetic motion blur ``[size, size]``: a smoothed 2-D random walk (camera shake) rasterized bilinearly.
+
+    The velocity follows ``v <- 0.7 v + 0.5 n`` (``n`` standard normal, unit-speed steps); the path is centred
+    and scaled to span 80 % of the grid; each point splats its unit mass bilinearly; the sum is 1.
+    """
+    rng = np.random.default_rng(seed)
+    steps = steps or 6 * size
+    velocity = rng.normal(size=2)
+    points = np.zeros((steps, 2))
+    position = np.zeros(2)
+    for i in range(steps):
+        velocity = 0.7 * velocity + 0.5 * rng.normal(size=2)
+        position = position + velocity / max(np.linalg.norm(velocity), 1e-8)
+        points[i] = position
+    points -= (points.max(axis=0) + points.min(axis=0)) / 2.0
+    extent = np.abs(points).max()
+    points *= 0.4 * (size - 1) / max(extent, 1e-8)
+    points += (size - 1) / 2.0
+    kernel = np.zeros((size, size))
+    for y, x in points:
+        y0, x0 = int(np.floor(y)), int(np.floor(x))
+        fy, fx = y - y0, x - x0
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                if 0 <= y0 + dy < size and 0 <= x0 + dx < size:
+                    kernel[y0 + dy, x0 + dx] += wy * wx
+    return torch.from_numpy(kernel / kernel.sum()).to(torch.float32)
+
+
+def inpaint_mask(height: int, width: int | None = None) -> torch.Tensor:
+    """``[height, width]`` (default square), 1 = observed: a centred square hole of side ``80 min(H, W) / 256``."""
+    width = height if width is None else width
+    hole = max(1, round(HOLE_256 * min(height, width) / 256))
+    top, left = (height - hole) // 2, (width - hole) // 2
+    mask = torch.ones(height, width)
+    mask[top:top + hole, left:left + hole] = 0.0
+    return mask
+
+
+def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_size: int | None = None,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """The observation of a clean image ``[C, H, W]`` on [0, 1] under a restoration task (BIRD's settings at 256 px,
+    scaled to ``H``): ``{"y": [1, C, h, w] on [0, 1]}`` plus the true ``"kernel"`` ``[k, k]`` (deblurring; ``k`` defaults to what :func:`ctbird.restore` estimates) or
+    ``"mask"`` ``[H, W]`` (inpainting, 1 = observed).
+
+    * ``gaussian-deblur``: Gaussian of sigma ``3 min(H, W) / 256`` px on ``kernel_size``² (default
+      :func:`ctbird.api.default_kernel_size`), zero padding; ``motion-deblur``: :func:`motion_kernel` (seed
+      ``seed``), reflect padding; ``sr``: ``sr_factor`` box downsampling; ``inpaint``: :func:`inpaint_mask`.
+    * Noise (seeded by ``seed``): :class:`operators.noise.SpeckleGaussianNoise` defaults (0.8 speckle 0.12 + 0.2
+      Gaussian 0.05) for deblurring, SR and inpainting; speckle 0.4 + Gaussian 0.15 for ``denoise``; then clipped to
+      [0, 1].
+    """
+    from operators.blur import Blur
+    from operators.noise import SpeckleGaussianNoise
+    from operators.resample import Downsample
+
+    from .config import RESTORE_TASKS
+    from .restoration_baselines import gaussian_kernel
+
+    if task not in RESTORE_TASKS:
+        raise ConfigError(f"Unknown task {task!r}; use one of {', '.join(RESTORE_TASKS)}.")
+    image = torch.as_tensor(image, dtype=torch.float32)
+    if image.dim() != 3:
+        raise InputError(f"degrade_image takes an image [C, H, W]; got shape {tuple(image.shape)}.")
+    shape = tuple(image.shape)
+    if kernel_size is None:
+        from .api import default_kernel_size
+
+        kernel_size = default_kernel_size(min(shape[-2:]))
+    x = image[None]
+    generator = torch.Generator().manual_seed(seed)
+    noise = SpeckleGaussianNoise()
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if task == "gaussian-deblur":
+            sigma = GAUSSIAN_SIGMA_256 * min(shape[-2:]) / 256.0
+            out["kernel"] = torch.from_numpy(gaussian_kernel(kernel_size, sigma)).to(torch.float32)
+            clean = Blur(out["kernel"], image_shape=shape, padding="zeros")(x)
+        elif task == "motion-deblur":
+            out["kernel"] = motion_kernel(kernel_size, seed)
+            clean = Blur(out["kernel"], image_shape=shape, padding="reflect")(x)
+        elif task == "sr":
+            if shape[-1] % sr_factor or shape[-2] % sr_factor:
+                raise InputError(f"The {shape[-2]}x{shape[-1]} image is not divisible by the SR factor {sr_factor}.")
+            clean = Downsample(sr_factor, shape, filter="box")(x)
+        elif task == "denoise":
+            clean, noise = x, SpeckleGaussianNoise(speckle_sigma=0.4, gaussian_sigma=0.15, clip=True)
+        else:
+            out["mask"] = inpaint_mask(shape[-2], shape[-1])
+            clean = x
+        y = noise(clean, generator=generator).clamp(0.0, 1.0)
+        if task == "inpaint":
+            y = y * out["mask"]
+    out["y"] = y
+    return out
+
+
+__all__ = ["Acquisition", "simulate", "simulation_geometry", "GEOMETRY_KINDS", "degrade_image", "motion_kernel",
+           "inpaint_mask", "GAUSSIAN_SIGMA_256", "HOLE_256"]

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from benchmarks.common import load_ct_slices, slice_stack
-from benchmarks.photo import gaussian_kernel, kernel_error, motion_kernel
 from ctbird.config import RESTORE_SETUP, BirdConfig, RefineConfig
 from benchmarks.studies.margins import slice_features
 
@@ -302,22 +301,32 @@ def test_benchmark_photo_reads_rgb_folder(tmp_path, save_prior):
     assert all(_finite(r["psnr_mean"]) and _finite(r["input_psnr_mean"]) for r in payload["results"])
 
 
+def test_benchmark_photo_merges_runs_of_disjoint_tasks(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    for task in ("inpaint", "denoise"):
+        _run("benchmarks.photo", "--quick", "--domain", "ct", "--synthetic", "--size", str(SIZE), "--prior", str(prior),
+             "--device", "cpu", "--tasks", task, "--tag", task, "--out-dir", str(out), "--no-figures", cwd=tmp_path)
+    _run("benchmarks.photo", "--merge", str(out / "inpaint.json"), str(out / "denoise.json"), "--tag", "both",
+         "--out-dir", str(out), cwd=tmp_path)
+    payload = json.loads((out / "both.json").read_text())
+    assert [r["task"] for r in payload["results"]] == ["denoise", "inpaint"]  # the benchmark's task order
+    assert [r["command"].split("--tasks ")[1].split()[0] for r in payload["runs"]] == ["inpaint", "denoise"]
+    assert set(payload["settings"]["refine"]) == {"denoise", "inpaint"}
+    markdown = (out / "both.md").read_text()
+    assert markdown.count("- Command: `python -m benchmarks.photo") == 2
+    denoise = payload["results"][0]["per_image"]
+    wins = sum(row["psnr"] > row["input_psnr"] for row in denoise)
+    assert f"| denoise | {wins}/2 |" in markdown and "noise-level error" in markdown
+    completed = _launch("benchmarks.photo", "--merge", str(out / "denoise.json"), str(out / "both.json"), "--tag", "x",
+                        "--out-dir", str(out), cwd=tmp_path)
+    assert completed.returncode != 0 and "same task" in completed.stderr and not (out / "x.json").exists()
+
+
 def test_benchmark_photo_needs_a_prior_for_photographs(tmp_path):
     completed = _launch("benchmarks.photo", "--domain", "faces", cwd=tmp_path)
     assert completed.returncode == 2
     assert "--prior" in completed.stderr and "photographs" in completed.stderr
-
-
-def test_motion_kernel_and_kernel_error():
-    k = motion_kernel(21, seed=3)
-    assert k.shape == (21, 21) and torch.all(k >= 0) and abs(float(k.sum()) - 1.0) < 1e-5
-    assert torch.equal(k, motion_kernel(21, seed=3)) and not torch.equal(k, motion_kernel(21, seed=4))
-    assert int((k > 0).sum()) > 21  # a path, not a dot
-    g = gaussian_kernel(21, 3.0)
-    assert kernel_error(g, g) < 1e-9
-    shifted = torch.roll(g, shifts=(2, -1), dims=(0, 1))
-    assert kernel_error(shifted, g) < 0.05  # shift-invariant up to k // 4 (tails cut by the roll)
-    assert kernel_error(torch.full((21, 21), 1.0), g) > 0.5
 
 
 def _disk_slices(radii: list[float]) -> list[tuple[str, np.ndarray, float]]:

@@ -145,3 +145,58 @@ def test_refinement_is_recorded_and_can_be_turned_off_or_set(tmp_path, rgb_prior
     result = CliRunner().invoke(main, ["restore", str(tmp_path / "noisy.png"), *map(str, common), "--config",
                                        str(tmp_path / "bad.toml"), "--out", str(tmp_path / "bad")])
     assert result.exit_code != 0 and "[refinement]" in result.output and "Traceback" not in result.output
+
+
+def test_simulate_degrades_the_clean_input_and_scores_against_it(tmp_path, rgb_prior):
+    from PIL import Image
+
+    import torch
+
+    from ctbird.metrics import kernel_error, psnr
+    from ctbird.simulate import degrade_image
+
+    truth = _smooth_rgb(32)
+    Image.fromarray(truth).save(tmp_path / "clean.png")
+    out = tmp_path / "out"
+    result = _invoke("restore", tmp_path / "clean.png", "--task", "motion-deblur", "--simulate", "--prior", rgb_prior,
+                     "--method", "bird,richardson-lucy", "--iters", 1, "--delta-t", 500, "--seed", 3, "--out", out,
+                     "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    clean = (truth.transpose(2, 0, 1) / 255.0).astype(np.float32)
+    expected = degrade_image("motion-deblur", torch.from_numpy(clean), seed=3)
+    np.testing.assert_allclose(np.load(out / "observed.npy"), expected["y"][0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "true_kernel.npy"), expected["kernel"].numpy(), atol=1e-7)
+    restored = np.load(out / "restored.npy")
+    assert metrics["psnr"] == pytest.approx(psnr(restored, clean, data_range=(0.0, 1.0)), abs=1e-4)
+    assert set(metrics["scores"]) == {"input", "richardson-lucy"}
+    assert metrics["scores"]["input"]["psnr"] == pytest.approx(
+        psnr(np.load(out / "observed.npy"), clean, data_range=(0.0, 1.0)), abs=1e-4)
+    assert metrics["kernel"]["error"] == pytest.approx(kernel_error(np.load(out / "kernel.npy"), expected["kernel"]))
+    assert (out / "true_kernel.png").is_file() and (out / "observed.png").is_file()
+
+
+@pytest.mark.parametrize("task, extra, shape", [("sr", ["--sr-factor", "4", "--method", "bicubic"], (3, 32, 32)),
+                                                ("inpaint", ["--method", "biharmonic"], (3, 32, 32))])
+def test_simulate_works_for_baselines_alone(tmp_path, task, extra, shape):
+    from PIL import Image
+
+    Image.fromarray(_smooth_rgb(32)).save(tmp_path / "clean.png")
+    out = tmp_path / "out"
+    result = _invoke("restore", tmp_path / "clean.png", "--task", task, "--simulate", *extra, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.load(out / "restored.npy").shape == shape and "psnr" in metrics
+    observed = np.load(out / "observed.npy")
+    assert observed.shape == ((3, 8, 8) if task == "sr" else shape)
+
+
+def test_simulate_refuses_a_reference_or_mask(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(_smooth_rgb(32)).save(tmp_path / "clean.png")
+    result = CliRunner().invoke(main, ["restore", str(tmp_path / "clean.png"), "--task", "inpaint", "--simulate",
+                                       "--method", "biharmonic", "--mask", str(tmp_path / "clean.png"),
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "--simulate" in result.output and "--mask" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

@@ -26,9 +26,10 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import (RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, kernel_scores,
+from benchmarks.common import (RESTORE_TASKS as TASKS, RESULTS_DIR, fmt, kernel_scores,
                                load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
+from ctbird.simulate import degrade_image
 
 #: Candidate refinements per task (``RefineConfig`` settings over its class defaults).
 VARIANTS: dict[str, dict[str, dict]] = {
@@ -44,7 +45,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
                       "estimate+t200+anchor4000": {"start": "estimate", "t0": 200, "anchor": 4000.0},
                       "t200+anchor4000+samples4": {"t0": 200, "anchor": 4000.0, "samples": 4},
                       "estimate+t200+anchor4000+samples4": {"start": "estimate", "t0": 200, "anchor": 4000.0,
-                                                            "samples": 4}},
+                                                            "samples": 4},
+                      "estimate+t200+anchor4000+samples4+refit3": {"start": "estimate", "t0": 200, "anchor": 4000.0,
+                                                                   "samples": 4, "kernel_refits": 3}},
     "sr": {"t200": {"t0": 200}, "estimate+t400": {"start": "estimate"}, "estimate+t200": {"start": "estimate", "t0": 200},
            "estimate+t100": {"start": "estimate", "t0": 100},
            "estimate+t200+anchor20000": {"start": "estimate", "t0": 200, "anchor": 20000.0},
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         for index, (image, label) in enumerate(images):
             for task in args.tasks:
                 bar.set_description(f"{label} {task}")
-                case = degrade(task, image, args, kernel_size, 1000 + index)
+                case = degrade_image(task, image, sr_factor=args.sr_factor, kernel_size=kernel_size, seed=1000 + index)
                 y = case["y"]
                 truth = image[None]
                 observed = observation_view(task, y, args.size)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (GAUSSIAN_SIGMA_256, RESTORE_TASKS as TASKS, RESULTS_DIR, degrade, fmt, kernel_scores,
+from benchmarks.common import (RESTORE_TASKS as TASKS, RESULTS_DIR, fmt, kernel_scores,
                                load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
+from ctbird.simulate import GAUSSIAN_SIGMA_256, degrade_image
 
 #: The CT path's measured latent optimizer (docs/method.md §3).
 CT_STYLE = {"latent_optimizer": "normalized-gd", "latent_lr_schedule": "cosine", "keep_best": True, "lr_latent": 1.2e-2,
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     with progress(total=len(images) * len(runs), desc="tune restore", unit="run") as bar:
         for index, (image, label) in enumerate(images):
             for task in args.tasks:
-                case = degrade(task, image, args, kernel_size, 1000 + index)
+                case = degrade_image(task, image, sr_factor=args.sr_factor, kernel_size=kernel_size, seed=1000 + index)
                 observed = observation_view(task, case["y"], args.size)
                 rows.setdefault((task, "observation"), []).append({"image": label, **score_unit(observed, image[None])})
                 if args.baselines:
