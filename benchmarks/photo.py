@@ -1,6 +1,6 @@
 """Photographic restoration benchmark: BIRD's five tasks with any diffusers prior (:func:`ctbird.restore`).
 
-Tasks (BIRD's reference settings, scaled from 256 px to the working size ``S``):
+Tasks (BIRD's reference settings, scaled from 256 px to the working size ``S``; :func:`ctbird.simulate.degrade_image`):
 
 * ``gaussian-deblur``: blind; true kernel a Gaussian of sigma ``3 S / 256`` px on a ``k x k`` grid, ``k`` the size
   ``ctbird.restore`` estimates (41 at 256 px); zero padding, as the reference.
@@ -35,6 +35,7 @@ Examples (repository root)::
 
     python -m benchmarks.photo --domain ct --tag cpu --max-images 2 --iters 5 --delta-t 250
     python -m benchmarks.photo --domain faces --prior google/ddpm-ema-celebahq-256 --tag gpu --device cuda
+    python -m benchmarks.photo --merge docs/results/photo/a.json docs/results/photo/b.json --tag ab   # runs of disjoint --tasks
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -166,7 +168,8 @@ def initial_kernel(task: str, kernel_size: int, shape: tuple[int, int, int]) -> 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge:
-        json_path, md_path = merge_runs(args.merge, args.out_dir, args.tag)
+        command = shlex.join(["python", "-m", "benchmarks.photo", *(sys.argv[1:] if argv is None else argv)])
+        json_path, md_path = merge_runs(args.merge, args.out_dir, args.tag, command)
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
         return 0
     from ctbird.api import default_kernel_size, restore
@@ -279,7 +282,7 @@ def run_baselines(task: str, case: dict, image: torch.Tensor, result, sr_factor:
     return scores
 
 
-def merge_runs(paths: list[Path], out_dir: Path, tag: str) -> tuple[Path, Path]:
+def merge_runs(paths: list[Path], out_dir: Path, tag: str, command: str) -> tuple[Path, Path]:
     """One page ``<tag>.json/.md`` from runs of ``benchmarks.photo`` on the same images with different ``--tasks``
     (e.g. run side by side on two cores): results in task order, every run's record kept."""
     from ctbird.errors import InputError
@@ -289,7 +292,7 @@ def merge_runs(paths: list[Path], out_dir: Path, tag: str) -> tuple[Path, Path]:
         if run["images"] != runs[0]["images"]:
             raise InputError(f"{path} ran on other images than {paths[0]}; only runs on the same images merge.")
         differ = [k for k in ("domain", "data", "prior", "size", "preset", "seed", "kernel_size")
-                  if run["settings"].get(k) != runs[0]["settings"].get(k)]
+                  if _comparable(k, run["settings"].get(k)) != _comparable(k, runs[0]["settings"].get(k))]
         if differ:
             raise InputError(f"{path} differs from {paths[0]} in {', '.join(differ)}; only runs of one setting merge.")
     results = sorted((r for run in runs for r in run["results"]), key=lambda r: TASKS.index(r["task"]))
@@ -302,15 +305,22 @@ def merge_runs(paths: list[Path], out_dir: Path, tag: str) -> tuple[Path, Path]:
                                   if any(r["task"] == "sr" for r in run["results"])), settings["sr_factor"])
     records = [record for run in runs for record in run.get("runs", [run.get("run")])]
     figures = [f for run in runs for f in run["figures"]]
-    payload = {"runs": records, "merged_from": [Path(p).name for p in paths], "settings": settings,
-               "images": runs[0]["images"], "results": results, "figures": figures}
-    return write_outputs(out_dir, tag, payload, photo_markdown(records, settings, payload["images"], results,
-                                                               [f.split("/", 1)[-1] for f in figures], tag))
+    payload = {"runs": records, "merged_from": [Path(p).name for p in paths], "merge_command": command,
+               "settings": settings, "images": runs[0]["images"], "results": results, "figures": figures}
+    markdown = photo_markdown(records, settings, payload["images"], results, [f.split("/", 1)[-1] for f in figures], tag)
+    head, rest = markdown.split("\n- Command:", 1)
+    markdown = f"{head}\n- Merged from {', '.join(payload['merged_from'])} by `{command}`\n- Command:{rest}"
+    return write_outputs(out_dir, tag, payload, markdown)
+
+
+def _comparable(key: str, value):
+    """A setting as runs are compared: the prior by its folder name (checkouts differ in their absolute paths)."""
+    return Path(value).name if key == "prior" and value else value
 
 
 def target_rows(results: list[dict], settings: dict) -> list[list[str]]:
-    """Per task, over the images: how often BIRD beats its input (SR: bicubic) in PSNR and in SSIM, how often it
-    beats the best classical baseline in PSNR, and the error of the estimated degradation parameter."""
+    """Per task, over the images: how often BIRD beats its input (SR: bicubic) and the best classical baseline, in PSNR
+    and in SSIM, and the error of the estimated degradation parameter (Gaussian width, motion kernel, noise level)."""
     rows = []
     for r in results:
         images = r["per_image"]
@@ -320,21 +330,23 @@ def target_rows(results: list[dict], settings: dict) -> list[list[str]]:
             return row["baselines"]["bicubic"][key] if r["task"] == "sr" and "bicubic" in row["baselines"] else row[f"input_{key}"]
 
         wins = [sum(row[key] > reference(row, key) for row in images) for key in ("psnr", "ssim")]
-        classical = sum(row["psnr"] > max((b["psnr"] for b in row["baselines"].values()), default=-math.inf)
-                        for row in images)
+        classical = [sum(row[key] > max((b[key] for b in row["baselines"].values()), default=-math.inf)
+                         for row in images) for key in ("psnr", "ssim")]
         if r["task"] == "gaussian-deblur":
             truth = settings["gaussian_sigma_px"]
             errors = [abs(row["sigma_estimate"] - truth) / truth for row in images if "sigma_estimate" in row]
-            parameter = f"width error {fmt(100 * max(errors), None, 0)} % at most (target 20 %)" if errors else "–"
+            parameter = (f"width error {fmt(100 * float(np.mean(errors)), None, 0)} % mean, {fmt(100 * max(errors), None, 0)} % "
+                         "at most (target 20 %)") if errors else "–"
         elif r["task"] == "motion-deblur":
             halved = sum(row["kernel_error"] <= row["initial_kernel_error"] / 2 for row in images if "kernel_error" in row)
             parameter = f"kernel error halved on {halved}/{n}"
         elif r["task"] == "denoise":
             errors = [abs(row["noise_sigma_estimate"] - row["noise_sigma_true"]) / row["noise_sigma_true"] for row in images]
-            parameter = f"noise-level error {fmt(100 * max(errors), None, 0)} % at most (target 20 %)"
+            parameter = (f"noise-level error {fmt(100 * float(np.mean(errors)), None, 0)} % mean, "
+                         f"{fmt(100 * max(errors), None, 0)} % at most (target 20 %)")
         else:
             parameter = "–"
-        rows.append([r["task"], f"{wins[0]}/{n}", f"{wins[1]}/{n}", f"{classical}/{n}", parameter])
+        rows.append([r["task"], f"{wins[0]}/{n}", f"{wins[1]}/{n}", f"{classical[0]}/{n}", f"{classical[1]}/{n}", parameter])
     return rows
 
 
@@ -373,7 +385,7 @@ def photo_markdown(records: list[dict], settings: dict, images: list[str], resul
                               "kernel sigma / noise level"], rows), "",
               "Per image (BIRD after its refinement; `input` is bicubic for SR; classical = the best baseline of the task):",
               "", markdown_table(["task", "BIRD > input, PSNR", "BIRD > input, SSIM", "BIRD > classical, PSNR",
-                                  "estimated degradation"], target_rows(results, settings)), ""]
+                                  "BIRD > classical, SSIM", "estimated degradation"], target_rows(results, settings)), ""]
     lines += [f"![{f}](figures/{f})" for f in figures]
     return "\n".join(lines)
 
