@@ -64,7 +64,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "inpaint": {"t400": {}, "t600": {"t0": 600}, "t800": {"t0": 800}, "t900": {"t0": 900},
                 "t800+anchor4000": {"t0": 800, "anchor": 4000.0},
                 "t800+anchor4000+samples2": {"t0": 800, "anchor": 4000.0, "samples": 2},
-                "t800+step40+anchor4000+samples4": {"t0": 800, "step": 40, "anchor": 4000.0, "samples": 4}},
+                "t800+step40+anchor4000+samples4": {"t0": 800, "step": 40, "anchor": 4000.0, "samples": 4},
+                "t800+step40+anchor4000+samples8": {"t0": 800, "step": 40, "anchor": 4000.0, "samples": 8}},
 }
 
 
