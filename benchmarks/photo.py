@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny run: 2 images at 64 px, 2 iterations, delta_t 500")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figure")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
-                        help="write one page <tag>.json/.md from earlier runs' JSON files (same images and settings, "
-                             "disjoint --tasks; e.g. run side by side) instead of running; needs --tag")
+                        help="write one page <tag>.json/.md from earlier runs' JSON files (same images and settings; "
+                             "a task scored twice is taken from the later file) instead of running; needs --tag")
     args = parser.parse_args(argv)
     if args.merge:
         if not args.tag:
@@ -283,8 +283,9 @@ def run_baselines(task: str, case: dict, image: torch.Tensor, result, sr_factor:
 
 
 def merge_runs(paths: list[Path], out_dir: Path, tag: str, command: str) -> tuple[Path, Path]:
-    """One page ``<tag>.json/.md`` from runs of ``benchmarks.photo`` on the same images with different ``--tasks``
-    (e.g. run side by side on two cores): results in task order, every run's record kept."""
+    """One page ``<tag>.json/.md`` from runs of ``benchmarks.photo`` on the same images and settings (e.g. runs of
+    different ``--tasks`` side by side on two cores): results in task order; a task scored by several runs is taken
+    from the last of ``paths`` (a rerun with new defaults supersedes), and the records of the runs used are kept."""
     from ctbird.errors import InputError
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
@@ -295,21 +296,23 @@ def merge_runs(paths: list[Path], out_dir: Path, tag: str, command: str) -> tupl
                   if _comparable(k, run["settings"].get(k)) != _comparable(k, runs[0]["settings"].get(k))]
         if differ:
             raise InputError(f"{path} differs from {paths[0]} in {', '.join(differ)}; only runs of one setting merge.")
-    results = sorted((r for run in runs for r in run["results"]), key=lambda r: TASKS.index(r["task"]))
-    if len({r["task"] for r in results}) != len(results):
-        raise InputError("Two of the runs scored the same task; merge runs of disjoint --tasks.")
+    source = {r["task"]: index for index, run in enumerate(runs) for r in run["results"]}  # the last run wins
+    results = [r for task in TASKS if task in source for r in runs[source[task]]["results"] if r["task"] == task]
+    used = sorted(set(source.values()))
     settings = dict(runs[0]["settings"])
     for key in ("task_defaults", "refine"):
-        settings[key] = {t: v for run in runs for t, v in run["settings"][key].items()}
-    settings["sr_factor"] = next((run["settings"]["sr_factor"] for run in runs
-                                  if any(r["task"] == "sr" for r in run["results"])), settings["sr_factor"])
-    records = [record for run in runs for record in run.get("runs", [run.get("run")])]
-    figures = [f for run in runs for f in run["figures"]]
-    payload = {"runs": records, "merged_from": [Path(p).name for p in paths], "merge_command": command,
+        settings[key] = {t: runs[i]["settings"][key][t] for t, i in source.items()}
+    if "sr" in source:
+        settings["sr_factor"] = runs[source["sr"]]["settings"]["sr_factor"]
+    records = [record for i in used for record in runs[i].get("runs", [runs[i].get("run")])]
+    figures = [f for i in used for f in runs[i]["figures"]]
+    payload = {"runs": records, "merged_from": [Path(p).name for p in paths],
+               "tasks_from": {t: Path(paths[i]).name for t, i in source.items()}, "merge_command": command,
                "settings": settings, "images": runs[0]["images"], "results": results, "figures": figures}
     markdown = photo_markdown(records, settings, payload["images"], results, [f.split("/", 1)[-1] for f in figures], tag)
     head, rest = markdown.split("\n- Command:", 1)
-    markdown = f"{head}\n- Merged from {', '.join(payload['merged_from'])} by `{command}`\n- Command:{rest}"
+    origin = "; ".join(f"{t} from {name}" for t, name in payload["tasks_from"].items())
+    markdown = f"{head}\n- Merged by `{command}` ({origin})\n- Command:{rest}"
     return write_outputs(out_dir, tag, payload, markdown)
 
 

@@ -301,26 +301,30 @@ def test_benchmark_photo_reads_rgb_folder(tmp_path, save_prior):
     assert all(_finite(r["psnr_mean"]) and _finite(r["input_psnr_mean"]) for r in payload["results"])
 
 
-def test_benchmark_photo_merges_runs_of_disjoint_tasks(tmp_path, save_prior):
+def test_benchmark_photo_merges_runs_and_later_runs_supersede(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     out = tmp_path / "out"
-    for task in ("inpaint", "denoise"):
-        _run("benchmarks.photo", "--quick", "--domain", "ct", "--synthetic", "--size", str(SIZE), "--prior", str(prior),
-             "--device", "cpu", "--tasks", task, "--tag", task, "--out-dir", str(out), "--no-figures", cwd=tmp_path)
-    _run("benchmarks.photo", "--merge", str(out / "inpaint.json"), str(out / "denoise.json"), "--tag", "both",
-         "--out-dir", str(out), cwd=tmp_path)
+    common = ["--quick", "--domain", "ct", "--synthetic", "--size", str(SIZE), "--prior", str(prior), "--device", "cpu",
+              "--out-dir", str(out), "--no-figures"]
+    for task, extra in (("inpaint", []), ("denoise", []), ("inpaint", ["--iters", "1"]), ("denoise", ["--max-images", "1"])):
+        tag = task + ("-rerun" if extra == ["--iters", "1"] else "-one" if extra else "")
+        _run("benchmarks.photo", *common, "--tasks", task, "--tag", tag, *extra, cwd=tmp_path)
+    _run("benchmarks.photo", "--merge", str(out / "inpaint.json"), str(out / "denoise.json"), str(out / "inpaint-rerun.json"),
+         "--tag", "both", "--out-dir", str(out), cwd=tmp_path)
     payload = json.loads((out / "both.json").read_text())
+    rerun = json.loads((out / "inpaint-rerun.json").read_text())
     assert [r["task"] for r in payload["results"]] == ["denoise", "inpaint"]  # the benchmark's task order
-    assert [r["command"].split("--tasks ")[1].split()[0] for r in payload["runs"]] == ["inpaint", "denoise"]
-    assert set(payload["settings"]["refine"]) == {"denoise", "inpaint"}
+    assert payload["results"][1] == rerun["results"][0]  # the later run of a task wins
+    assert payload["tasks_from"] == {"inpaint": "inpaint-rerun.json", "denoise": "denoise.json"}
+    assert [r["command"].split("--tag ")[1].split()[0] for r in payload["runs"]] == ["denoise", "inpaint-rerun"]
     markdown = (out / "both.md").read_text()
-    assert markdown.count("- Command: `python -m benchmarks.photo") == 2
+    assert markdown.count("- Command: `python -m benchmarks.photo") == 2 and "inpaint from inpaint-rerun.json" in markdown
     denoise = payload["results"][0]["per_image"]
     wins = sum(row["psnr"] > row["input_psnr"] for row in denoise)
     assert f"| denoise | {wins}/2 |" in markdown and "noise-level error" in markdown
-    completed = _launch("benchmarks.photo", "--merge", str(out / "denoise.json"), str(out / "both.json"), "--tag", "x",
-                        "--out-dir", str(out), cwd=tmp_path)
-    assert completed.returncode != 0 and "same task" in completed.stderr and not (out / "x.json").exists()
+    completed = _launch("benchmarks.photo", "--merge", str(out / "inpaint.json"), str(out / "denoise-one.json"),
+                        "--tag", "x", "--out-dir", str(out), cwd=tmp_path)
+    assert completed.returncode != 0 and "other images" in completed.stderr and not (out / "x.json").exists()
 
 
 def test_benchmark_photo_needs_a_prior_for_photographs(tmp_path):
