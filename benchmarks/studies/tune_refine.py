@@ -26,9 +26,10 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import (RESTORE_TASKS as TASKS, RESULTS_DIR, fmt, kernel_scores,
+from benchmarks.common import (RESULTS_DIR, fmt, kernel_scores,
                                load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
+from ctbird.config import RESTORE_TASKS as TASKS
 from ctbird.simulate import degrade_image
 
 #: Candidate refinements per task (``RefineConfig`` settings over its class defaults).

@@ -20,11 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import (RESTORE_TASKS as TASKS, RESULTS_DIR, fmt, kernel_scores,
+from benchmarks.common import (RESULTS_DIR, fmt, kernel_scores,
                                load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
+from ctbird.config import RESTORE_TASKS as TASKS
 from ctbird.simulate import GAUSSIAN_SIGMA_256, degrade_image
 
 #: The CT path's measured latent optimizer (docs/method.md §3).
