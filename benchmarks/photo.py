@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores, input_scores = score_unit(restored, image[None]), score_unit(observed, image[None])
                 row = {"image": label, **scores, "input_psnr": input_scores["psnr"],
                        "input_ssim": input_scores["ssim"], "seconds": seconds, "nfe": int(result.nfe), "iters_run": int(result.iters_run)}
-                if result.refine is not None:  # BIRD's own image, before the refinement
+                if result.refine is not None and result.solver_result is not None:  # BIRD's image, before the refinement
                     raw = score_unit(result.solver_result.transformed.clamp(0, 1).cpu(), image[None])
                     row["bird_psnr"], row["bird_ssim"] = raw["psnr"], raw["ssim"]
                 if task in BLIND_DEBLUR and result.kernel is not None:

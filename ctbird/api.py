@@ -51,9 +51,10 @@ class Restoration:
         The DDS refinement that ran after BIRD (``None``: off; ``.image`` is then BIRD's).
     noise_sigma : list of float
         Estimated noise std of each observation on [0, 1] (:func:`ctbird.restoration_baselines.estimate_noise_sigma`).
-    solver_result : BirdResult
+    solver_result : BirdResult or None
         The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...); ``transformed`` is BIRD's
-        image before the refinement.
+        image before the refinement. ``None`` when the search was skipped because nothing of it would be kept (the
+        refinement starts from the classical estimate and no operator parameter is estimated); ``iters_run`` is 0.
     """
 
     image: torch.Tensor
@@ -368,35 +369,45 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     def measurement_input(x0: torch.Tensor) -> torch.Tensor:
         return resize((x0 + 1.0) / 2.0, (out_h, out_w))
 
-    bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
-    generator = _generator(seed)
+    # BIRD's search is skipped when nothing of it is kept: the refinement starts from the classical estimate and
+    # there is no operator to estimate (denoising, inpainting with refine.start="estimate").
+    searched = refine is None or refine.start == "bird" or learnable
     if warm_start is None:
         warm_start = RESTORE_SETUP[task].get("warm_start", False)
     estimate = None
-    if warm_start or (refine is not None and refine.start == "estimate"):
+    if (warm_start and searched) or (refine is not None and refine.start == "estimate"):
         estimate = classical_estimate(y, task, model.shape[1:]).to(dev)
-    init_latent, warm_nfe = None, 0
-    if warm_start:
-        nfe0 = model.nfe
-        init_latent = ddim_invert(model, estimate, config.delta_t).repeat_interleave(config.n_samples, dim=0)
-        warm_nfe = model.nfe - nfe0
-    out = bird.run(y.to(dev), generator=generator, init_latent=init_latent)
-    out.nfe += warm_nfe
+    out, image, kernel, nfe, seconds = None, None, getattr(operator, "kernel", None), 0, 0.0
+    states = [{} for _ in range(batch)]
+    if searched:
+        bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
+        init_latent, warm_nfe = None, 0
+        if warm_start:
+            nfe0 = model.nfe
+            init_latent = ddim_invert(model, estimate, config.delta_t).repeat_interleave(config.n_samples, dim=0)
+            warm_nfe = model.nfe - nfe0
+        out = bird.run(y.to(dev), generator=_generator(seed), init_latent=init_latent)
+        out.nfe += warm_nfe
+        image, nfe, seconds, kernel, states = out.transformed, out.nfe, out.seconds, out.kernel, out.operator_state
     noise_sigma = _noise_sigma(y)
-    image, nfe, seconds, kernel = out.transformed, out.nfe, out.seconds, out.kernel
     if refine is not None:
         nfe0, start = model.nfe, time.perf_counter()
         start_x0 = out.image if refine.start == "bird" else estimate
-        refined, refitted = refine_restoration(model, start_x0, y.to(dev), operator, out.operator_state, refine,
+        refined, refitted = refine_restoration(model, start_x0, y.to(dev), operator, states, refine,
                                                transform=measurement_input, noise_sigma=noise_sigma,
                                                generator=_generator(seed))
         kernel = refitted if refitted is not None else kernel
         image = measurement_input(refined)
         nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
-    uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out.uncertainty is not None else None
+    if kernel is not None and kernel.dim() == 2:
+        kernel = kernel.detach().expand(batch, *kernel.shape)
+    uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out is not None and out.uncertainty is not None else None
     return Restoration(image=image.clamp(0.0, 1.0), kernel=kernel, uncertainty=uncertainty, task=task,
-                       blind=blind and learnable, seconds=seconds, nfe=nfe, loss_history=out.loss_history,
-                       grad_mode=out.grad_mode, delta_t=out.delta_t, iters_run=out.iters_run, solver_result=out,
+                       blind=blind and learnable, seconds=seconds, nfe=nfe,
+                       loss_history=out.loss_history if out is not None else [],
+                       grad_mode=out.grad_mode if out is not None else config.grad_mode,
+                       delta_t=out.delta_t if out is not None else config.delta_t,
+                       iters_run=out.iters_run if out is not None else 0, solver_result=out,
                        config=config, refine=refine, noise_sigma=noise_sigma)
 
 
@@ -470,7 +481,7 @@ def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor,
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The DDS refinement of :class:`~ctbird.config.RefineConfig` on restorations ``x0`` ``[B, C, h, w]`` in [-1, 1].
 
-    Item ``b`` is renoised to ``refine.t0`` and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the
+    Item ``b`` is renoised to ``refine.t0`` (``refine.match_noise``: counting the noise it carries) and sampled back by :func:`ctbird.solvers.dds.dds_chain` with the
     measurement model ``operator(transform(x0))``, the operator holding ``operator_state[b]`` (BIRD's estimate,
     frozen), against ``y[b]`` (``refine.samples`` renoisings in one batch, averaged; all items in one chain); the
     anchor weight is ``refine.anchor * noise_sigma[b]**2 * ||A||^2`` (``A``: the model's linear part). With
@@ -527,14 +538,19 @@ def _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, ge
     def measure(v: torch.Tensor) -> torch.Tensor:
         return torch.cat([op(transform(part)) for op, part in zip(ops, v.split(k))], dim=0)
 
+    t_start, start_noise = refine.t0, 0.0
+    if refine.match_noise:
+        levels = [2.0 * sigma for sigma in _noise_sigma((x0 + 1.0) / 2.0)]  # [0, 1] -> the prior's [-1, 1]
+        t_start = max(t_start, *(prior.schedule.timestep_of_noise(level) for level in levels))
+        start_noise = torch.tensor(levels, dtype=x0.dtype, device=x0.device).repeat_interleave(k)
     weight: float | torch.Tensor = 0.0
     if refine.anchor > 0:  # per sample, broadcast in the CG normal operator
         weight = torch.tensor([refine.anchor * sigma ** 2 * _squared_norm(lambda v, op=op: op(transform(v)), x0[:1])
                                for op, sigma in zip(ops, noise_sigma)], dtype=x0.dtype, device=x0.device)
         weight = weight.repeat_interleave(k).view(-1, *([1] * (x0.dim() - 1)))
-    refined = refine_by_dds(prior, x0.repeat_interleave(k, dim=0), t_start=refine.t0, delta_t=refine.step,
+    refined = refine_by_dds(prior, x0.repeat_interleave(k, dim=0), t_start=t_start, delta_t=refine.step,
                             measure=measure, y=y.repeat_interleave(k, dim=0), cg_iters=refine.cg_iters, eta=0.0,
-                            generator=generator, weight=weight)
+                            generator=generator, weight=weight, start_noise=start_noise)
     return refined.view(batch, k, *x0.shape[1:]).mean(dim=1)
 
 

@@ -302,6 +302,12 @@ class RefineConfig(Settings):
         kernel model: its width; a free one: :func:`ctbird.restoration_baselines.fit_blur_kernel` from the current
         kernel) and refining again, from the same start, with that kernel (each round costs one more chain).
         0: BIRD's kernel.
+    match_noise : bool
+        Count the noise the start already carries (its white-noise std, :func:`ctbird.restoration_baselines.estimate_noise_sigma`,
+        on the prior's scale) toward the renoising: only the rest of ``t0``'s noise is drawn, and ``t0`` is raised to the
+        timestep of that noise level where it lies below (:meth:`ctbird.priors.NoiseSchedule.timestep_of_noise`; the
+        batch's highest). From the noisy observation (``start="estimate"``) with ``step >= t0`` the chain is one
+        Tweedie step: the prior's minimum-mean-square-error denoiser at the observation's own noise level.
     """
 
     label: ClassVar[str] = "refine"
@@ -313,8 +319,10 @@ class RefineConfig(Settings):
     start: Literal["bird", "estimate"] = "bird"
     samples: int = 1
     kernel_refits: int = 0
+    match_noise: bool = False
 
     def _validate(self) -> None:
+        self._bool("match_noise")
         self._int("samples")
         self._choice("start", ("bird", "estimate"))
         self._int("kernel_refits", 0)

@@ -73,6 +73,15 @@ class NoiseSchedule:
         """``alphas_cumprod[t]``, and 1 for ``t < 0`` (the clean image)."""
         return self.alphas_cumprod[t] if t >= 0 else 1.0
 
+    def timestep_of_noise(self, std: float) -> int:
+        """The first timestep whose noise-to-signal ratio ``sqrt((1 - a_t) / a_t)`` reaches ``std`` (the std of white
+        noise on an image of the prior's [-1, 1] scale): ``x_t / sqrt(a_t)`` is then such an image. 0 for ``std`` at or
+        below the first ratio; the last timestep for any ``std`` beyond the schedule."""
+        for t, a in enumerate(self.alphas_cumprod):
+            if math.sqrt((1.0 - a) / a) >= std:
+                return t
+        return self.num_train_timesteps - 1
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise`` for ``[B, ...]`` images and integer timesteps ``t`` ``[B]``."""
         alphas = torch.tensor(self.alphas_cumprod, dtype=torch.float32, device=x0.device)

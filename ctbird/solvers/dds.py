@@ -89,19 +89,23 @@ def refinement_pairs(t_start: int, delta_t: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def refine_by_dds(prior, x0: torch.Tensor, *, t_start: int, delta_t: int, measure: Callable[[torch.Tensor], torch.Tensor],
                   y: torch.Tensor, cg_iters: int, eta: float, generator=None, weight: float | torch.Tensor = 0.0,
-                  history: list[float] | None = None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+                  start_noise: float | torch.Tensor = 0.0, history: list[float] | None = None,
+                  callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Refine a reconstruction ``x0`` (``[B, C, h, w]``, prior scale) by the DDS chain from timestep ``t_start``.
 
-    ``x0`` is renoised to ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) z`` (``z`` drawn with ``generator``) and
+    ``x0`` is renoised to ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t - a_t s^2) z`` (``z`` drawn with ``generator``) and
     :func:`dds_chain` runs the :func:`refinement_pairs` down to the clean image: the prior repairs what the first
-    solver left off the image manifold while every step is pulled back to the data. Returns ``[B, C, h, w]`` in
-    [-1, 1].
+    solver left off the image manifold while every step is pulled back to the data. ``s`` (``start_noise``: one value
+    or one per item ``[B]``) is the std of the white noise ``x0`` already carries on the prior's scale, so only the
+    rest of ``t_start``'s noise is drawn (none once ``s`` reaches it). Returns ``[B, C, h, w]`` in [-1, 1].
     """
     from ..priors.schedule import randn
 
     if not 0 <= t_start < prior.num_train_timesteps:
         raise ConfigError(f"refine_from_t must lie in [0, {prior.num_train_timesteps - 1}], got {t_start}.")
     a = prior.schedule.alpha(t_start)
-    x = math.sqrt(a) * x0 + math.sqrt(1.0 - a) * randn(tuple(x0.shape), generator=generator, device=x0.device)
+    carried = torch.as_tensor(start_noise, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * (x0.dim() - 1)))
+    fresh = (1.0 - a - a * carried.square()).clamp_min(0.0).sqrt()
+    x = math.sqrt(a) * x0 + fresh * randn(tuple(x0.shape), generator=generator, device=x0.device)
     return dds_chain(prior, x, refinement_pairs(t_start, delta_t), measure=measure, y=y, cg_iters=cg_iters, eta=eta,
                      weight=weight, generator=generator, history=history, callback=callback)
