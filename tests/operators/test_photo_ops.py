@@ -51,7 +51,7 @@ def test_blur_of_an_impulse_is_the_kernel_in_its_own_orientation(padding):
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
-@pytest.mark.parametrize("kernel_size", [3, 7])
+@pytest.mark.parametrize("kernel_size", [3, 7, 9, 15])  # 9 and 15: the FFT path (the 15² kernel outgrows the image)
 def test_blur_matches_scipy_convolve_for_every_padding(padding, kernel_size):
     generator = torch.Generator().manual_seed(0)
     kernel = torch.rand(kernel_size, kernel_size, generator=generator, dtype=torch.float64) - 0.3
@@ -60,6 +60,26 @@ def test_blur_matches_scipy_convolve_for_every_padding(padding, kernel_size):
     for channel in range(2):
         expected = scipy.ndimage.convolve(image[channel].numpy(), kernel.numpy(), mode=SCIPY_MODES[padding])
         np.testing.assert_allclose(out[channel].numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_fft_and_direct_convolution_agree_forward_adjoint_and_kernel_gradient(padding, monkeypatch):
+    from operators import _conv
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(41, 41, generator=generator)
+    image = torch.rand(2, 1, 60, 52, generator=generator)
+    target = torch.rand(2, 1, 60, 52, generator=generator)
+    results = {}
+    for path, side in (("fft", 9), ("direct", 10_000)):
+        monkeypatch.setattr(_conv, "FFT_MIN_KERNEL_SIDE", side)
+        op = Blur(torch.softmax(logits.flatten(), 0).view(41, 41), image_shape=(1, 60, 52), padding=padding,
+                  learnable=True)
+        loss = (op(image) - target).square().sum()
+        (grad,) = torch.autograd.grad(loss, op.kernel_logits)
+        results[path] = (op(image).detach(), op.adjoint(target).detach(), grad)
+    for fft, direct in zip(results["fft"], results["direct"]):
+        assert torch.allclose(fft, direct, rtol=1e-4, atol=1e-5 * float(direct.abs().max()))
 
 
 def test_blur_same_kernel_on_every_channel_and_sample():

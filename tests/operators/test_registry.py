@@ -73,6 +73,8 @@ OPERATORS: dict[str, Case] = {
     "blur_fixed_zeros": Case(_fixed(lambda: Blur(_kernel(3, 1), image_shape=(1, 8, 8), padding="zeros"))),
     "blur_fixed_circular": Case(_fixed(lambda: Blur(_kernel(5, 2), image_shape=(1, 8, 10), padding="circular"))),
     "blur_fixed_symmetric_wide": Case(_fixed(lambda: Blur(_kernel(9, 3), image_shape=(1, 6, 5), padding="symmetric"))),
+    "blur_fft_reflect": Case(_fixed(lambda: Blur(_kernel(11, 8), image_shape=(2, 14, 12)))),  # the FFT path
+    "blur_fft_logits": Case(_fixed(lambda: Blur(_kernel(9, 9), image_shape=(1, 10, 11), learnable=True)), learnable=True),
     "blur_logits": Case(_fixed(lambda: Blur(_kernel(5, 4), image_shape=(3, 8, 8), learnable=True)), learnable=True),
     "blur_mlp": Case(_fixed(lambda: Blur(kernel_size=3, image_shape=(1, 8, 8), learnable=True, parametrization="mlp",
                                          mlp_input_size=6, mlp_hidden_size=8)), learnable=True),
