@@ -3,7 +3,7 @@
 * ``wiener``: unsupervised Wiener–Hunt deconvolution (``skimage.restoration.unsupervised_wiener``; the noise and
   image regularization are estimated by its Gibbs sampler) with the given kernel, else a Gaussian of width
   :func:`estimate_gaussian_sigma`.
-* ``richardson-lucy``: Richardson–Lucy deconvolution (:func:`richardson_lucy`, reflect borders; scikit-image 0.26's
+* ``richardson-lucy``: Richardson–Lucy deconvolution (:func:`richardson_lucy`, symmetric borders, the blur of :mod:`operators.blur`; scikit-image 0.26's
   ``richardson_lucy`` moved away from the truth on noiseless test scenes) with the same kernel choice (e.g. the
   kernel BIRD estimated).
 * ``tv``: TV denoising (``skimage.restoration.denoise_tv_chambolle``) with weight ``TV_WEIGHT_PER_SIGMA`` times the noise level
@@ -177,16 +177,20 @@ def project_to_simplex(values: np.ndarray) -> np.ndarray:
 
 
 def richardson_lucy(image: np.ndarray, kernel: np.ndarray, iters: int = RL_ITERS) -> np.ndarray:
-    """Richardson–Lucy ``x <- x * (k~ * (y / (k * x)))`` on a non-negative ``[H, W]`` image, reflect borders,
-    starting from the image's mean."""
-    from scipy.ndimage import convolve
+    """Richardson–Lucy ``x <- x * H^T(y / H x) / H^T 1`` on a non-negative ``[H, W]`` image, ``H`` the convolution with
+    ``kernel`` under symmetric borders (:class:`operators.blur.Blur`, through the FFT for large kernels), starting
+    from the image's mean."""
+    from operators.blur import Blur
 
-    y = np.clip(image, 0.0, None)
-    x = np.full_like(y, max(float(y.mean()), 1e-6))
-    flipped = kernel[::-1, ::-1]
-    for _ in range(iters):
-        x = x * convolve(y / np.maximum(convolve(x, kernel, mode="reflect"), 1e-12), flipped, mode="reflect")
-    return x
+    y = torch.from_numpy(np.clip(image, 0.0, None)).to(torch.float64)[None, None]
+    blur = Blur(torch.from_numpy(np.ascontiguousarray(kernel)).to(torch.float64), image_shape=(1, *image.shape),
+                padding="symmetric")
+    with torch.no_grad():
+        norm = blur.adjoint(torch.ones_like(y)).clamp_min(1e-12)
+        x = torch.full_like(y, max(float(y.mean()), 1e-6))
+        for _ in range(iters):
+            x = x * blur.adjoint(y / blur(x).clamp_min(1e-12)) / norm
+    return x[0, 0].numpy()
 
 
 def run_baseline(method: str, image: torch.Tensor, task: str, *, sr_factor: int = 8, mask: torch.Tensor | None = None,
