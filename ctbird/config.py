@@ -352,7 +352,8 @@ RESTORE_REFINE: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "motion-deblur": MappingProxyType({"t0": 200, "anchor": 4000.0, "start": "estimate", "samples": 4,
                                        "kernel_refits": 1}),
     "sr": MappingProxyType({"t0": 100, "anchor": 20000.0, "start": "estimate", "samples": 4}),
-    "denoise": MappingProxyType({"t0": 60, "cg_iters": 0, "samples": 8}),
+    "denoise": MappingProxyType({"t0": 60, "step": 999, "cg_iters": 0, "start": "estimate", "samples": 8,
+                                 "match_noise": True}),
     "inpaint": MappingProxyType({"t0": 800, "step": 40, "anchor": 4000.0, "samples": 8}),
 })
 

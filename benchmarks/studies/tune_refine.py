@@ -65,8 +65,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "estimate+match+step999+cg0": {"start": "estimate", "match_noise": True, "t0": 1, "step": 999,
                                                "cg_iters": 0},
                 "estimate+match+cg0": {"start": "estimate", "match_noise": True, "t0": 1, "cg_iters": 0},
-                "estimate+match+t60+step999+cg0+samples8": {"start": "estimate", "match_noise": True, "t0": 60,
-                                                            "step": 999, "cg_iters": 0, "samples": 8}},
+                **{f"estimate+match+t{t0}+step999+cg0+samples{n}": {"start": "estimate", "match_noise": True, "t0": t0,
+                                                                     "step": 999, "cg_iters": 0, "samples": n}
+                   for t0, n in ((40, 8), (60, 8), (80, 8), (60, 16))}},
     "inpaint": {"t400": {}, "t600": {"t0": 600}, "t800": {"t0": 800}, "t900": {"t0": 900},
                 "t800+anchor4000": {"t0": 800, "anchor": 4000.0},
                 "t800+anchor4000+samples2": {"t0": 800, "anchor": 4000.0, "samples": 2},

@@ -1,4 +1,5 @@
-"""``ctbird.restore``'s kernel models and warm start, and the DDIM inversion behind the warm start."""
+"""``ctbird.restore``'s kernel models, warm start and noise-matched refinement, and the DDIM inversion behind the warm
+start."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ def test_gaussian_kernel_model_learns_its_width(prior):
 
 def test_warm_start_counts_the_inversion_and_changes_the_start(prior):
     image = torch.rand(1, 1, 16, 16)
-    cold = restore(image, "denoise", prior=prior, iters=1, delta_t=500, warm_start=False)
-    warm = restore(image, "denoise", prior=prior, iters=1, delta_t=500, warm_start=True)
+    cold = restore(image, "denoise", prior=prior, iters=1, delta_t=500, warm_start=False, refine=False)
+    warm = restore(image, "denoise", prior=prior, iters=1, delta_t=500, warm_start=True, refine=False)
     assert warm.nfe == cold.nfe + 2
     assert not torch.allclose(warm.image, cold.image)
 
@@ -59,3 +60,49 @@ def test_for_task_applies_the_cpu_budget_to_restoration_tasks_only():
     assert BirdConfig.for_task("ct", "cpu-fast") == BirdConfig() and "cpu-fast" in PRESETS
     with pytest.raises(ConfigError, match="preset"):
         BirdConfig.for_task("denoise", "turbo")
+
+
+def _zero_noise_prior() -> DiffusionPrior:
+    """A prior whose noise estimate is 0: its Tweedie step returns ``x_t / sqrt(a_t)``."""
+    zero = DiffusionPrior.from_config(UNET, seed=0)
+    with torch.no_grad():
+        zero.unet.conv_out.weight.zero_()
+        zero.unet.conv_out.bias.zero_()
+    return zero
+
+
+def test_timestep_of_noise_is_the_first_step_whose_noise_reaches_the_level(prior):
+    schedule = prior.schedule
+    ratio = [((1 - a) / a) ** 0.5 for a in schedule.alphas_cumprod]
+    for level in (0.05, 0.1, 0.3, 1.0):
+        t = schedule.timestep_of_noise(level)
+        assert ratio[t] >= level > ratio[t - 1]
+    assert schedule.timestep_of_noise(0.0) == 0 and schedule.timestep_of_noise(1e9) == schedule.num_train_timesteps - 1
+
+
+def test_noise_matched_renoising_draws_only_the_noise_the_start_lacks():
+    from ctbird.solvers.dds import refine_by_dds
+
+    zero = _zero_noise_prior()
+    generator = torch.Generator().manual_seed(0)
+    noisy = (0.4 * torch.randn(2, 1, 16, 16, generator=generator)).clamp(-0.9, 0.9)
+    t = zero.schedule.timestep_of_noise(0.1)
+    level = ((1 - zero.schedule.alpha(t)) / zero.schedule.alpha(t)) ** 0.5  # t's own level (0.1 or just above)
+    common = dict(t_start=t, delta_t=999, measure=lambda v: v, y=noisy, cg_iters=0, eta=0.0)
+    matched = refine_by_dds(zero, noisy, start_noise=torch.tensor([level, 0.0]), generator=generator, **common)
+    plain = refine_by_dds(zero, noisy, generator=generator, **common)
+    assert torch.allclose(matched[0], noisy[0], atol=1e-6)  # the start's own noise stands in for t's: none drawn
+    assert not torch.allclose(matched[1], noisy[1], atol=1e-3)  # a clean start gets all of it
+    assert float((plain - noisy).std()) > 0.5 * ((1 - zero.schedule.alpha(t)) / zero.schedule.alpha(t)) ** 0.5
+
+
+def test_default_denoising_is_the_noise_matched_tweedie_step_without_birds_search(prior):
+    from ctbird.config import RefineConfig
+
+    image = (0.5 + 0.1 * torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    result = restore(image, "denoise", prior=prior, iters=2, delta_t=500)
+    assert result.refine == RefineConfig.for_task("denoise") and result.refine.match_noise
+    assert result.solver_result is None and result.iters_run == 0 and result.loss_history == []
+    assert result.nfe == 1 and result.image.shape == image.shape  # 8 renoisings, one batched Tweedie step
+    searched = restore(image, "denoise", prior=prior, iters=2, delta_t=500, refine=RefineConfig.for_task("denoise").replace(start="bird"))
+    assert searched.solver_result is not None and searched.iters_run == 2
