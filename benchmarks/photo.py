@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(1)
     results = []
     for task, rows in per_task.items():
-        summary = {"task": task, "iters": args.iters or BirdConfig.for_task(task, args.preset).iters}
+        summary = {"task": task, "iters": max((r["iters_run"] for r in rows),  # 0: restore skipped BIRD's search
+                                              default=args.iters or BirdConfig.for_task(task, args.preset).iters)}
         for key in ("psnr", "ssim", "input_psnr", "input_ssim", "bird_psnr", "bird_ssim", "kernel_error",
                     "initial_kernel_error", "sigma_estimate", "noise_sigma_true", "noise_sigma_bird",
                     "noise_sigma_estimate", "seconds", "nfe"):
