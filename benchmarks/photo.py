@@ -316,8 +316,11 @@ def merge_runs(paths: list[Path], out_dir: Path, tag: str, command: str) -> tupl
 
 
 def _comparable(key: str, value):
-    """A setting as runs are compared: the prior by its folder name (checkouts differ in their absolute paths)."""
-    return Path(value).name if key == "prior" and value else value
+    """A setting as runs are compared: the prior by its folder name (checkouts differ in their absolute paths), the
+    data folder with its links resolved (a worktree reaches the same data through a link)."""
+    if key == "prior" and value:
+        return Path(value).name
+    return str(Path(value).resolve()) if key == "data" and value else value
 
 
 def target_rows(results: list[dict], settings: dict) -> list[list[str]]:
