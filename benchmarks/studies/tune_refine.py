@@ -74,7 +74,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
                 "t800+step40+anchor4000+samples4": {"t0": 800, "step": 40, "anchor": 4000.0, "samples": 4},
                 "t800+step40+anchor4000+samples8": {"t0": 800, "step": 40, "anchor": 4000.0, "samples": 8},
                 "t800+step40+anchor1200+samples8": {"t0": 800, "step": 40, "anchor": 1200.0, "samples": 8},
-                "t800+step40+anchor12000+samples8": {"t0": 800, "step": 40, "anchor": 12000.0, "samples": 8}},
+                "t800+step40+anchor12000+samples8": {"t0": 800, "step": 40, "anchor": 12000.0, "samples": 8},
+                "t800+step40+anchor40000+samples8": {"t0": 800, "step": 40, "anchor": 40000.0, "samples": 8}},
 }
 
 
