@@ -354,7 +354,7 @@ RESTORE_REFINE: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "sr": MappingProxyType({"t0": 100, "anchor": 20000.0, "start": "estimate", "samples": 4}),
     "denoise": MappingProxyType({"t0": 60, "step": 999, "cg_iters": 0, "start": "estimate", "samples": 8,
                                  "match_noise": True}),
-    "inpaint": MappingProxyType({"t0": 800, "step": 40, "anchor": 4000.0, "samples": 8}),
+    "inpaint": MappingProxyType({"t0": 800, "step": 40, "anchor": 12000.0, "samples": 8}),
 })
 
 #: Named BIRD budgets (settings that differ from :class:`BirdConfig`'s defaults).
