@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
                         "t200+anchor1200+samples4": {"t0": 200, "anchor": 1200.0, "samples": 4},
                         "t100+anchor1200+samples4": {"t0": 100, "anchor": 1200.0, "samples": 4},
                         "t100+anchor1200+samples4+refit1": {"t0": 100, "anchor": 1200.0, "samples": 4,
+                                                            "kernel_refits": 1},
+                        "t200+anchor1200+samples4+refit1": {"t0": 200, "anchor": 1200.0, "samples": 4,
                                                             "kernel_refits": 1}},
     "motion-deblur": {"t400+anchor4000": {"anchor": 4000.0}, "t200+anchor4000": {"t0": 200, "anchor": 4000.0},
                       "t200+anchor4000+refit1": {"t0": 200, "anchor": 4000.0, "kernel_refits": 1},
