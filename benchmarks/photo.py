@@ -227,11 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                     row["noise_sigma_true"] = float((case["y"] - image[None]).std())
                     row["noise_sigma_bird"] = float((case["y"] - restored).std())
                     row["noise_sigma_estimate"] = result.noise_sigma[0]
-                row["baselines"] = run_baselines(task, case, image, result, args.sr_factor)
+                row["baselines"], best_baseline = run_baselines(task, case, image, result, args.sr_factor)
                 per_task[task].append(row)
                 if index == 0:
                     examples[task] = {"truth": image, "observed": observed[0], "restored": restored[0],
-                                      "kernel": case.get("kernel"),
+                                      "baseline": best_baseline, "kernel": case.get("kernel"),
                                       "kernel_estimate": result.kernel[0].cpu() if result.kernel is not None else None}
                 bar.update(1)
     results = []
@@ -268,18 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_baselines(task: str, case: dict, image: torch.Tensor, result, sr_factor: int) -> dict:
+def run_baselines(task: str, case: dict, image: torch.Tensor, result, sr_factor: int
+                  ) -> tuple[dict, tuple[str, torch.Tensor]]:
     """``{baseline: {psnr, ssim, seconds}}`` of :mod:`ctbird.restoration_baselines` on the observation; deconvolution
-    with the kernel BIRD estimated (Richardson–Lucy) or a Gaussian of estimated width (Wiener)."""
+    with the kernel BIRD estimated (Richardson–Lucy) or a Gaussian of estimated width (Wiener). Also the name and image
+    ``[C, H, W]`` of the baseline with the highest PSNR (for the figure)."""
     from ctbird.restoration_baselines import run_baseline, task_baselines
 
-    scores = {}
+    scores, best = {}, ("", None)
     for name in task_baselines(task):
         kernel = result.kernel[0].cpu() if name == "richardson-lucy" and result.kernel is not None else None
         out = run_baseline(name, case["y"], task, sr_factor=sr_factor, mask=case.get("mask"), kernel=kernel,
                            kernel_size=case["kernel"].shape[-1] if "kernel" in case else None)
         scores[name] = {**score_unit(out.image, image[None]), "seconds": out.seconds}
-    return scores
+        if best[1] is None or scores[name]["psnr"] > scores[best[0]]["psnr"]:
+            best = (name, out.image[0].detach().cpu().float())
+    return scores, best
 
 
 def merge_runs(paths: list[Path], out_dir: Path, tag: str, command: str) -> tuple[Path, Path]:
@@ -401,7 +405,8 @@ def _baseline_names(summary: dict) -> list[str]:
 
 
 def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str]:
-    """One row per task: truth, observation, restoration, true and estimated kernel (deblurring)."""
+    """One row per task: truth, observation, BIRD, the best classical baseline, the absolute errors of both (one scale
+    per row), and the true and estimated kernels when a task of the run has them (deblurring)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -410,23 +415,34 @@ def write_figure(out_dir: Path, tag: str, examples: dict[str, dict]) -> list[str
     if not examples:
         return []
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(examples), 5, figsize=(11, 2.3 * len(examples)), squeeze=False, constrained_layout=True)
+    kernels = any(ex["kernel"] is not None for ex in examples.values())
+    columns = 6 + 2 * kernels
+    fig, axes = plt.subplots(len(examples), columns, figsize=(1.9 * columns, 2.2 * len(examples)), squeeze=False,
+                             constrained_layout=True)
 
-    def show(ax, image, title, cmap="gray"):
+    def show(ax, image, title, cmap="gray", vmax=1.0):
         array = image.detach().cpu().numpy()
         if array.ndim == 3:
             array = array.transpose(1, 2, 0) if array.shape[0] == 3 else array[0]
-        ax.imshow(array, cmap=cmap, vmin=None if cmap != "gray" else 0.0, vmax=None if cmap != "gray" else 1.0)
+        ax.imshow(array, cmap=cmap, vmin=0.0 if vmax is not None else None, vmax=vmax)
         ax.set_title(title, fontsize=8)
 
     for row, (task, ex) in zip(axes, examples.items()):
+        name, baseline = ex["baseline"]
         show(row[0], ex["truth"], f"{task}: truth")
         show(row[1], ex["observed"], "observation")
         show(row[2], ex["restored"], "BIRD")
+        errors = [(ex["restored"] - ex["truth"]).abs().mean(0, keepdim=True)]
+        if baseline is not None:
+            show(row[3], baseline.clamp(0, 1), name)
+            errors.append((baseline.clamp(0, 1) - ex["truth"]).abs().mean(0, keepdim=True))
+        scale = max(float(torch.quantile(errors[0].flatten(), 0.99)), 1e-6)
+        for ax, error, label in zip(row[4:6], errors, ("|BIRD - truth|", f"|{name} - truth|")):
+            show(ax, error, label, cmap="magma", vmax=scale)
         if ex["kernel"] is not None:
-            show(row[3], ex["kernel"], "true kernel", cmap="viridis")
-        if ex["kernel_estimate"] is not None:
-            show(row[4], ex["kernel_estimate"], "estimated kernel", cmap="viridis")
+            show(row[6], ex["kernel"], "true kernel", cmap="viridis", vmax=None)
+        if ex["kernel_estimate"] is not None and kernels:
+            show(row[7], ex["kernel_estimate"], "estimated kernel", cmap="viridis", vmax=None)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
