@@ -369,16 +369,15 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     def measurement_input(x0: torch.Tensor) -> torch.Tensor:
         return resize((x0 + 1.0) / 2.0, (out_h, out_w))
 
-    # BIRD's search is skipped when nothing of it is kept: the refinement starts from the classical estimate and
-    # there is no operator to estimate (denoising, inpainting with refine.start="estimate").
-    searched = refine is None or refine.start == "bird" or learnable
+    searched = bird_search_is_kept(refine, operator)
     if warm_start is None:
         warm_start = RESTORE_SETUP[task].get("warm_start", False)
     estimate = None
     if (warm_start and searched) or (refine is not None and refine.start == "estimate"):
         estimate = classical_estimate(y, task, model.shape[1:]).to(dev)
-    out, image, kernel, nfe, seconds = None, None, getattr(operator, "kernel", None), 0, 0.0
-    states = [{} for _ in range(batch)]
+    fixed_kernel = getattr(operator, "kernel", None)  # the result's kernel when BIRD does not estimate one
+    kernel = None if fixed_kernel is None else fixed_kernel.detach().expand(batch, *fixed_kernel.shape[-2:])
+    out, image, nfe, seconds, states = None, None, 0, 0.0, [{} for _ in range(batch)]
     if searched:
         bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
         init_latent, warm_nfe = None, 0
@@ -399,8 +398,6 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         kernel = refitted if refitted is not None else kernel
         image = measurement_input(refined)
         nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
-    if kernel is not None and kernel.dim() == 2:
-        kernel = kernel.detach().expand(batch, *kernel.shape)
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out is not None and out.uncertainty is not None else None
     return Restoration(image=image.clamp(0.0, 1.0), kernel=kernel, uncertainty=uncertainty, task=task,
                        blind=blind and learnable, seconds=seconds, nfe=nfe,
@@ -409,6 +406,12 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                        delta_t=out.delta_t if out is not None else config.delta_t,
                        iters_run=out.iters_run if out is not None else 0, solver_result=out,
                        config=config, refine=refine, noise_sigma=noise_sigma)
+
+
+def bird_search_is_kept(refine: RefineConfig | None, operator) -> bool:
+    """Whether :func:`restore` runs BIRD's search: not when nothing of it would be kept, i.e. the refinement starts
+    from the classical estimate and ``operator`` has no parameter to estimate (denoising)."""
+    return refine is None or refine.start == "bird" or any(p.requires_grad for p in operator.parameters())
 
 
 def classical_estimate(y: torch.Tensor, task: str, size: tuple[int, int]) -> torch.Tensor:

@@ -109,7 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import classical_estimate, default_kernel_size, refine_restoration, resize, restoration_operator, restore
+    from ctbird.api import (bird_search_is_kept, classical_estimate, default_kernel_size, refine_restoration, resize,
+                            restoration_operator, restore)
     from ctbird.config import BirdConfig, RefineConfig
     from ctbird.priors import DiffusionPrior, default_prior_path
     from operators.blur import Blur
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           result.solver_result.operator_state, config,
                                                           transform=transform, noise_sigma=result.noise_sigma,
                                                           generator=torch.Generator().manual_seed(args.seed))
-                    searched = config.start == "bird" or task not in ("denoise", "inpaint")  # as restore() decides
+                    searched = bird_search_is_kept(config, operator)
                     row = {"image": label, **score_unit(transform(refined).clamp(0, 1).cpu(), truth),
                            "seconds": result.seconds * searched + time.perf_counter() - started,
                            "nfe": result.nfe * searched + prior.nfe - nfe0, "misfit": misfit(refined, kernels)}
