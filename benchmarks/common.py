@@ -489,6 +489,15 @@ def load_unit_slice(spec: str, size: int) -> tuple[torch.Tensor, str]:
     return resize(unit[None, None], (size, size))[0].clamp(0.0, 1.0), label
 
 
+def initial_kernel(task: str, kernel_size: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The blind solver's starting kernel (the operator :func:`ctbird.restore` builds by default)."""
+    from ctbird.api import restoration_operator
+
+    op = restoration_operator(task, shape, blind=True, sr_factor=1, kernel_size=kernel_size, kernel=None, mask=None)
+    with torch.no_grad():
+        return op.kernel.detach().clone()
+
+
 def kernel_scores(result, case: dict) -> dict:
     """``{kernel_error, sigma}`` of ``result.kernel`` (``[B, k, k]`` or ``[k, k]``; the first item) against
     ``case["kernel"]`` (blind deblurring), else ``{}``."""

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (RESULTS_DIR, SHARED_DATA, command_line, evenly_spread, observation_view, fmt,
+from benchmarks.common import (RESULTS_DIR, SHARED_DATA, command_line, evenly_spread, initial_kernel, observation_view, fmt,
                                load_ct_slices, markdown_table, mean_std, parse_list, progress, record_markdown,
                                require_positive, run_script, save_png, score_unit, start_run, write_outputs)
 from ctbird.config import RESTORE_TASKS as TASKS
@@ -153,15 +153,6 @@ def load_images(args, size: int, channels: int) -> list[tuple[str, torch.Tensor]
         images = [(str(p.relative_to(folder)), _square(torch.from_numpy(read_image(p)), size))
                   for p in evenly_spread(files, args.max_images)]
     return [(label, _match_channels(image.to(torch.float32), channels)) for label, image in images]
-
-
-def initial_kernel(task: str, kernel_size: int, shape: tuple[int, int, int]) -> torch.Tensor:
-    """The blind solver's starting kernel (the operator :func:`ctbird.restore` builds by default)."""
-    from ctbird.api import restoration_operator
-
-    op = restoration_operator(task, shape, blind=True, sr_factor=1, kernel_size=kernel_size, kernel=None, mask=None)
-    with torch.no_grad():
-        return op.kernel.detach().clone()
 
 
 # ------------------------------------------------------------------------------------------ run

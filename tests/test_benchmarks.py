@@ -513,8 +513,16 @@ def test_tune_refine_scores_bird_and_each_refinement_of_it(tmp_path, save_prior)
     rows = {(r["task"], r["variant"]): r for r in payload["results"]}
     assert set(rows) == {(task, name) for task in ("gaussian-deblur", "denoise")
                          for name in ("observation", "bird", "default")} | {("gaussian-deblur", "t200+anchor1200"),
-                                                                              ("denoise", "t60+cg0")}
+                                                                              ("denoise", "t60+cg0"),
+                                                                              ("gaussian-deblur", "initial kernel"),
+                                                                              ("gaussian-deblur", "kernel fit to the truth")}
+    # the kernel fit from the true image finds the simulated blur (sigma 3 px at 256², scaled to SIZE) far better
+    # than BIRD's flat start
+    fitted, start = rows[("gaussian-deblur", "kernel fit to the truth")], rows[("gaussian-deblur", "initial kernel")]
+    assert fitted["kernel_error_mean"] < 0.5 * start["kernel_error_mean"]
+    assert "psnr_mean" not in fitted and "kernel_error_mean" in rows[("gaussian-deblur", "bird")]
     assert rows[("denoise", "t60+cg0")]["settings"]["t0"] == 60
     assert rows[("denoise", "t60+cg0")]["nfe_mean"] == rows[("denoise", "bird")]["nfe_mean"] + 60 // 20 + 1
     assert rows[("gaussian-deblur", "t200+anchor1200")]["psnr_mean"] != rows[("gaussian-deblur", "bird")]["psnr_mean"]
-    assert "| denoise | t60+cg0 |" in (tmp_path / "refine_t.md").read_text()
+    page = (tmp_path / "refine_t.md").read_text()
+    assert "| denoise | t60+cg0 |" in page and "| kernel error | kernel width |" in page

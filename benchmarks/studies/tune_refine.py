@@ -26,12 +26,15 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import (RESULTS_DIR, fmt, kernel_scores,
+from benchmarks.common import (RESULTS_DIR, fmt, initial_kernel, kernel_scores,
                                load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
 from ctbird.config import RESTORE_TASKS as TASKS
 from ctbird.simulate import degrade_image
 
+#: Row label of the kernel least squares from the true image (blind deblurring).
+ORACLE_KERNEL = "kernel fit to the truth"
+INITIAL_KERNEL = "initial kernel"
 #: Candidate refinements per task (``RefineConfig`` settings over its class defaults).
 VARIANTS: dict[str, dict[str, dict]] = {
     "gaussian-deblur": {"t400+anchor1200": {"anchor": 1200.0}, "t200": {"t0": 200},
@@ -85,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slice", action="append", required=True, help="STACK.npz:INDEX training slice (repeatable)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the tasks")
-    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all of each task)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variant names (default: all of each task; 'default' alone: only the task's default)")
     parser.add_argument("--baselines", action="store_true", help="also score the classical baselines")
     parser.add_argument("--size", type=int, default=128, help="working side (default 128)")
     parser.add_argument("--sr-factor", type=int, default=4)
@@ -101,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.variants = parse_list(args.variants) if args.variants else None
     if any(t not in TASKS for t in args.tasks):
         parser.error(f"--tasks takes some of {', '.join(TASKS)}.")
-    known = {name for task in args.tasks for name in VARIANTS[task]}
+    known = {"default"} | {name for task in args.tasks for name in VARIANTS[task]}
     if args.variants and any(v not in known for v in args.variants):
         parser.error(f"--variants takes some of {', '.join(sorted(known))}.")
     return args
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                             restoration_operator, restore)
     from ctbird.config import BirdConfig, RefineConfig
     from ctbird.priors import DiffusionPrior, default_prior_path
+    from ctbird.restoration_baselines import fit_blur_kernel
     from operators.blur import Blur
 
     device, record = start_run(args, argv)
@@ -166,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                 if task == "denoise":
                     bird["noise_sigma_true"] = float((y - truth).std())
                 rows.setdefault((task, "bird"), []).append(bird)
+                if deblur:  # where BIRD's kernel starts, and what the refit's least squares finds from the true image
+                    oracle = torch.from_numpy(fit_blur_kernel(truth[0, 0].numpy(), y[0, 0].numpy(), kernel_size))
+                    for name, kernel in ((INITIAL_KERNEL, initial_kernel(task, kernel_size, tuple(truth.shape[1:]))),
+                                         (ORACLE_KERNEL, oracle)):
+                        rows.setdefault((task, name), []).append(
+                            {"image": label, **kernel_scores(SimpleNamespace(kernel=kernel), case)})
                 candidates = {"default": RefineConfig.for_task(task).to_dict(),
                               **{name: kw for name, kw in VARIANTS[task].items()
                                  if args.variants is None or name in args.variants}}
@@ -199,10 +210,13 @@ def main(argv: list[str] | None = None) -> int:
                "sr_factor": args.sr_factor, "seed": args.seed, "kernel_size": kernel_size,
                "bird": {task: BirdConfig.for_task(task, args.preset).to_dict() for task in args.tasks},
                "prior": str(prior_path), "results": results}
-    table = [[r["task"], r["variant"], fmt(r["psnr_mean"], r["psnr_std"]), fmt(r["ssim_mean"], digits=3),
-              fmt(r["misfit_mean"], digits=4) if "misfit_mean" in r else "–",
-              fmt(r["seconds_mean"], digits=1) if "seconds_mean" in r else "–",
-              fmt(r["nfe_mean"], digits=0) if "nfe_mean" in r else "–"] for r in results]
+    def cell(r: dict, key: str, digits: int, spread: bool = False) -> str:
+        return fmt(r[f"{key}_mean"], r[f"{key}_std"] if spread else None, digits) if f"{key}_mean" in r else "–"
+
+    kernels = any("kernel_error_mean" in r for r in results)
+    table = [[r["task"], r["variant"], cell(r, "psnr", 2, True), cell(r, "ssim", 3), cell(r, "misfit", 4),
+              *([cell(r, "kernel_error", 3, True), cell(r, "sigma", 2)] if kernels else []),
+              cell(r, "seconds", 1), cell(r, "nfe", 0)] for r in results]
     noise = [r for r in results if r["variant"] == "bird" and "noise_sigma_true_mean" in r]
     markdown = "\n".join([
         f"# Refinement of the restorations on CT training slices (`{args.tag}`)", "",
@@ -220,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         "- PSNR/SSIM with data range 1.0 on [0, 1]; mean ± std over the slices; data misfit = RMS of M(x) - y with "
         "BIRD's operator; seconds and NFE include BIRD's.",
         *([f"- Noise std (denoise): estimated {fmt(noise[0]['noise_sigma_mean'], digits=4)}, true "
-           f"{fmt(noise[0]['noise_sigma_true_mean'], digits=4)} (`estimate_noise_sigma`)."] if noise else []), "",
-        markdown_table(["task", "variant", "PSNR (dB)", "SSIM", "data misfit", "s / image", "NFE"], table)])
+           f"{fmt(noise[0]['noise_sigma_true_mean'], digits=4)} (`estimate_noise_sigma`)."] if noise else []),
+        *([f"- `{INITIAL_KERNEL}`: the kernel BIRD starts from; `{ORACLE_KERNEL}`: the kernel that `fit_blur_kernel` (the refit's least squares, from a flat start) "
+           "finds from the true sharp image and the observation, a bound on what a refit from any restored image "
+           "reaches. Kernel error: `ctbird.metrics.kernel_error`; width: `kernel_sigma` (px)."] if kernels else []), "",
+        markdown_table(["task", "variant", "PSNR (dB)", "SSIM", "data misfit",
+                        *(["kernel error", "kernel width"] if kernels else []), "s / image", "NFE"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"refine_{args.tag}", payload, markdown)
     print(f"wrote {md_path} and {json_path}")
     return 0
