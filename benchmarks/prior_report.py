@@ -417,7 +417,7 @@ def render_markdown(report: dict) -> str:
         info["command"],
         "```",
         "",
-        "(`python -m ctbird.training` is the module behind `ctbird train-prior`; `benchmarks/gpu/train_prior.sh` "
+        "(`python -m ctbird.training` is the module behind `ctbird train-prior`; `scripts/gpu/train_prior.sh` "
         "wraps it for a time-boxed run on a GPU machine.)",
         "",
         f"- Model: diffusers `UNet2DModel`, {info['parameters']:,} parameters, block channels "
@@ -582,8 +582,8 @@ def render_markdown(report: dict) -> str:
         "accelerate launch --num_processes 4 -m ctbird.training ../shared/data/ct/train/ct256_train_hu.npz \\",
         "    --out priors/ct-256-long --batch-size 32 --steps 200000 --max-minutes 240",
         "# continue the shipped prior on a time-boxed GPU machine (its checkpoints are not kept between sessions),",
-        "# then benchmark it there: see benchmarks/gpu/session.sh and docs/gpu.md",
-        "bash benchmarks/gpu/session.sh 8 main",
+        "# then benchmark it there: see scripts/gpu/session.sh and docs/gpu.md",
+        "bash scripts/gpu/session.sh 8 main",
         "```",
         "",
         "Use all 1403 slices (the shipped stretches used subsets that fit the GPU machine's transport limit), add more "

@@ -3,7 +3,7 @@
 For each image side N (default 256): batch 16 of N x N images, 30 views, parallel and fan beam (source and
 detector at 2.34 N and 1.17 N from the axis), every backend (matrix, torch, astra); prints one line per
 backend with the forward/adjoint time (mean of 5 after one warm-up) and the relative difference from the
-matrix backend. Run by ``benchmarks/gpu/operator_check.sh`` (which sets up ASTRA's CUDA libraries).
+matrix backend. Run by ``scripts/gpu/operator_check.sh`` (which sets up ASTRA's CUDA libraries).
 
 Usage::
 
@@ -70,7 +70,7 @@ if __name__ == "__main__":
     parser.add_argument("sizes", nargs="*", type=int, default=[256], help="image sides N (default 256)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        parser.error("needs a CUDA GPU (run it through benchmarks/gpu/operator_check.sh on the GPU machine).")
+        parser.error("needs a CUDA GPU (run it through scripts/gpu/operator_check.sh on the GPU machine).")
     if min(args.sizes) < 16:
         parser.error(f"image sides must be >= 16, got {args.sizes}.")
     main(args.sizes)

@@ -3,8 +3,8 @@
 # measure it on CUDA (docs tables for the GPU).
 #
 # Usage (repository root, on the GPU machine):
-#   bash benchmarks/gpu/session.sh TRAIN_MINUTES [PART ...]
-# TRAIN_MINUTES > 0 runs benchmarks/gpu/train_prior.sh from the shipped weights (INIT) for that budget, keeps the
+#   bash scripts/gpu/session.sh TRAIN_MINUTES [PART ...]
+# TRAIN_MINUTES > 0 runs scripts/gpu/train_prior.sh from the shipped weights (INIT) for that budget, keeps the
 # new prior in /tmp/ctbird-new-prior (it outlives this call while the machine stays warm) and installs it over
 # data/priors/ctbird-ct-256 on this machine; 0 skips training (a later call on the warm machine reuses the
 # kept prior). Then each PART, in order, each capped in seconds (a part past its cap is killed, the rest go on):
@@ -27,7 +27,7 @@
 # .whl (astra-toolbox, nvidia-cuda-runtime-cu12, diffusers, pydicom, importlib_metadata, lazy-importer, and
 # the cuFFT shim in .whl/shim).
 set -uo pipefail
-TRAIN_MIN=${1:?usage: bash benchmarks/gpu/session.sh TRAIN_MINUTES [PART ...]}
+TRAIN_MIN=${1:?usage: bash scripts/gpu/session.sh TRAIN_MINUTES [PART ...]}
 shift
 OUT=${OUT:-./out-gpu}
 RESULTS=/tmp/gpu-results
@@ -62,7 +62,7 @@ python3 -c "import astra, torch, diffusers; print('astra', astra.__version__, 'c
   || exit 1
 
 if python3 -c "import sys; sys.exit(0 if float('$TRAIN_MIN') > 0 else 1)"; then
-  OUT="$OUT" INIT=${INIT-$SHIPPED} LR=${LR:-3e-4} bash benchmarks/gpu/train_prior.sh "$TRAIN_MIN"
+  OUT="$OUT" INIT=${INIT-$SHIPPED} LR=${LR:-3e-4} bash scripts/gpu/train_prior.sh "$TRAIN_MIN"
   echo "training exit $?"
   if [ -s "$OUT/prior.tar" ]; then
     rm -rf "$KEPT_PRIOR" && mkdir -p "$KEPT_PRIOR" && tar xf "$OUT/prior.tar" -C "$KEPT_PRIOR" --strip-components=1

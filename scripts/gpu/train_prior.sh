@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train ctbird's shipped CT prior on one GPU within a wall-clock budget, then pack it for transport.
 #
-# Usage (repository root, on the GPU machine):  bash benchmarks/gpu/train_prior.sh MINUTES
+# Usage (repository root, on the GPU machine):  bash scripts/gpu/train_prior.sh MINUTES
 #
 # Needs .gpu/ct_train_subset.npz and .gpu/wheels/*.whl (made by python -m benchmarks.gpu.pack).
 # Writes into $OUT (default ./out-gpu): prior.tar (the exported model folder "prior/": unet/ with
@@ -15,7 +15,7 @@
 # continue from, e.g. INIT=data/priors/ctbird-ct-256: the device machine keeps no checkpoints between sessions;
 # pack with `python -m benchmarks.gpu.pack --stride 3 --offset 1` so the tree + .gpu stay under 64 MiB).
 set -uo pipefail
-MINUTES=${1:?usage: bash benchmarks/gpu/train_prior.sh MINUTES}
+MINUTES=${1:?usage: bash scripts/gpu/train_prior.sh MINUTES}
 START=$(date +%s)
 OUT=${OUT:-./out-gpu}
 PYTHON=${PYTHON:-python3}
