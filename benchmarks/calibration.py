@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from benchmarks.common import (RESULTS_DIR, SHARED_DATA, fmt, load_ct_slices, markdown_table, parse_list, progress,
                                record_markdown, run_script, start_run, write_outputs)

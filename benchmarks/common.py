@@ -65,6 +65,55 @@ def add_study_options(parser, topic: str = "tuning") -> None:
     parser.add_argument("--tag", default=None, help="file-name label (default the device type)")
 
 
+def parse_study_args(parser, argv: Sequence[str] | None):
+    """``parser.parse_args(argv)`` with :func:`add_study_options`' numbers checked (``parser.error`` otherwise)."""
+    args = parser.parse_args(argv)
+    if min(args.views, args.size) < 1 or args.pixel_mm <= 0:
+        parser.error("--views, --size and --pixel-mm must be positive.")
+    return args
+
+
+def study_payload(record: dict, labels: Sequence[str], args, results: list[dict]) -> dict:
+    """The JSON of a study on CT slices (:func:`add_study_options`): its run record, slices, set-up and results."""
+    from ctbird.priors import default_prior_path
+
+    return {"run": record, "slices": list(labels), "views": args.views, "image_size": args.size, "seed": args.seed,
+            "prior": str(args.prior) if args.prior else str(default_prior_path()), "results": results}
+
+
+def add_restoration_study_options(parser) -> None:
+    """The options of the restoration studies on training slices: ``--slice`` (repeatable), ``--tasks``,
+    ``--variants``, ``--baselines``, ``--size``, ``--sr-factor``, ``--seed``, ``--device``, ``--out-dir``, ``--tag``."""
+    from ctbird.config import RESTORE_TASKS
+
+    parser.add_argument("--slice", action="append", required=True, help="STACK.npz:INDEX training slice (repeatable)")
+    parser.add_argument("--tasks", default=",".join(RESTORE_TASKS), help="comma-separated subset of the tasks")
+    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all of each task)")
+    parser.add_argument("--baselines", action="store_true", help="also score the classical baselines")
+    parser.add_argument("--size", type=int, default=128, help="working side (default 128)")
+    parser.add_argument("--sr-factor", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "tuning")
+    parser.add_argument("--tag", default=None)
+
+
+def parse_restoration_study_args(parser, argv: Sequence[str] | None, variants: dict[str, dict], extra: Sequence[str] = ()):
+    """``parser.parse_args(argv)`` of :func:`add_restoration_study_options` with ``args.tasks`` and ``args.variants``
+    (None: all) split into lists and checked against the tasks and the names of ``variants`` (per task) or ``extra``."""
+    from ctbird.config import RESTORE_TASKS
+
+    args = parser.parse_args(argv)
+    args.tasks = parse_list(args.tasks)
+    args.variants = parse_list(args.variants) if args.variants else None
+    if any(t not in RESTORE_TASKS for t in args.tasks):
+        parser.error(f"--tasks takes some of {', '.join(RESTORE_TASKS)}.")
+    known = set(extra) | {name for task in args.tasks for name in variants[task]}
+    if args.variants and any(v not in known for v in args.variants):
+        parser.error(f"--variants takes some of {', '.join(sorted(known))}.")
+    return args
+
+
 def add_data_filter_option(parser) -> None:
     """``--data-filter``: the SinogramFilter exponent of BIRD's CT data term (``args.data_filter``: float or None).
 

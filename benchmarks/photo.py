@@ -360,7 +360,7 @@ def photo_markdown(records: list[dict], settings: dict, images: list[str], resul
              f"- BIRD: iterations {settings['iters'] or 'the defaults of each task (BirdConfig.for_task)'}, delta_t {settings['delta_t']}; blind kernel "
              f"{settings['kernel_size']}x{settings['kernel_size']}, true Gaussian sigma {settings['gaussian_sigma_px']:.2f} px; "
              f"SR x{settings['sr_factor']}; inpainting hole {settings['inpaint_hole_px']} px",
-             f"- Refinement after BIRD (`RefineConfig.for_task`): " + "; ".join(
+             "- Refinement after BIRD (`RefineConfig.for_task`): " + "; ".join(
                  f"{task}: {', '.join(f'{k}={v}' for k, v in refine.items()) if refine else 'off'}"
                  for task, refine in settings["refine"].items()),
              f"- Noise: {settings['noise']}",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.common import (add_study_options, knob_study_markdown, parse_list, run_script, score_settings_on_slices,
+from benchmarks.common import (add_study_options, parse_study_args, study_payload, knob_study_markdown, parse_list, run_script, score_settings_on_slices,
                                start_run, summarize, write_outputs)
 
 
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine-eta", default=f"{defaults.refine_eta:g}", help="refinement DDIM eta values")
     parser.add_argument("--dds-steps", default="", help="DDS steps from pure noise to compare (default none)")
     parser.add_argument("--baselines", default="sirt,tv", help="classical reference lines (default sirt,tv)")
-    args = parser.parse_args(argv)
+    args = parse_study_args(parser, argv)
     try:
         args.budgets = [_pair(b, "x") for b in parse_list(args.budgets)]
         args.refine = [(0, 0) if r == "0" else _pair(r, "/") for r in parse_list(args.refine)]
@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (args.budgets and args.refine and args.refine_eta) or min(min(b) for b in args.budgets) < 1 \
             or any(t0 < 0 or (t0 and dt < 1) for t0, dt in args.refine) or not all(0 <= e <= 1 for e in args.refine_eta):
         parser.error("--budgets needs positive values, --refine T0 >= 0 with DT >= 1, --refine-eta values in [0, 1].")
-    if set(args.baselines) - {"fbp", "sirt", "tv"} or min(args.views, args.size) < 1 or args.pixel_mm <= 0:
-        parser.error("--baselines takes fbp, sirt, tv; --views, --size and --pixel-mm must be positive.")
+    if set(args.baselines) - {"fbp", "sirt", "tv"}:
+        parser.error("--baselines takes fbp, sirt, tv.")
     return args
 
 
@@ -81,7 +81,7 @@ KNOBS = ("iters", "delta_t", "refine_from_t", "refine_delta_t", "refine_eta", "d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.priors import default_prior_path, load_prior
+    from ctbird.priors import load_prior
 
     device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                               desc="tune bird")
     results = [{"method": method, **{k: knobs.get(k) for k in KNOBS}, **summarize(per_slice), "per_slice": per_slice}
                for (_, method, _, knobs), per_slice in zip(rows, scores)]
-    payload = {"run": record, "slices": labels, "views": args.views, "image_size": args.size, "seed": args.seed,
-               "prior": str(args.prior) if args.prior else str(default_prior_path()), "results": results}
+    payload = study_payload(record, labels, args, results)
 
     markdown = knob_study_markdown(
         title="BIRD's CT pipeline: budget and refinement", module="benchmarks.studies.tune_bird", record=record,

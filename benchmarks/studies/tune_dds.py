@@ -21,7 +21,7 @@ import argparse
 import itertools
 import sys
 
-from benchmarks.common import (add_study_options, knob_study_markdown, parse_list, run_script, score_settings_on_slices,
+from benchmarks.common import (add_study_options, parse_study_args, study_payload, knob_study_markdown, parse_list, run_script, score_settings_on_slices,
                                start_run, summarize, write_outputs)
 
 #: The settings a row varies, in table order.
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cg-iters", default=str(defaults.cg_iters), help="CG iterations per step to compare")
     parser.add_argument("--eta", default=f"{defaults.eta:g}", help="DDIM eta values to compare (in [0, 1])")
     parser.add_argument("--gamma", default=f"{defaults.gamma:g}", help="relative anchor weights to compare (>= 0)")
-    args = parser.parse_args(argv)
+    args = parse_study_args(parser, argv)
     try:
         args.steps, args.cg_iters = parse_list(args.steps, int), parse_list(args.cg_iters, int)
         args.eta, args.gamma = parse_list(args.eta, float), parse_list(args.gamma, float)
@@ -47,14 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (args.steps and args.cg_iters and args.eta and args.gamma) or min(args.steps) < 1 \
             or min(args.cg_iters) < 0 or not all(0 <= e <= 1 for e in args.eta) or min(args.gamma) < 0:
         parser.error("--steps needs integers >= 1, --cg-iters >= 0, --eta values in [0, 1], --gamma >= 0.")
-    if min(args.views, args.size) < 1 or args.pixel_mm <= 0:
-        parser.error("--views, --size and --pixel-mm must be positive.")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.priors import default_prior_path, load_prior
+    from ctbird.priors import load_prior
 
     device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
@@ -67,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                               for method, knobs in settings], desc="tune dds")
     results = [{"method": method, **{k: (knobs or {}).get(k) for k in KNOBS}, **summarize(per_slice),
                 "per_slice": per_slice} for (method, knobs), per_slice in zip(settings, rows)]
-    payload = {"run": record, "slices": labels, "views": args.views, "image_size": args.size, "seed": args.seed,
-               "prior": str(args.prior) if args.prior else str(default_prior_path()), "results": results}
+    payload = study_payload(record, labels, args, results)
 
     markdown = knob_study_markdown(
         title="DDS budget on CT", module="benchmarks.studies.tune_dds", record=record, labels=labels, args=args,

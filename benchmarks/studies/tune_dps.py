@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.common import (add_study_options, fmt, markdown_table, parse_list, record_markdown, run_script,
+from benchmarks.common import (add_study_options, parse_study_args, study_payload, fmt, markdown_table, parse_list, record_markdown, run_script,
                                score_settings_on_slices, start_run, summarize, write_outputs)
 
 
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_study_options(parser)
     parser.add_argument("--zeta", default="0.3,1,3", help="relative guidance steps to compare, comma-separated")
     parser.add_argument("--steps", default="100", help="DPS sampling steps to compare, comma-separated")
-    args = parser.parse_args(argv)
+    args = parse_study_args(parser, argv)
     try:
         args.zeta = parse_list(args.zeta, float)
         args.steps = parse_list(args.steps, int)
@@ -37,14 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--zeta takes numbers and --steps integers, got {args.zeta!r} and {args.steps!r}.")
     if not args.zeta or min(args.zeta) <= 0 or not args.steps or min(args.steps) < 1:
         parser.error("--zeta needs positive values and --steps positive integers.")
-    if min(args.views, args.size) < 1 or args.pixel_mm <= 0:
-        parser.error("--views, --size and --pixel-mm must be positive.")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.priors import default_prior_path, load_prior
+    from ctbird.priors import load_prior
 
     device, record = start_run(args, argv)
     prior = load_prior(args.prior, device=str(device))
@@ -55,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                               for method, zeta, steps in settings], desc="tune dps")
     results = [{"method": method, "relative_zeta": zeta, "steps": steps, **summarize(per_slice), "per_slice": per_slice}
                for (method, zeta, steps), per_slice in zip(settings, rows)]
-    payload = {"run": record, "slices": labels, "views": args.views, "image_size": args.size, "seed": args.seed,
-               "prior": str(args.prior) if args.prior else str(default_prior_path()), "results": results}
+    payload = study_payload(record, labels, args, results)
     table = [[r["method"], "–" if r["relative_zeta"] is None else f"{r['relative_zeta']:g}",
               "–" if r["steps"] is None else str(r["steps"]), fmt(r["psnr_mean"], r["psnr_std"]),
               fmt(r["ssim_mean"], digits=3), *[fmt(s["psnr"]) for s in r["per_slice"]], fmt(r["seconds_mean"], digits=1)]

@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import (RESULTS_DIR, fmt, initial_kernel, kernel_scores,
-                               load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
+from benchmarks.common import (add_restoration_study_options, parse_restoration_study_args, fmt, initial_kernel, kernel_scores,
+                               load_unit_slice, markdown_table, mean_std, observation_view, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
-from ctbird.config import RESTORE_TASKS as TASKS
 from ctbird.simulate import degrade_image
 
 #: Row label of the kernel least squares from the true image (blind deblurring).
@@ -86,29 +84,12 @@ VARIANTS: dict[str, dict[str, dict]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slice", action="append", required=True, help="STACK.npz:INDEX training slice (repeatable)")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the tasks")
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated variant names (default: all of each task; 'default' alone: only the task's default)")
-    parser.add_argument("--baselines", action="store_true", help="also score the classical baselines")
-    parser.add_argument("--size", type=int, default=128, help="working side (default 128)")
-    parser.add_argument("--sr-factor", type=int, default=4)
+    add_restoration_study_options(parser)
     parser.add_argument("--preset", choices=("full", "cpu-fast"), default="cpu-fast", help="BIRD's budget")
     parser.add_argument("--iters", type=int, default=None, help="BIRD iterations overriding the preset's")
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "tuning")
-    parser.add_argument("--tag", default=None)
-    args = parser.parse_args(argv)
-    args.tasks = parse_list(args.tasks)
-    args.variants = parse_list(args.variants) if args.variants else None
-    if any(t not in TASKS for t in args.tasks):
-        parser.error(f"--tasks takes some of {', '.join(TASKS)}.")
-    known = {"default"} | {name for task in args.tasks for name in VARIANTS[task]}
-    if args.variants and any(v not in known for v in args.variants):
-        parser.error(f"--variants takes some of {', '.join(sorted(known))}.")
-    return args
+    # 'default' alone: only each task's default refinement
+    return parse_restoration_study_args(parser, argv, VARIANTS, extra=("default",))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from benchmarks.common import (RESULTS_DIR, fmt, kernel_scores,
-                               load_unit_slice, markdown_table, mean_std, observation_view, parse_list, progress,
+from benchmarks.common import (add_restoration_study_options, parse_restoration_study_args, fmt, kernel_scores,
+                               load_unit_slice, markdown_table, mean_std, observation_view, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
-from ctbird.config import RESTORE_TASKS as TASKS
 from ctbird.simulate import GAUSSIAN_SIGMA_256, degrade_image
 
 #: The CT path's measured latent optimizer (docs/method.md §3).
@@ -52,24 +50,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slice", action="append", required=True, help="STACK.npz:INDEX training slice (repeatable)")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the tasks")
-    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all of each task)")
-    parser.add_argument("--baselines", action="store_true", help="also score the classical baselines")
-    parser.add_argument("--size", type=int, default=128, help="working side (default 128)")
-    parser.add_argument("--sr-factor", type=int, default=4)
+    add_restoration_study_options(parser)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--delta-t", type=int, default=333)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "tuning")
-    parser.add_argument("--tag", default=None)
-    args = parser.parse_args(argv)
-    args.tasks = parse_list(args.tasks)
-    args.variants = parse_list(args.variants) if args.variants else None
-    if any(t not in TASKS for t in args.tasks):
-        parser.error(f"--tasks takes some of {', '.join(TASKS)}.")
-    return args
+    return parse_restoration_study_args(parser, argv, VARIANTS)
 
 
 def main(argv: list[str] | None = None) -> int:
