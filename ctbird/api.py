@@ -431,10 +431,17 @@ def _refine_settings(task: str, refine: RefineConfig | bool | None) -> RefineCon
     return refine if refine.enabled else None
 
 
+#: FISTA steps of a free kernel's refit to a restored image, from a flat start: early stopping is the regularizer
+#: (a restored image keeps some blur, which longer fits push into a kernel too compact; CT training slices
+#: 700, 1320, 100, 900: docs/results/tuning/refine_cpu-train256-motion-refit.md).
+KERNEL_REFIT_ITERS = 60
+
+
 def _fit_kernels(operator, images: torch.Tensor, y: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Per item, the blur kernel ``[k, k]`` that best maps ``images`` to ``y`` (``[B, C, H, W]`` in [0, 1]) in the blind
     ``operator``'s family: a Gaussian's width (:func:`_fit_gaussian_width`) for an isotropic ``GaussianBlur``, else a
-    free kernel from ``kernels`` ``[B, k, k]`` (:func:`ctbird.restoration_baselines.fit_blur_kernel`, channel means)."""
+    free kernel of the side of ``kernels`` ``[B, k, k]`` (:func:`ctbird.restoration_baselines.fit_blur_kernel` from a
+    flat start, stopped after :data:`KERNEL_REFIT_ITERS` steps; channel means)."""
     from operators.blur import GaussianBlur
 
     from .restoration_baselines import fit_blur_kernel
@@ -446,7 +453,7 @@ def _fit_kernels(operator, images: torch.Tensor, y: torch.Tensor, kernels: torch
         else:
             fitted.append(torch.from_numpy(fit_blur_kernel(
                 x.mean(0).detach().cpu().numpy(), obs.mean(0).detach().cpu().numpy(), k.shape[-1],
-                init=k.detach().cpu().to(torch.float64).numpy())).to(torch.float32))
+                iters=KERNEL_REFIT_ITERS)).to(torch.float32))
     return torch.stack(fitted)
 
 
