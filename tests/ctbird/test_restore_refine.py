@@ -117,6 +117,30 @@ def test_kernel_least_squares_recovers_a_motion_kernel_from_the_true_image():
     assert np.linalg.norm(kernel - truth) < 0.1 * np.linalg.norm(truth)
 
 
+def test_free_kernel_refit_starts_flat_and_moves_toward_the_true_kernel():
+    from operators.blur import Blur
+    from scipy.ndimage import gaussian_filter
+
+    from ctbird.api import _fit_kernels, restoration_operator
+    from ctbird.metrics import kernel_error
+
+    image = gaussian_filter(np.random.default_rng(1).random((64, 64)), 1.5)
+    truth = np.zeros((9, 9))
+    truth[4, 1:8] = 1.0
+    truth /= truth.sum()
+    x = torch.from_numpy(image).float()[None, None]
+    with torch.no_grad():
+        y = Blur(torch.from_numpy(truth).float(), image_shape=(1, 64, 64))(x)
+    operator = restoration_operator("motion-deblur", (1, 64, 64), blind=True, sr_factor=1, kernel_size=9, kernel=None,
+                                    mask=None)
+    delta = torch.zeros(1, 9, 9)
+    delta[0, 4, 4] = 1.0
+    from_delta = _fit_kernels(operator, x, y, delta)
+    from_flat = _fit_kernels(operator, x, y, torch.full((1, 9, 9), 1 / 81))
+    assert torch.equal(from_delta, from_flat)  # the fit does not start from the kernel it replaces
+    assert kernel_error(from_flat[0], truth) < 0.5 * kernel_error(np.ones((9, 9)), truth)
+
+
 def test_kernel_refits_replace_the_kernel_and_cost_one_chain_each(gaussian_prior):
     y, _ = _blurred()
     settings = dict(prior=gaussian_prior, kernel_size=5, iters=2, delta_t=250)
