@@ -50,6 +50,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
                       "t200+anchor4000+samples4": {"t0": 200, "anchor": 4000.0, "samples": 4},
                       "estimate+t200+anchor4000+samples4": {"start": "estimate", "t0": 200, "anchor": 4000.0,
                                                             "samples": 4},
+                      "estimate+t200+anchor4000+samples4+refit2": {"start": "estimate", "t0": 200, "anchor": 4000.0,
+                                                                   "samples": 4, "kernel_refits": 2},
                       "estimate+t200+anchor4000+samples4+refit3": {"start": "estimate", "t0": 200, "anchor": 4000.0,
                                                                    "samples": 4, "kernel_refits": 3}},
     "sr": {"t200": {"t0": 200}, "estimate+t400": {"start": "estimate"}, "estimate+t200": {"start": "estimate", "t0": 200},
