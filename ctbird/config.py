@@ -224,7 +224,7 @@ class BirdConfig(Settings):
             raise ConfigError(f"Unknown task {task!r}; use 'ct' or one of {', '.join(RESTORE_TASKS)}.")
         if preset not in PRESETS:
             raise ConfigError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
-        budget = RESTORE_CPU_BUDGET if preset == "cpu-fast" else {}
+        budget = RESTORE_CPU_BUDGET[task] if preset == "cpu-fast" else {}
         return cls(**{**_RESTORE_DEFAULTS[task], **budget})
 
     @classmethod
@@ -267,9 +267,13 @@ RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "inpaint": MappingProxyType({"warm_start": True}),
 })
 
-#: The restoration tasks' budget under the ``cpu-fast`` preset, the one the settings were measured with: 31 or 32
-#: DDIM chains of 3 steps (about 100 UNet evaluations; 256²: about 25 s on 2 idle cores, under 3 minutes loaded).
-RESTORE_CPU_BUDGET: Mapping[str, Any] = MappingProxyType({"iters": 30, "delta_t": 333})
+#: Each restoration task's budget under the ``cpu-fast`` preset, the one its settings were measured with: 31 or 32
+#: DDIM chains of 3 steps (about 100 UNet evaluations; 256²: about 25 s on 2 idle cores, under 3 minutes loaded);
+#: Gaussian deblurring runs twice as many, which its blur width needs to converge (2.79 px for 3 at 30 iterations,
+#: 3.02 at 60, and +0.56 dB after the refinement on four training slices:
+#: docs/results/tuning/refine_cpu-train256-gaussian-iters60.md).
+RESTORE_CPU_BUDGET: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    task: MappingProxyType({"iters": 60 if task == "gaussian-deblur" else 30, "delta_t": 333}) for task in RESTORE_TASKS})
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RefineConfig(Settings):

@@ -54,9 +54,11 @@ def test_warm_start_counts_the_inversion_and_changes_the_start(prior):
 def test_for_task_applies_the_cpu_budget_to_restoration_tasks_only():
     from ctbird.config import PRESETS, RESTORE_CPU_BUDGET, BirdConfig
 
-    fast, full = BirdConfig.for_task("sr", "cpu-fast"), BirdConfig.for_task("sr")
-    assert (fast.iters, fast.delta_t) == (RESTORE_CPU_BUDGET["iters"], RESTORE_CPU_BUDGET["delta_t"])
-    assert fast.replace(iters=full.iters, delta_t=full.delta_t) == full
+    for task in ("sr", "gaussian-deblur"):
+        fast, full = BirdConfig.for_task(task, "cpu-fast"), BirdConfig.for_task(task)
+        assert (fast.iters, fast.delta_t) == (RESTORE_CPU_BUDGET[task]["iters"], RESTORE_CPU_BUDGET[task]["delta_t"])
+        assert fast.replace(iters=full.iters, delta_t=full.delta_t) == full
+    assert BirdConfig.for_task("gaussian-deblur", "cpu-fast").iters == 2 * BirdConfig.for_task("sr", "cpu-fast").iters
     assert BirdConfig.for_task("ct", "cpu-fast") == BirdConfig() and "cpu-fast" in PRESETS
     with pytest.raises(ConfigError, match="preset"):
         BirdConfig.for_task("denoise", "turbo")
