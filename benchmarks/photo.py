@@ -50,9 +50,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (RESULTS_DIR, SHARED_DATA, command_line, evenly_spread, initial_kernel, observation_view, fmt,
-                               load_ct_slices, markdown_table, mean_std, parse_list, progress, record_markdown,
-                               require_positive, run_script, save_png, score_unit, start_run, write_outputs)
+from benchmarks.common import (RESULTS_DIR, SHARED_DATA, command_line, evenly_spread, initial_kernel,
+                               observation_view, fmt, load_ct_slices, markdown_table, mean_std, parse_list, progress,
+                               record_markdown, require_positive, run_script, save_png, score_unit, start_run, write_outputs)
 from ctbird.config import RESTORE_TASKS as TASKS
 from ctbird.metrics import kernel_error, kernel_sigma
 from ctbird.simulate import GAUSSIAN_SIGMA_256, HOLE_256, degrade_image

@@ -437,22 +437,22 @@ def _refine_settings(task: str, refine: RefineConfig | bool | None) -> RefineCon
 KERNEL_REFIT_ITERS = 60
 
 
-def _fit_kernels(operator, images: torch.Tensor, y: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+def _fit_kernels(operator, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per item, the blur kernel ``[k, k]`` that best maps ``images`` to ``y`` (``[B, C, H, W]`` in [0, 1]) in the blind
     ``operator``'s family: a Gaussian's width (:func:`_fit_gaussian_width`) for an isotropic ``GaussianBlur``, else a
-    free kernel of the side of ``kernels`` ``[B, k, k]`` (:func:`ctbird.restoration_baselines.fit_blur_kernel` from a
-    flat start, stopped after :data:`KERNEL_REFIT_ITERS` steps; channel means)."""
+    free kernel of the operator's side (:func:`ctbird.restoration_baselines.fit_blur_kernel` from a flat start,
+    stopped after :data:`KERNEL_REFIT_ITERS` steps; channel means). ``[B, k, k]``."""
     from operators.blur import GaussianBlur
 
     from .restoration_baselines import fit_blur_kernel
 
     fitted = []
-    for x, obs, k in zip(images, y, kernels):
+    for x, obs in zip(images, y):
         if isinstance(operator, GaussianBlur) and not operator.anisotropic:
             fitted.append(_fit_gaussian_width(operator, x[None], obs[None]))
         else:
             fitted.append(torch.from_numpy(fit_blur_kernel(
-                x.mean(0).detach().cpu().numpy(), obs.mean(0).detach().cpu().numpy(), k.shape[-1],
+                x.mean(0).detach().cpu().numpy(), obs.mean(0).detach().cpu().numpy(), operator.kernel_size,
                 iters=KERNEL_REFIT_ITERS)).to(torch.float32))
     return torch.stack(fitted)
 
@@ -522,7 +522,7 @@ def refine_restoration(prior: DiffusionPrior, x0: torch.Tensor, y: torch.Tensor,
     kernels = torch.stack(kernels)
     fixed = Blur(kernels[0], image_shape=tuple(operator.in_shape), padding=operator.padding).to(x0.device)
     for _ in range(refine.kernel_refits):
-        kernels = _fit_kernels(frozen, transform(refined), y, kernels)
+        kernels = _fit_kernels(frozen, transform(refined), y)
         if state is not None:
             generator.set_state(state)
         refined = _dds_refine(prior, x0, y, fixed, [{"fixed_kernel": k.to(x0.device)} for k in kernels], refine,

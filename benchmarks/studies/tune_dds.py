@@ -21,8 +21,8 @@ import argparse
 import itertools
 import sys
 
-from benchmarks.common import (add_study_options, parse_study_args, study_payload, knob_study_markdown, parse_list, run_script, score_settings_on_slices,
-                               start_run, summarize, write_outputs)
+from benchmarks.common import (add_study_options, knob_study_markdown, parse_list, parse_study_args, run_script,
+                               score_settings_on_slices, start_run, study_payload, summarize, write_outputs)
 
 #: The settings a row varies, in table order.
 KNOBS = ("steps", "cg_iters", "eta", "gamma")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.common import (add_study_options, parse_study_args, study_payload, fmt, markdown_table, parse_list, record_markdown, run_script,
-                               score_settings_on_slices, start_run, summarize, write_outputs)
+from benchmarks.common import (add_study_options, fmt, markdown_table, parse_list, parse_study_args, record_markdown,
+                               run_script, score_settings_on_slices, start_run, study_payload, summarize, write_outputs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import (add_restoration_study_options, parse_restoration_study_args, fmt, initial_kernel, kernel_scores,
-                               load_unit_slice, markdown_table, mean_std, observation_view, progress,
+from benchmarks.common import (add_restoration_study_options, fmt, initial_kernel, kernel_scores, load_unit_slice,
+                               parse_restoration_study_args, markdown_table, mean_std, observation_view, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
 from ctbird.simulate import degrade_image
 
@@ -218,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         "BIRD's operator; seconds and NFE include BIRD's.",
         *([f"- Noise std (denoise): estimated {fmt(noise[0]['noise_sigma_mean'], digits=4)}, true "
            f"{fmt(noise[0]['noise_sigma_true_mean'], digits=4)} (`estimate_noise_sigma`)."] if noise else []),
-        *([f"- `{INITIAL_KERNEL}`: the kernel BIRD starts from; `{ORACLE_KERNEL}`: the kernel that `fit_blur_kernel` (the refit's least squares, from a flat start) "
-           "finds from the true sharp image and the observation, a bound on what a refit from any restored image "
-           "reaches. Kernel error: `ctbird.metrics.kernel_error`; width: `kernel_sigma` (px)."] if kernels else []), "",
+        *([f"- `{INITIAL_KERNEL}`: the kernel BIRD starts from; `{ORACLE_KERNEL}`: the kernel that `fit_blur_kernel` "
+           "(the refit's least squares from a flat start, run to its default `KERNEL_FIT_ITERS` steps where the refit "
+           "stops at `ctbird.api.KERNEL_REFIT_ITERS`) finds from the true sharp image and the observation, a bound on "
+           "what a refit from a restored image reaches. Kernel error: `ctbird.metrics.kernel_error`; width: "
+           "`kernel_sigma` (px)."] if kernels else []), "",
         markdown_table(["task", "variant", "PSNR (dB)", "SSIM", "data misfit",
                         *(["kernel error", "kernel width"] if kernels else []), "s / image", "NFE"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"refine_{args.tag}", payload, markdown)

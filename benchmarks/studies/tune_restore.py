@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.common import (add_restoration_study_options, parse_restoration_study_args, fmt, kernel_scores,
-                               load_unit_slice, markdown_table, mean_std, observation_view, progress,
+from benchmarks.common import (add_restoration_study_options, fmt, kernel_scores, load_unit_slice,
+                               parse_restoration_study_args, markdown_table, mean_std, observation_view, progress,
                                record_markdown, run_script, score_unit, start_run, write_outputs)
 from ctbird.simulate import GAUSSIAN_SIGMA_256, degrade_image
 
