@@ -51,6 +51,8 @@ class Restoration:
         The DDS refinement that ran after BIRD (``None``: off; ``.image`` is then BIRD's).
     noise_sigma : list of float
         Estimated noise std of each observation on [0, 1] (:func:`ctbird.restoration_baselines.estimate_noise_sigma`).
+    search_noise_floor : float
+        The noise floor BIRD's search ran with, std on [0, 1] at the image's grid (0: none; see :func:`restore`).
     solver_result : BirdResult or None
         The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...); ``transformed`` is BIRD's
         image before the refinement. ``None`` when the search was skipped because nothing of it would be kept (the
@@ -73,6 +75,7 @@ class Restoration:
     config: BirdConfig | None = None
     refine: RefineConfig | None = None
     noise_sigma: list[float] | None = None
+    search_noise_floor: float = 0.0
 
 
 # ---------------------------------------------------------------------- helpers
@@ -105,6 +108,12 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return value
+
+
+def _check_float(name: str, value: Any, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be a finite number >= {minimum}, got {value!r}.")
+    return float(value)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -282,7 +291,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
             kernel_model: str | None = None, warm_start: bool | None = None,
-            config: BirdConfig | None = None, refine: RefineConfig | bool | None = None, seed: int = 0,
+            search_noise_floor: float | None = None, config: BirdConfig | None = None, refine: RefineConfig | bool | None = None, seed: int = 0,
             device: str | torch.device = "cpu", callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
 
@@ -315,6 +324,10 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         Start ``x_T`` at the DDIM inversion (:func:`ddim_invert`) of a classical estimate (the observation; bicubic
         upsampling for SR) instead of random noise; costs one extra chain. ``None``: the task's,
         :data:`ctbird.config.RESTORE_SETUP`.
+    search_noise_floor : float or None
+        Noise std (on [0, 1], at the prior's grid; scaled by ``sqrt(H W) / prior size`` on the image's) below which
+        BIRD's search sees the observation with seeded Gaussian noise added up to it (the refinement and the scores
+        keep the observation as it is); ``0`` turns it off. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
     config : BirdConfig or None
         BIRD's settings; ``None`` = the task's, ``BirdConfig.for_task(task)``. ``data_filter`` must be ``None``.
     refine : RefineConfig, bool or None
@@ -372,8 +385,13 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     searched = bird_search_is_kept(refine, operator)
     if warm_start is None:
         warm_start = RESTORE_SETUP[task].get("warm_start", False)
+    if search_noise_floor is None:
+        search_noise_floor = RESTORE_SETUP[task].get("search_noise_floor", 0.0)
+    noise_sigma = _noise_sigma(y)
+    floor = _check_float("search_noise_floor", search_noise_floor, 0.0) * math.sqrt(height * width) / model.image_size
+    y_search = _raise_noise(y, noise_sigma, floor, seed)
     estimate = None
-    if (warm_start and searched) or (refine is not None and refine.start == "estimate"):
+    if refine is not None and refine.start == "estimate":
         estimate = classical_estimate(y, task, model.shape[1:]).to(dev)
     fixed_kernel = getattr(operator, "kernel", None)  # the result's kernel when BIRD does not estimate one
     kernel = None if fixed_kernel is None else fixed_kernel.detach().expand(batch, *fixed_kernel.shape[-2:])
@@ -383,12 +401,12 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         init_latent, warm_nfe = None, 0
         if warm_start:
             nfe0 = model.nfe
-            init_latent = ddim_invert(model, estimate, config.delta_t).repeat_interleave(config.n_samples, dim=0)
+            warm = classical_estimate(y_search, task, model.shape[1:]).to(dev)
+            init_latent = ddim_invert(model, warm, config.delta_t).repeat_interleave(config.n_samples, dim=0)
             warm_nfe = model.nfe - nfe0
-        out = bird.run(y.to(dev), generator=_generator(seed), init_latent=init_latent)
+        out = bird.run(y_search.to(dev), generator=_generator(seed), init_latent=init_latent)
         out.nfe += warm_nfe
         image, nfe, seconds, kernel, states = out.transformed, out.nfe, out.seconds, out.kernel, out.operator_state
-    noise_sigma = _noise_sigma(y)
     if refine is not None:
         nfe0, start = model.nfe, time.perf_counter()
         start_x0 = out.image if refine.start == "bird" else estimate
@@ -405,7 +423,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                        grad_mode=out.grad_mode if out is not None else config.grad_mode,
                        delta_t=out.delta_t if out is not None else config.delta_t,
                        iters_run=out.iters_run if out is not None else 0, solver_result=out,
-                       config=config, refine=refine, noise_sigma=noise_sigma)
+                       config=config, refine=refine, noise_sigma=noise_sigma,
+                       search_noise_floor=floor if searched else 0.0)
 
 
 def bird_search_is_kept(refine: RefineConfig | None, operator) -> bool:
@@ -476,6 +495,17 @@ def _fit_gaussian_width(operator, image: torch.Tensor, y: torch.Tensor) -> torch
     with torch.no_grad():
         blur.log_sigma.fill_(float(best.x))
         return blur.kernel.detach().cpu().to(torch.float32)
+
+
+def _raise_noise(y: torch.Tensor, noise_sigma: Sequence[float], floor: float, seed: int) -> torch.Tensor:
+    """``y`` ``[B, C, H, W]`` with seeded Gaussian noise of std ``sqrt(floor^2 - s^2)`` added to each item whose
+    estimated noise std ``s`` (``noise_sigma``) is below ``floor``; ``y`` itself when none is."""
+    extra = torch.tensor([math.sqrt(max(floor ** 2 - s ** 2, 0.0)) for s in noise_sigma], dtype=y.dtype)
+    if not bool((extra > 0).any()):
+        return y
+    generator = torch.Generator().manual_seed(_check_int("seed", seed, 0) + 1)
+    noise = torch.randn(y.shape, generator=generator, dtype=y.dtype)
+    return y + (extra.view(-1, 1, 1, 1) * noise).to(y.device)
 
 
 def _noise_sigma(y: torch.Tensor) -> list[float]:

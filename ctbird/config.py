@@ -257,10 +257,14 @@ _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 })
 
 #: How :func:`ctbird.restore` sets up each task unless told otherwise: the blind kernel model of the deblurring tasks
-#: (``"gaussian"``: a Gaussian learnt through its log-sigma; ``"logits"``: a free kernel) and whether ``x_T`` starts at
-#: the DDIM inversion of a classical estimate (``warm_start``).
+#: (``"gaussian"``: a Gaussian learnt through its log-sigma; ``"logits"``: a free kernel), whether ``x_T`` starts at
+#: the DDIM inversion of a classical estimate (``warm_start``), and the noise floor of BIRD's search
+#: (``search_noise_floor``, noise std on [0, 1] at the prior's grid: an observation estimated to be cleaner gets
+#: seeded Gaussian noise up to it for the search only). Without the floor the Gaussian width grows to absorb the
+#: prior's fine-scale misfit when the noise is light: 1.51 px for 1 at noise 0.0025, 1.01 at 0.01 (CT training
+#: slices; docs/results/tuning/blur_width_cpu-train256.md).
 RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "gaussian-deblur": MappingProxyType({"kernel_model": "gaussian", "warm_start": True}),
+    "gaussian-deblur": MappingProxyType({"kernel_model": "gaussian", "warm_start": True, "search_noise_floor": 0.01}),
     "motion-deblur": MappingProxyType({"kernel_model": "logits", "warm_start": True}),
     "sr": MappingProxyType({"warm_start": False}),  # the inversion of a bicubic image decodes badly (11-15 dB)
     "denoise": MappingProxyType({"warm_start": True}),

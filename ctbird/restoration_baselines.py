@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 #: The baselines that apply to each restoration task (first = the task's default baseline).
 TASK_BASELINES = {"gaussian-deblur": ("wiener", "richardson-lucy"), "motion-deblur": ("wiener", "richardson-lucy"),
@@ -123,7 +123,8 @@ def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
 
 
 def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, init: np.ndarray | None = None,
-                    iters: int = KERNEL_FIT_ITERS, smoothing_px: float | None = None) -> np.ndarray:
+                    iters: int = KERNEL_FIT_ITERS, smoothing_px: float | None = None, smoothness: float = 0.0,
+                    support: np.ndarray | None = None) -> np.ndarray:
     """The blur kernel ``[size, size]`` (non-negative, sum 1) that best maps ``image`` to ``observation`` (``[H, W]``).
 
     Least squares ``min_k ||g * (k * dx - dy)||^2`` over the simplex by FISTA with the exact projection, where ``d``
@@ -132,6 +133,11 @@ def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, in
     which dominates the highest frequencies; convolutions commute, so the model stays exact), ``*`` true
     convolution (as :class:`operators.blur.Blur`) computed by FFT, and the residual scored away from the
     borders. Starts from ``init`` (default: uniform).
+
+    ``smoothness`` > 0 adds the Tikhonov term ``smoothness * e * ||grad k||^2`` (``grad`` the kernel's finite
+    differences, ``e`` the energy of ``image``'s filtered differences in the scored region, which a tap of ``k``
+    sees, so that ``smoothness`` does not depend on the image's contrast or size); ``support`` (bool ``[size,
+    size]``) confines the kernel to those pixels.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -147,24 +153,49 @@ def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, in
     target = differences(observation)
     inside = np.zeros((h, w))
     inside[half + 1:h - half - 1, half + 1:w - half - 1] = 1.0
-    step = 1.0 / max(float((np.abs(spectrum) ** 2).sum(axis=0).max()), 1e-12)
+    weight = smoothness * float((inside * np.fft.irfft2(spectrum, s=(h, w)) ** 2).sum())
+    # the data term's Lipschitz constant, plus the kernel Laplacian's (at most 8)
+    step = 1.0 / max(float((np.abs(spectrum) ** 2).sum(axis=0).max()) + 8.0 * weight, 1e-12)
+    inner = None if support is None else np.asarray(support, dtype=bool)
+    if inner is not None and (inner.shape != (size, size) or not inner.any()):
+        raise InputError(f"fit_blur_kernel: support must be a [{size}, {size}] mask with at least one pixel set.")
 
     def embed(k: np.ndarray) -> np.ndarray:
         full = np.zeros((h, w))
         full[:size, :size] = k
         return np.roll(full, (-half, -half), axis=(0, 1))
 
-    kernel = np.full((size, size), 1.0 / size ** 2) if init is None else project_to_simplex(init)
+    def project(k: np.ndarray) -> np.ndarray:
+        if inner is None:
+            return project_to_simplex(k)
+        out = np.zeros_like(k)
+        out[inner] = project_to_simplex(k[inner])
+        return out
+
+    kernel = project(np.full((size, size), 1.0 / size ** 2) if init is None else init)
     ahead, momentum = kernel.copy(), 1.0
     for _ in range(iters):
         residual = inside * (np.fft.irfft2(spectrum * np.fft.rfft2(embed(ahead)), s=(h, w)) - target)
         grad = np.fft.irfft2(np.conj(spectrum) * np.fft.rfft2(residual), s=(h, w)).sum(axis=0)
         grad = np.roll(grad, (half, half), axis=(0, 1))[:size, :size]
-        new = project_to_simplex(ahead - step * grad)
+        if weight:
+            grad = grad + weight * _kernel_laplacian(ahead)
+        new = project(ahead - step * grad)
         next_momentum = (1.0 + math.sqrt(1.0 + 4.0 * momentum ** 2)) / 2.0
         ahead = new + (momentum - 1.0) / next_momentum * (new - kernel)
         kernel, momentum = new, next_momentum
     return kernel
+
+
+def _kernel_laplacian(k: np.ndarray) -> np.ndarray:
+    """``D^T D k`` for the forward differences ``D`` of ``[k, k]`` along both axes (Neumann borders)."""
+    out = np.zeros_like(k)
+    for axis in (0, 1):
+        d = np.diff(k, axis=axis)
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (1, 0)
+        out -= np.diff(np.pad(d, pad), axis=axis, append=0.0)
+    return out
 
 
 def project_to_simplex(values: np.ndarray) -> np.ndarray:

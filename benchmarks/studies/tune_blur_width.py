@@ -1,0 +1,114 @@
+"""The blind Gaussian width of :func:`ctbird.restore` over blur widths, noise levels and search noise floors.
+
+Each ``--slice`` (``STACK.npz:INDEX`` of the prior's training stack; never an evaluation slice) is windowed to the
+prior's [0, 1] scale, resampled to ``--size``, blurred by a Gaussian of each ``--sigmas`` width (px, reflect borders,
+the task's default kernel side) and given white Gaussian noise of each ``--noises`` std (seeded by the slice's
+position). BIRD's search then runs with the ``gaussian-deblur`` defaults under the ``cpu-fast`` preset (what the CLI
+runs on a CPU) and each ``--floors`` value as ``search_noise_floor``, the refinement off: the width is the search's
+(the refinement keeps it), and the PSNR is that of BIRD's image, data range 1 on [0, 1]. Writes
+``blur_width_<tag>.json`` / ``.md`` under ``--out-dir`` (default ``docs/results/tuning``).
+
+Example (repository root)::
+
+    python -m benchmarks.studies.tune_blur_width --slice ../shared/data/ct/train/ct256_train_hu.npz:700 \\
+        --sigmas 1,2 --noises 0.0025,0.005 --floors 0,0.01 --tag cpu-train256
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (RESULTS_DIR, fmt, load_unit_slice, markdown_table, mean_std, parse_list, progress,
+                               record_markdown, run_script, score_unit, start_run, write_outputs)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slice", action="append", required=True, help="STACK.npz:INDEX training slice (repeatable)")
+    parser.add_argument("--sigmas", default="1,2", help="comma-separated blur widths (px)")
+    parser.add_argument("--noises", default="0.0025,0.005", help="comma-separated noise stds on [0, 1]")
+    parser.add_argument("--floors", default="0,0.01", help="comma-separated search_noise_floor values")
+    parser.add_argument("--size", type=int, default=256, help="working side (default 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "tuning")
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args(argv)
+    args.sigmas, args.noises, args.floors = (parse_list(v, float) for v in (args.sigmas, args.noises, args.floors))
+    if args.size < 8 or min(args.sigmas) <= 0 or min(args.noises) < 0 or min(args.floors) < 0:
+        parser.error("--size must be >= 8, --sigmas positive, --noises and --floors >= 0.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ctbird.api import default_kernel_size, restore
+    from ctbird.config import BirdConfig
+    from ctbird.metrics import kernel_sigma
+    from ctbird.priors import DiffusionPrior, default_prior_path
+    from ctbird.restoration_baselines import gaussian_kernel
+    from operators.blur import Blur
+
+    device, record = start_run(args, argv)
+    prior_path = args.prior or default_prior_path()
+    prior = DiffusionPrior.from_pretrained(prior_path, device=str(device), image_size=256)
+    kernel_size = default_kernel_size(args.size)
+    images = [load_unit_slice(spec, args.size) for spec in args.slice]
+    config = BirdConfig.for_task("gaussian-deblur", "cpu-fast")
+    rows: list[dict] = []
+    cases = [(s, n, f) for s in args.sigmas for n in args.noises for f in args.floors]
+    with progress(total=len(images) * len(cases), desc="blur width", unit="run") as bar:
+        for index, (image, label) in enumerate(images):
+            for sigma, noise, floor in cases:
+                bar.set_description(f"{label} sigma {sigma} noise {noise} floor {floor}")
+                blur = Blur(torch.from_numpy(gaussian_kernel(kernel_size, sigma)).to(torch.float32),
+                            image_shape=tuple(image.shape), padding="reflect")
+                generator = torch.Generator().manual_seed(1000 + index)
+                with torch.no_grad():
+                    y = (blur(image[None]) + noise * torch.randn((1, *image.shape), generator=generator)).clamp(0, 1)
+                result = restore(y, "gaussian-deblur", prior=prior, kernel_size=kernel_size, config=config,
+                                 refine=False, search_noise_floor=floor, seed=args.seed, device=device)
+                width = kernel_sigma(result.kernel[0].cpu())
+                rows.append({"image": label, "sigma": sigma, "noise": noise, "floor": floor, "width": width,
+                             "width_error": abs(width / sigma - 1.0), "input_psnr": score_unit(y, image[None])["psnr"],
+                             **{f"bird_{k}": v for k, v in score_unit(result.image.cpu(), image[None]).items()},
+                             "seconds": result.seconds})
+                bar.update(1)
+    results = []
+    for sigma, noise, floor in cases:
+        group = [r for r in rows if (r["sigma"], r["noise"], r["floor"]) == (sigma, noise, floor)]
+        summary = {"sigma": sigma, "noise": noise, "floor": floor}
+        for key in ("width", "width_error", "input_psnr", "bird_psnr", "bird_ssim", "seconds"):
+            summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([r[key] for r in group])
+        summary["width_error_max"] = max(r["width_error"] for r in group)
+        results.append({**summary, "per_image": group})
+    payload = {"run": record, "slices": [label for _, label in images], "size": args.size, "seed": args.seed,
+               "kernel_size": kernel_size, "bird": config.to_dict(), "prior": str(prior_path), "results": results}
+    table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3),
+              fmt(r["width_mean"], r["width_std"], 2), f"{100 * r['width_error_mean']:.0f} % / "
+              f"{100 * r['width_error_max']:.0f} %", fmt(r["input_psnr_mean"], digits=2),
+              fmt(r["bird_psnr_mean"], r["bird_psnr_std"], 2), fmt(r["seconds_mean"], digits=0)] for r in results]
+    markdown = "\n".join([
+        f"# Blind Gaussian width against blur, noise and the search's noise floor (`{args.tag}`)", "",
+        "Generated by `python -m benchmarks.studies.tune_blur_width`; do not edit by hand.", "",
+        record_markdown(record),
+        f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
+        f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
+        "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')` and the task's set-up but `search_noise_floor` "
+        f"= floor; refinement off (it keeps the search's width); seed {args.seed}.",
+        "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
+        "worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: the search's image).", "",
+        markdown_table(["blur sigma (px)", "noise std", "search floor", "width (px)", "width error", "input PSNR",
+                        "BIRD PSNR", "s / run"], table)])
+    json_path, md_path = write_outputs(args.out_dir, f"blur_width_{args.tag}", payload, markdown)
+    print(f"wrote {md_path} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(main))
