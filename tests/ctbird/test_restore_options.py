@@ -108,3 +108,34 @@ def test_default_denoising_is_the_noise_matched_tweedie_step_without_birds_searc
     assert result.nfe == 1 and result.image.shape == image.shape  # 8 renoisings, one batched Tweedie step
     searched = restore(image, "denoise", prior=prior, iters=2, delta_t=500, refine=RefineConfig.for_task("denoise").replace(start="bird"))
     assert searched.solver_result is not None and searched.iters_run == 2
+
+
+def test_search_noise_floor_raises_only_the_noise_of_cleaner_observations():
+    from ctbird.api import _raise_noise
+    from ctbird.restoration_baselines import estimate_noise_sigma
+
+    base = torch.full((2, 1, 64, 64), 0.5)
+    y = base + torch.tensor([0.002, 0.03]).view(2, 1, 1, 1) * torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    levels = [estimate_noise_sigma(item) for item in y.numpy()]
+    raised = _raise_noise(y, levels, 0.01, seed=0)
+    assert estimate_noise_sigma(raised[0].numpy()) == pytest.approx(0.01, rel=0.15)
+    assert torch.equal(raised[1], y[1])  # already noisier than the floor
+    assert torch.equal(_raise_noise(y, levels, 0.01, seed=0), raised)  # seeded
+    assert _raise_noise(y, levels, 0.0, seed=0) is y
+
+
+def test_search_noise_floor_reaches_the_search_only(prior):
+    y = torch.full((1, 1, 16, 16), 0.4)
+    y[..., 4:12, 4:12] = 0.6
+    kept = y.clone()
+    settings = dict(prior=prior, kernel_size=5, iters=2, delta_t=250, refine=False)
+    default = restore(y, "gaussian-deblur", **settings)
+    off = restore(y, "gaussian-deblur", search_noise_floor=0.0, **settings)
+    floored = restore(y, "gaussian-deblur", search_noise_floor=0.05, **settings)
+    assert torch.equal(y, kept)  # the observation is never touched
+    assert default.search_noise_floor == pytest.approx(0.01) and off.search_noise_floor == 0.0
+    assert floored.search_noise_floor == pytest.approx(0.05)
+    assert not torch.equal(floored.image, off.image)
+    assert floored.noise_sigma == off.noise_sigma  # the reported noise level is the observation's
+    with pytest.raises(ConfigError, match="search_noise_floor"):
+        restore(y, "gaussian-deblur", search_noise_floor=-1.0, **settings)

@@ -175,3 +175,33 @@ def test_refinement_samples_are_averaged_in_one_batched_chain(gaussian_prior):
     one = restore(y, "gaussian-deblur", refine=RefineConfig(t0=200, step=50), **settings)
     four = restore(y, "gaussian-deblur", refine=RefineConfig(t0=200, step=50, samples=4), **settings)
     assert four.nfe == one.nfe and four.image.shape == one.image.shape and not torch.allclose(four.image, one.image)
+
+
+def test_kernel_fit_smoothness_and_support():
+    from operators.blur import Blur
+    from scipy.ndimage import gaussian_filter
+
+    from ctbird.errors import InputError
+    from ctbird.restoration_baselines import fit_blur_kernel
+
+    rng = np.random.default_rng(2)
+    image = gaussian_filter(rng.random((64, 64)), 1.5)
+    truth = np.zeros((9, 9))
+    truth[4, 1:8] = 1.0
+    truth /= truth.sum()
+    with torch.no_grad():
+        blurred = Blur(torch.from_numpy(truth).float(), image_shape=(1, 64, 64))(torch.from_numpy(image).float()[None, None])
+    y = blurred[0, 0].numpy().astype(np.float64) + 0.02 * rng.standard_normal((64, 64))
+
+    def roughness(k: np.ndarray) -> float:
+        return float(np.square(np.diff(k, axis=0)).sum() + np.square(np.diff(k, axis=1)).sum())
+
+    plain = fit_blur_kernel(image, y, 9, iters=300, smoothing_px=0.0)
+    smooth = fit_blur_kernel(image, y, 9, iters=300, smoothing_px=0.0, smoothness=1.0)
+    assert smooth.min() >= 0 and smooth.sum() == pytest.approx(1.0)
+    assert roughness(smooth) < 0.5 * roughness(plain)
+    support = truth > 0
+    confined = fit_blur_kernel(image, y, 9, iters=300, smoothing_px=0.0, support=support)
+    assert confined[~support].max() == 0.0 and confined.sum() == pytest.approx(1.0)
+    with pytest.raises(InputError, match="support"):
+        fit_blur_kernel(image, y, 9, support=np.zeros((9, 9), bool))
