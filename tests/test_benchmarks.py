@@ -526,3 +526,60 @@ def test_tune_refine_scores_bird_and_each_refinement_of_it(tmp_path, save_prior)
     assert rows[("gaussian-deblur", "t200+anchor1200")]["psnr_mean"] != rows[("gaussian-deblur", "bird")]["psnr_mean"]
     page = (tmp_path / "refine_t.md").read_text()
     assert "| denoise | t60+cg0 |" in page and "| kernel error | kernel width |" in page
+
+
+def _disk_stack(path: Path) -> Path:
+    """A one-slice 256² HU training stack (the studies on training slices read 256² slices)."""
+    yy, xx = np.mgrid[:256, :256] - 127.5
+    disk = np.where(np.hypot(yy, xx) <= 60, 0, -1000) + np.where(np.hypot(yy - 20, xx) <= 15, 800, 0)
+    np.savez(path, images=disk[None].astype(np.int16), pixel_spacing_mm=np.full(1, 1.5, np.float32))
+    return path
+
+
+def test_tune_blur_width_scores_each_blur_noise_and_floor(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    stack = _disk_stack(tmp_path / "stack.npz")
+    _run("benchmarks.studies.tune_blur_width", "--slice", f"{stack}:0", "--sigmas", "1", "--noises", "0.001",
+         "--floors", "0,0.2", "--size", str(SIZE), "--prior", str(prior), "--tag", "t", "--out-dir", str(tmp_path),
+         cwd=tmp_path)
+    payload = json.loads((tmp_path / "blur_width_t.json").read_text())
+    rows = {r["floor"]: r for r in payload["results"]}
+    assert set(rows) == {0.0, 0.2} and all(r["sigma"] == 1.0 and r["noise"] == 0.001 for r in rows.values())
+    assert all(_finite(r["width_mean"]) and r["width_mean"] > 0 for r in rows.values())
+    assert rows[0.0]["width_mean"] != rows[0.2]["width_mean"]  # the floor reaches the search
+    assert rows[0.0]["input_psnr_mean"] == rows[0.2]["input_psnr_mean"]  # ... and never the observation
+    assert "| 1.0 | 0.0010 | 0.200 |" in (tmp_path / "blur_width_t.md").read_text()
+
+
+def test_kernel_bound_orders_the_blurred_true_kernels(tmp_path):
+    stack = _disk_stack(tmp_path / "stack.npz")
+    _run("benchmarks.studies.kernel_bound", "--slice", f"{stack}:0", "--size", "64", "--tag", "t", "--out-dir",
+         str(tmp_path), cwd=tmp_path)
+    rows = {r["kernel"]: r for r in json.loads((tmp_path / "kernel_bound_t.json").read_text())["results"]}
+    blurred = [rows[f"true kernel blurred by {s} px"]["kernel_error_mean"] for s in (0.5, 1.0, 1.5)]
+    assert blurred == sorted(blurred) and blurred[0] > 0
+    assert rows["initial kernel"]["kernel_error_mean"] > blurred[-1]
+    assert rows["initial kernel"]["halved"] == 0 and len(rows) == 10
+    assert "| initial kernel |" in (tmp_path / "kernel_bound_t.md").read_text()
+
+
+def test_restore_dicom_runs_the_cli_on_degraded_dicom(tmp_path, save_prior):
+    from ctbird.io import write_derived_dicom
+
+    prior = save_prior(tmp_path / "prior")
+    yy, xx = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2
+    hu = np.where(np.hypot(yy, xx) <= SIZE / 3, 40.0, -1000.0) + np.where(np.hypot(yy - 3, xx) <= 4, 700.0, 0.0)
+    source = tmp_path / "slice.dcm"
+    write_derived_dicom(hu.astype(np.float32), None, source, method_name="test", pixel_spacing_mm=(0.7, 0.7))
+    _run("benchmarks.restore_dicom", "--dicom", str(source), "--prior", str(prior), "--tag", "t", "--out-dir",
+         str(tmp_path), cwd=tmp_path)
+    rows = {r["task"]: r for r in json.loads((tmp_path / "restore-dicom_t.json").read_text())["results"]}
+    assert set(rows) == {"gaussian-deblur", "sr"}
+    assert set(rows["gaussian-deblur"]["scores"]) == {"input", "wiener", "richardson-lucy"}
+    assert set(rows["sr"]["scores"]) == {"bicubic"} and "width" not in rows["sr"]
+    assert rows["gaussian-deblur"]["width"] > 0 and all(_finite(r["psnr"]) for r in rows.values())
+    assert source.read_bytes() and "| gaussian-deblur |" in (tmp_path / "restore-dicom_t.md").read_text()
+    completed = _launch("benchmarks.restore_dicom", "--dicom", str(tmp_path / "missing.dcm"), "--prior", str(prior),
+                        "--out-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert not (tmp_path / "none").exists()

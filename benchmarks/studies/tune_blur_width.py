@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device, record = start_run(args, argv)
     prior_path = args.prior or default_prior_path()
-    prior = DiffusionPrior.from_pretrained(prior_path, device=str(device), image_size=256)
+    prior = DiffusionPrior.from_pretrained(prior_path, device=str(device), image_size=args.size)
     kernel_size = default_kernel_size(args.size)
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     config = BirdConfig.for_task("gaussian-deblur", "cpu-fast")
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         record_markdown(record),
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
-        "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')` and the task's set-up but `search_noise_floor` "
-        f"= floor; refinement off (it keeps the search's width); seed {args.seed}.",
+        "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at the working size, the "
+        f"task's set-up but `search_noise_floor` = floor; refinement off (it keeps the search's width); seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
         "worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: the search's image).", "",
         markdown_table(["blur sigma (px)", "noise std", "search floor", "width (px)", "width error", "input PSNR",
