@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                "prior": str(prior), "results": rows}
     table = []
     for r in rows:
-        baselines = ", ".join(f"{name} {fmt(s['psnr'], digits=2)}" for name, s in r["scores"].items() if name != "input")
+        baselines = ", ".join(f"{name} {fmt(s['psnr'], digits=2)}" for name, s in r["scores"].items()
+                              if name != "input")
         reference = r["scores"].get("input", r["scores"].get("bicubic"))
         table.append([Path(r["image"]).parent.name + "/" + Path(r["image"]).name, r["task"],
                       f"{fmt(reference['psnr'], digits=2)} / {fmt(reference['ssim'], digits=3)}",

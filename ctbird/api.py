@@ -291,7 +291,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
             kernel_model: str | None = None, warm_start: bool | None = None,
-            search_noise_floor: float | None = None, config: BirdConfig | None = None, refine: RefineConfig | bool | None = None, seed: int = 0,
+            search_noise_floor: float | None = None, config: BirdConfig | None = None,
+            refine: RefineConfig | bool | None = None, seed: int = 0,
             device: str | torch.device = "cpu", callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
 

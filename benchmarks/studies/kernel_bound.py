@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}², the `motion-deblur` "
         f"degradation of `benchmarks.photo` (a {size}² random-walk kernel, speckle and Gaussian noise, seed 1000 + "
         "index). No prior runs: the rows fit the kernel from the true sharp image.",
-        "- Kernel error: `ctbird.metrics.kernel_error`, mean ± std and worst over the slices; `halved`: slices where it "
-        "is at most half the initial kernel's (the #15 target); width: `kernel_sigma` (px).", "",
+        "- Kernel error: `ctbird.metrics.kernel_error`, mean ± std and worst over the slices; `halved`: slices "
+        "where it is at most half the initial kernel's (the #15 target); width: `kernel_sigma` (px).", "",
         markdown_table(["kernel", "kernel error", "worst", "halved", "width (px)"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"kernel_bound_{args.tag}", payload, markdown)
     print(f"wrote {md_path} and {json_path}")

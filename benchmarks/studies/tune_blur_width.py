@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
         "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at the working size, the "
-        f"task's set-up but `search_noise_floor` = floor; refinement off (it keeps the search's width); seed {args.seed}.",
+        "task's set-up but `search_noise_floor` = floor; refinement off (it keeps the search's width); "
+        f"seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
         "worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: the search's image).", "",
         markdown_table(["blur sigma (px)", "noise std", "search floor", "width (px)", "width error", "input PSNR",

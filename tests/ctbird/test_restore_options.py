@@ -115,7 +115,8 @@ def test_search_noise_floor_raises_only_the_noise_of_cleaner_observations():
     from ctbird.restoration_baselines import estimate_noise_sigma
 
     base = torch.full((2, 1, 64, 64), 0.5)
-    y = base + torch.tensor([0.002, 0.03]).view(2, 1, 1, 1) * torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = base + torch.tensor([0.002, 0.03]).view(2, 1, 1, 1) * noise
     levels = [estimate_noise_sigma(item) for item in y.numpy()]
     raised = _raise_noise(y, levels, 0.01, seed=0)
     assert estimate_noise_sigma(raised[0].numpy()) == pytest.approx(0.01, rel=0.15)

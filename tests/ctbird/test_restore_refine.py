@@ -190,7 +190,8 @@ def test_kernel_fit_smoothness_and_support():
     truth[4, 1:8] = 1.0
     truth /= truth.sum()
     with torch.no_grad():
-        blurred = Blur(torch.from_numpy(truth).float(), image_shape=(1, 64, 64))(torch.from_numpy(image).float()[None, None])
+        blurred = Blur(torch.from_numpy(truth).float(), image_shape=(1, 64, 64))(
+            torch.from_numpy(image).float()[None, None])
     y = blurred[0, 0].numpy().astype(np.float64) + 0.02 * rng.standard_normal((64, 64))
 
     def roughness(k: np.ndarray) -> float:
