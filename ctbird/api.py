@@ -390,10 +390,10 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         search_noise_floor = RESTORE_SETUP[task].get("search_noise_floor", 0.0)
     noise_sigma = _noise_sigma(y)
     floor = _check_float("search_noise_floor", search_noise_floor, 0.0) * math.sqrt(height * width) / model.image_size
-    y_search = _raise_noise(y, noise_sigma, floor, seed)
+    y_search = _raise_noise(y, noise_sigma, floor, seed) if searched else y
     estimate = None
-    if refine is not None and refine.start == "estimate":
-        estimate = classical_estimate(y, task, model.shape[1:]).to(dev)
+    if (warm_start and searched and y_search is y) or (refine is not None and refine.start == "estimate"):
+        estimate = classical_estimate(y, task, model.shape[1:]).to(dev)  # warm-starts too unless the search is noisier
     fixed_kernel = getattr(operator, "kernel", None)  # the result's kernel when BIRD does not estimate one
     kernel = None if fixed_kernel is None else fixed_kernel.detach().expand(batch, *fixed_kernel.shape[-2:])
     out, image, nfe, seconds, states = None, None, 0, 0.0, [{} for _ in range(batch)]
@@ -402,7 +402,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         init_latent, warm_nfe = None, 0
         if warm_start:
             nfe0 = model.nfe
-            warm = classical_estimate(y_search, task, model.shape[1:]).to(dev)
+            warm = estimate if y_search is y else classical_estimate(y_search, task, model.shape[1:]).to(dev)
             init_latent = ddim_invert(model, warm, config.delta_t).repeat_interleave(config.n_samples, dim=0)
             warm_nfe = model.nfe - nfe0
         out = bird.run(y_search.to(dev), generator=_generator(seed), init_latent=init_latent)

@@ -149,11 +149,12 @@ def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, in
         a = gaussian_filter(a.astype(np.float64), width) if width > 0 else a.astype(np.float64)
         return np.stack([np.diff(a, axis=0, append=a[-1:]), np.diff(a, axis=1, append=a[:, -1:])])
 
-    spectrum = np.fft.rfft2(differences(image))
+    image_differences = differences(image)
+    spectrum = np.fft.rfft2(image_differences)
     target = differences(observation)
     inside = np.zeros((h, w))
     inside[half + 1:h - half - 1, half + 1:w - half - 1] = 1.0
-    weight = smoothness * float((inside * np.fft.irfft2(spectrum, s=(h, w)) ** 2).sum())
+    weight = smoothness * float((inside * image_differences ** 2).sum())
     # the data term's Lipschitz constant, plus the kernel Laplacian's (at most 8)
     step = 1.0 / max(float((np.abs(spectrum) ** 2).sum(axis=0).max()) + 8.0 * weight, 1e-12)
     inner = None if support is None else np.asarray(support, dtype=bool)
