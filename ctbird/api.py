@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -416,6 +417,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                                                generator=_generator(seed))
         kernel = refitted if refitted is not None else kernel
         image = measurement_input(refined)
+        if task == "denoise" and max(out_h, out_w) > model.image_size:
+            image = _restore_fine_detail(image, y.to(image.device), noise_sigma)
         nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out is not None and out.uncertainty is not None else None
     return Restoration(image=image.clamp(0.0, 1.0), kernel=kernel, uncertainty=uncertainty, task=task,
@@ -496,6 +499,18 @@ def _fit_gaussian_width(operator, image: torch.Tensor, y: torch.Tensor) -> torch
     with torch.no_grad():
         blur.log_sigma.fill_(float(best.x))
         return blur.kernel.detach().cpu().to(torch.float32)
+
+
+def _restore_fine_detail(image: torch.Tensor, y: torch.Tensor, noise_sigma: Sequence[float]) -> torch.Tensor:
+    """A denoised ``image`` ``[B, C, H, W]`` on [0, 1] (the prior's estimate, resampled from its coarser grid) with the
+    detail of the observation ``y`` that stands above its noise (``noise_sigma`` per item) put back:
+    :func:`ctbird.restoration_baselines.residual_wiener` per channel."""
+    from .restoration_baselines import residual_wiener
+
+    est, obs = image.detach().cpu().double().numpy(), y.detach().cpu().double().numpy()
+    out = np.stack([np.stack([residual_wiener(e, o, sigma) for e, o in zip(item, observed)])
+                    for item, observed, sigma in zip(est, obs, noise_sigma)])
+    return torch.from_numpy(out).to(image)
 
 
 def _raise_noise(y: torch.Tensor, noise_sigma: Sequence[float], floor: float, seed: int) -> torch.Tensor:
@@ -582,7 +597,7 @@ def _dds_refine(prior, x0, y, frozen, states, refine, transform, noise_sigma, ge
     t_start, start_noise = refine.t0, 0.0
     if refine.match_noise:
         levels = [2.0 * sigma for sigma in _noise_sigma((x0 + 1.0) / 2.0)]  # [0, 1] -> the prior's [-1, 1]
-        t_start = max(t_start, *(prior.schedule.timestep_of_noise(level) for level in levels))
+        t_start = max(t_start, *(prior.schedule.timestep_of_noise(refine.noise_scale * level) for level in levels))
         start_noise = torch.tensor(levels, dtype=x0.dtype, device=x0.device).repeat_interleave(k)
     weight: float | torch.Tensor = 0.0
     if refine.anchor > 0:  # per sample, broadcast in the CG normal operator

@@ -316,6 +316,10 @@ class RefineConfig(Settings):
         timestep of that noise level where it lies below (:meth:`ctbird.priors.NoiseSchedule.timestep_of_noise`; the
         batch's highest). From the noisy observation (``start="estimate"``) with ``step >= t0`` the chain is one
         Tweedie step: the prior's minimum-mean-square-error denoiser at the observation's own noise level.
+    noise_scale : float
+        With ``match_noise``: ``t0`` is raised to the timestep of ``noise_scale`` times the start's noise level
+        (``>= 1``; above 1 the renoising adds noise in proportion to what the start carries, a denoising strength
+        that follows the noise level where a fixed ``t0`` over-smooths lightly noisy images).
     """
 
     label: ClassVar[str] = "refine"
@@ -328,9 +332,11 @@ class RefineConfig(Settings):
     samples: int = 1
     kernel_refits: int = 0
     match_noise: bool = False
+    noise_scale: float = 1.0
 
     def _validate(self) -> None:
         self._bool("match_noise")
+        self._float("noise_scale", minimum=1.0)
         self._int("samples")
         self._choice("start", ("bird", "estimate"))
         self._int("kernel_refits", 0)
@@ -360,8 +366,8 @@ RESTORE_REFINE: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "motion-deblur": MappingProxyType({"t0": 200, "anchor": 4000.0, "start": "estimate", "samples": 4,
                                        "kernel_refits": 1}),
     "sr": MappingProxyType({"t0": 100, "anchor": 20000.0, "start": "estimate", "samples": 4}),
-    "denoise": MappingProxyType({"t0": 60, "step": 999, "cg_iters": 0, "start": "estimate", "samples": 8,
-                                 "match_noise": True}),
+    "denoise": MappingProxyType({"t0": 1, "step": 999, "cg_iters": 0, "start": "estimate", "samples": 8,
+                                 "match_noise": True, "noise_scale": 1.5}),
     "inpaint": MappingProxyType({"t0": 800, "step": 40, "anchor": 12000.0, "samples": 8}),
 })
 

@@ -115,6 +115,29 @@ def estimate_gaussian_sigma(image: np.ndarray, max_sigma: float | None = None) -
     return float(np.clip(math.sqrt(max(-slope, 0.0)) / (2 * math.pi), 0.3, max_sigma))
 
 
+#: Radial frequency bins (cycles/px, up to the corner's 0.71) of :func:`residual_wiener`'s power spectrum.
+RESIDUAL_WIENER_BINS = 48
+
+
+def residual_wiener(estimate: np.ndarray, observation: np.ndarray, noise_sigma: float) -> np.ndarray:
+    """``estimate + W r`` for ``[H, W]`` images, ``r = observation - estimate`` and ``W`` the empirical Wiener filter
+    of ``r``: per radial frequency ring, the gain ``max(0, 1 - noise_sigma^2 / P(f))`` with ``P`` the ring's mean
+    power of ``r`` (``|FFT r|^2 / (H W)``, so white noise of std ``s`` has ``P = s^2``).
+
+    Detail the estimate lacks (e.g. above the prior's grid, or structure its denoiser smoothed away) stands above the
+    noise floor in ``r`` and is kept; rings at the noise floor are dropped."""
+    residual = observation - estimate
+    spectrum = np.fft.fft2(residual)
+    h, w = residual.shape
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    ring = np.minimum((radius / radius.max() * RESIDUAL_WIENER_BINS).astype(int), RESIDUAL_WIENER_BINS - 1)
+    counts = np.bincount(ring.ravel(), minlength=RESIDUAL_WIENER_BINS)
+    power = np.bincount(ring.ravel(), weights=np.abs(spectrum.ravel()) ** 2 / (h * w),
+                        minlength=RESIDUAL_WIENER_BINS) / np.maximum(counts, 1)
+    gain = np.clip(1.0 - noise_sigma ** 2 / np.maximum(power, 1e-30), 0.0, 1.0)
+    return estimate + np.real(np.fft.ifft2(spectrum * gain[ring]))
+
+
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     """Normalized isotropic Gaussian ``[size, size]`` (float64)."""
     r = np.arange(size) - (size - 1) / 2.0

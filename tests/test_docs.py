@@ -135,7 +135,8 @@ def test_method_page_states_the_refinement_defaults():
     assert {row["task"] for row in table} == set(RESTORE_TASKS)
     for row in table:
         config = RefineConfig.for_task(row["task"])
-        for key in ("t0", "step", "cg_iters", "anchor", "start", "samples", "kernel_refits", "match_noise"):
+        for key in ("t0", "step", "cg_iters", "anchor", "start", "samples", "kernel_refits", "match_noise",
+                    "noise_scale"):
             assert _stated(row[key], getattr(config, key)), (row["task"], key, row[key], getattr(config, key))
 
 

@@ -140,3 +140,32 @@ def test_search_noise_floor_reaches_the_search_only(prior):
     assert floored.noise_sigma == off.noise_sigma  # the reported noise level is the observation's
     with pytest.raises(ConfigError, match="search_noise_floor"):
         restore(y, "gaussian-deblur", search_noise_floor=-1.0, **settings)
+
+
+def test_noise_scale_renoises_in_proportion_to_the_observations_noise():
+    from ctbird.config import RefineConfig
+
+    zero = _zero_noise_prior()  # its Tweedie step returns the renoised start: what is drawn shows in the result
+    s = 0.02
+    image = (0.5 + s * torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    base = RefineConfig.for_task("denoise").replace(t0=1)
+    matched = restore(image, "denoise", prior=zero, refine=base.replace(noise_scale=1.0)).image
+    scaled = restore(image, "denoise", prior=zero, refine=base.replace(noise_scale=2.0)).image
+    assert float((matched - image).std()) < 0.25 * s
+    # (2 s)^2 - s^2 of fresh noise, averaged over the renoisings
+    assert float((scaled - image).std()) == pytest.approx(3 ** 0.5 * s / base.samples ** 0.5, rel=0.4)
+    with pytest.raises(ConfigError, match="noise_scale"):
+        RefineConfig(noise_scale=0.5)
+
+
+def test_denoising_above_the_priors_size_puts_back_the_observed_fine_detail(prior):
+    """A 16² prior cannot hold a 0.4 cycles/px pattern of a 32² image; the residual Wiener step restores it."""
+    side, level = 32, 0.01
+    xx = torch.arange(side, dtype=torch.float32)
+    pattern = 0.2 * torch.cos(2 * torch.pi * 0.4 * xx).expand(side, side)
+    truth = 0.5 + pattern
+    noisy = (truth + level * torch.randn(side, side, generator=torch.Generator().manual_seed(2)))[None, None]
+    result = restore(noisy.clamp(0, 1), "denoise", prior=prior)
+    kept = float((result.image[0, 0] - 0.5).mul(pattern).sum() / pattern.square().sum())
+    assert kept == pytest.approx(1.0, abs=0.15)
+    assert float((result.image[0, 0] - truth).square().mean().sqrt()) < level
