@@ -54,6 +54,9 @@ class Restoration:
         Estimated noise std of each observation on [0, 1] (:func:`ctbird.restoration_baselines.estimate_noise_sigma`).
     search_noise_floor : float
         The noise floor BIRD's search ran with, std on [0, 1] at the image's grid (0: none; see :func:`restore`).
+    search_misfit : list of float or None
+        Per item, the RMS of ``M(x) - y`` on [0, 1] for BIRD's image ``x`` and the operator ``M`` it estimated
+        (``None`` without the search).
     solver_result : BirdResult or None
         The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...); ``transformed`` is BIRD's
         image before the refinement. ``None`` when the search was skipped because nothing of it would be kept (the
@@ -77,6 +80,7 @@ class Restoration:
     refine: RefineConfig | None = None
     noise_sigma: list[float] | None = None
     search_noise_floor: float = 0.0
+    search_misfit: list[float] | None = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -397,7 +401,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         estimate = classical_estimate(y, task, model.shape[1:]).to(dev)  # warm-starts too unless the search is noisier
     fixed_kernel = getattr(operator, "kernel", None)  # the result's kernel when BIRD does not estimate one
     kernel = None if fixed_kernel is None else fixed_kernel.detach().expand(batch, *fixed_kernel.shape[-2:])
-    out, image, nfe, seconds, states = None, None, 0, 0.0, [{} for _ in range(batch)]
+    out, image, nfe, seconds, states, misfit = None, None, 0, 0.0, [{} for _ in range(batch)], None
     if searched:
         bird = BIRD(model, operator, config, input_transform=measurement_input, callback=callback)
         init_latent, warm_nfe = None, 0
@@ -409,11 +413,13 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         out = bird.run(y_search.to(dev), generator=_generator(seed), init_latent=init_latent)
         out.nfe += warm_nfe
         image, nfe, seconds, kernel, states = out.transformed, out.nfe, out.seconds, out.kernel, out.operator_state
+        misfit = search_misfit(operator, states, image, y.to(dev))
     if refine is not None:
         nfe0, start = model.nfe, time.perf_counter()
         start_x0 = out.image if refine.start == "bird" else estimate
         refined, refitted = refine_restoration(model, start_x0, y.to(dev), operator, states, refine,
-                                               transform=measurement_input, noise_sigma=noise_sigma,
+                                               transform=measurement_input,
+                                               noise_sigma=anchor_noise(refine, noise_sigma, misfit),
                                                generator=_generator(seed))
         kernel = refitted if refitted is not None else kernel
         image = measurement_input(refined)
@@ -428,7 +434,30 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                        delta_t=out.delta_t if out is not None else config.delta_t,
                        iters_run=out.iters_run if out is not None else 0, solver_result=out,
                        config=config, refine=refine, noise_sigma=noise_sigma,
-                       search_noise_floor=floor if searched else 0.0)
+                       search_noise_floor=floor if searched else 0.0, search_misfit=misfit)
+
+
+def search_misfit(operator, states: list[dict], images: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Per item, the RMS of ``operator(images[b]) - y[b]`` (``[B, C, H, W]`` on [0, 1]) with ``operator`` holding
+    ``states[b]`` (BIRD's estimate)."""
+    import copy
+
+    frozen = copy.deepcopy(operator).to(images.device)
+    misfits = []
+    with torch.no_grad():
+        for image, observed, state in zip(images, y, states):
+            if state:
+                frozen.load_state_dict(state)
+            misfits.append(float((frozen(image[None]) - observed[None]).square().mean().sqrt()))
+    return misfits
+
+
+def anchor_noise(refine: RefineConfig, noise_sigma: Sequence[float], misfit: Sequence[float] | None) -> list[float]:
+    """The noise level per item of the refinement's anchor: ``noise_sigma``, or with ``refine.anchor_misfit`` at
+    least the search's ``misfit`` (:func:`search_misfit`)."""
+    if not refine.anchor_misfit or misfit is None:
+        return list(noise_sigma)
+    return [max(s, m) for s, m in zip(noise_sigma, misfit)]
 
 
 def bird_search_is_kept(refine: RefineConfig | None, operator) -> bool:

@@ -320,6 +320,10 @@ class RefineConfig(Settings):
         With ``match_noise``: ``t0`` is raised to the timestep of ``noise_scale`` times the start's noise level
         (``>= 1``; above 1 the renoising adds noise in proportion to what the start carries, a denoising strength
         that follows the noise level where a fixed ``t0`` over-smooths lightly noisy images).
+    anchor_misfit : bool
+        The anchor's noise level ``sigma`` is at least the RMS misfit of BIRD's search, ``||M(x_bird) - y|| /
+        sqrt(n)`` (:attr:`ctbird.api.Restoration.search_misfit`): the model error of the operator BIRD estimated
+        counts as noise, so lightly noisy data do not pull the image onto a wrong kernel.
     """
 
     label: ClassVar[str] = "refine"
@@ -333,9 +337,11 @@ class RefineConfig(Settings):
     kernel_refits: int = 0
     match_noise: bool = False
     noise_scale: float = 1.0
+    anchor_misfit: bool = False
 
     def _validate(self) -> None:
         self._bool("match_noise")
+        self._bool("anchor_misfit")
         self._float("noise_scale", minimum=1.0)
         self._int("samples")
         self._choice("start", ("bird", "estimate"))
@@ -364,7 +370,7 @@ class RefineConfig(Settings):
 RESTORE_REFINE: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "gaussian-deblur": MappingProxyType({"t0": 200, "anchor": 1200.0, "samples": 4}),
     "motion-deblur": MappingProxyType({"t0": 200, "anchor": 4000.0, "start": "estimate", "samples": 4,
-                                       "kernel_refits": 1}),
+                                       "kernel_refits": 1, "anchor_misfit": True}),
     "sr": MappingProxyType({"t0": 100, "anchor": 20000.0, "start": "estimate", "samples": 4}),
     "denoise": MappingProxyType({"t0": 1, "step": 999, "cg_iters": 0, "start": "estimate", "samples": 8,
                                  "match_noise": True, "noise_scale": 1.5}),

@@ -247,7 +247,7 @@ def inpaint_mask(height: int, width: int | None = None) -> torch.Tensor:
 
 
 def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_size: int | None = None,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
+                  seed: int = 0, noise_std: float | None = None) -> dict[str, torch.Tensor]:
     """The observation of a clean image ``[C, H, W]`` on [0, 1] under a restoration task (BIRD's settings at 256 px,
     scaled to ``H``): ``{"y": [1, C, h, w] on [0, 1]}`` plus the true ``"kernel"`` ``[k, k]`` (deblurring; ``k`` defaults to what :func:`ctbird.restore` estimates) or
     ``"mask"`` ``[H, W]`` (inpainting, 1 = observed).
@@ -256,11 +256,11 @@ def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_
       :func:`ctbird.api.default_kernel_size`), zero padding; ``motion-deblur``: :func:`motion_kernel` (seed
       ``seed``), reflect padding; ``sr``: ``sr_factor`` box downsampling; ``inpaint``: :func:`inpaint_mask`.
     * Noise (seeded by ``seed``): :class:`operators.noise.SpeckleGaussianNoise` defaults (0.8 speckle 0.12 + 0.2
-      Gaussian 0.05) for deblurring, SR and inpainting; speckle 0.4 + Gaussian 0.15 for ``denoise``; then clipped to
-      [0, 1].
+      Gaussian 0.05) for deblurring, SR and inpainting; speckle 0.4 + Gaussian 0.15 for ``denoise``; or, with
+      ``noise_std``, white Gaussian noise of that std for every task; then clipped to [0, 1].
     """
     from operators.blur import Blur
-    from operators.noise import SpeckleGaussianNoise
+    from operators.noise import GaussianNoise, SpeckleGaussianNoise
     from operators.resample import Downsample
 
     from .config import RESTORE_TASKS
@@ -297,6 +297,10 @@ def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_
         else:
             out["mask"] = inpaint_mask(shape[-2], shape[-1])
             clean = x
+        if noise_std is not None:
+            if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std >= 0):
+                raise ConfigError(f"noise_std must be a finite number >= 0, got {noise_std!r}.")
+            noise = GaussianNoise(float(noise_std))
         y = noise(clean, generator=generator).clamp(0.0, 1.0)
         if task == "inpaint":
             y = y * out["mask"]

@@ -583,3 +583,21 @@ def test_restore_dicom_runs_the_cli_on_degraded_dicom(tmp_path, save_prior):
                         "--out-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_tune_denoise_strength_scores_each_noise_and_variant(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    stack = _disk_stack(tmp_path / "stack.npz")
+    _run("benchmarks.studies.tune_denoise_strength", "--slice", f"{stack}:0", "--noises", "0.01,benchmark",
+         "--variants", "t60,scale1,scale2", "--size", str(SIZE), "--prior", str(prior), "--tag", "t", "--out-dir",
+         str(tmp_path), cwd=tmp_path)
+    rows = {r["noise"]: r for r in json.loads((tmp_path / "denoise_strength_t.json").read_text())["results"]}
+    assert set(rows) == {0.01, "benchmark"}
+    assert 39.5 < rows[0.01]["input_psnr_mean"] < 43.0  # white noise of std 0.01 (clipped at 0 and 1)
+    assert rows["benchmark"]["input_psnr_mean"] < rows[0.01]["input_psnr_mean"]
+    scores = [rows[0.01][f"{name}_mean"] for name in ("t60", "scale1", "scale2")]
+    assert all(_finite(v) for v in scores) and len(set(scores)) == 3  # each variant reaches the refinement
+    assert "| 0.01 |" in (tmp_path / "denoise_strength_t.md").read_text()
+    completed = _launch("benchmarks.studies.tune_denoise_strength", "--slice", f"{stack}:0", "--variants", "x5",
+                        "--out-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr and not (tmp_path / "none").exists()

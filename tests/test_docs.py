@@ -136,7 +136,7 @@ def test_method_page_states_the_refinement_defaults():
     for row in table:
         config = RefineConfig.for_task(row["task"])
         for key in ("t0", "step", "cg_iters", "anchor", "start", "samples", "kernel_refits", "match_noise",
-                    "noise_scale"):
+                    "noise_scale", "anchor_misfit"):
             assert _stated(row[key], getattr(config, key)), (row["task"], key, row[key], getattr(config, key))
 
 

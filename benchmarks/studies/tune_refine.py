@@ -1,7 +1,8 @@
 """The DDS refinement of :func:`ctbird.restore` on CT training slices: PSNR of each task under each refinement.
 
 Each ``--slice`` (``STACK.npz:INDEX`` of the prior's training stack; never an evaluation slice) is windowed to the
-prior's [0, 1] scale, resampled to ``--size`` and degraded as :mod:`benchmarks.photo` does. BIRD runs once per slice
+prior's [0, 1] scale, resampled to ``--size`` and degraded as :mod:`benchmarks.photo` does (``--noise-std``: with white
+Gaussian noise of that std instead). BIRD runs once per slice
 and task with the task's defaults under ``--preset`` (:meth:`ctbird.config.BirdConfig.for_task`) and the refinement
 off; every variant of :data:`VARIANTS` then refines that same result (:func:`ctbird.api.refine_restoration`, the
 estimated operator frozen, seeded as :func:`ctbird.restore` seeds it, so a variant's row is what ``restore`` returns
@@ -53,7 +54,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
                       "estimate+t200+anchor4000+samples4+refit2": {"start": "estimate", "t0": 200, "anchor": 4000.0,
                                                                    "samples": 4, "kernel_refits": 2},
                       "estimate+t200+anchor4000+samples4+refit3": {"start": "estimate", "t0": 200, "anchor": 4000.0,
-                                                                   "samples": 4, "kernel_refits": 3}},
+                                                                   "samples": 4, "kernel_refits": 3},
+                      "estimate+t200+anchor4000+samples4+refit1": {"start": "estimate", "t0": 200, "anchor": 4000.0,
+                                                                   "samples": 4, "kernel_refits": 1}},
     "sr": {"t200": {"t0": 200}, "estimate+t400": {"start": "estimate"}, "estimate+t200": {"start": "estimate", "t0": 200},
            "estimate+t100": {"start": "estimate", "t0": 100},
            "estimate+t200+anchor20000": {"start": "estimate", "t0": 200, "anchor": 20000.0},
@@ -90,14 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=("full", "cpu-fast"), default="cpu-fast", help="BIRD's budget")
     parser.add_argument("--iters", type=int, default=None, help="BIRD iterations overriding the preset's")
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
+    parser.add_argument("--noise-std", type=float, default=None,
+                        help="white Gaussian noise of this std on [0, 1] instead of the benchmark's noise")
     # 'default' alone: only each task's default refinement
     return parse_restoration_study_args(parser, argv, VARIANTS, extra=("default",))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ctbird.api import (bird_search_is_kept, classical_estimate, default_kernel_size, refine_restoration, resize,
-                            restoration_operator, restore)
+    from ctbird.api import (anchor_noise, bird_search_is_kept, classical_estimate, default_kernel_size,
+                            refine_restoration, resize, restoration_operator, restore)
     from ctbird.config import BirdConfig, RefineConfig
     from ctbird.priors import DiffusionPrior, default_prior_path
     from ctbird.restoration_baselines import fit_blur_kernel
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         for index, (image, label) in enumerate(images):
             for task in args.tasks:
                 bar.set_description(f"{label} {task}")
-                case = degrade_image(task, image, sr_factor=args.sr_factor, kernel_size=kernel_size, seed=1000 + index)
+                case = degrade_image(task, image, sr_factor=args.sr_factor, kernel_size=kernel_size, seed=1000 + index,
+                                     noise_std=args.noise_std)
                 y = case["y"]
                 truth = image[None]
                 observed = observation_view(task, y, args.size)
@@ -171,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                     nfe0, started = prior.nfe, time.perf_counter()
                     refined, kernels = refine_restoration(prior, start_x0, y.to(device), operator,
                                                           result.solver_result.operator_state, config,
-                                                          transform=transform, noise_sigma=result.noise_sigma,
+                                                          transform=transform,
+                                                          noise_sigma=anchor_noise(config, result.noise_sigma,
+                                                                                   result.search_misfit),
                                                           generator=torch.Generator().manual_seed(args.seed))
                     searched = bird_search_is_kept(config, operator)
                     row = {"image": label, **score_unit(transform(refined).clamp(0, 1).cpu(), truth),
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)
         results.append({**summary, "per_image": per_image})
     payload = {"run": record, "slices": [label for _, label in images], "size": args.size, "preset": args.preset,
-               "sr_factor": args.sr_factor, "seed": args.seed, "kernel_size": kernel_size,
+               "sr_factor": args.sr_factor, "noise_std": args.noise_std, "seed": args.seed, "kernel_size": kernel_size,
                "bird": {task: BirdConfig.for_task(task, args.preset).to_dict() for task in args.tasks},
                "prior": str(prior_path), "results": results}
     def cell(r: dict, key: str, digits: int, spread: bool = False) -> str:
@@ -207,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}² (prior decoding at {args.size}²); "
         f"BIRD with `BirdConfig.for_task(task, {args.preset!r})`" + (f" at {args.iters} iterations" if args.iters else "")
         + ", refinement off (`bird`), then each refinement of it; "
-        f"SR x{args.sr_factor}; blind kernel {kernel_size}²; degradations of `benchmarks.photo`; seed {args.seed}.",
-        "- Variants (`RefineConfig` over its class defaults t0=400, step=20, cg_iters=5, anchor=0, start=bird, samples=1, kernel_refits=0, match_noise=False): `tT` renoise "
+        f"SR x{args.sr_factor}; blind kernel {kernel_size}²; degradations of `benchmarks.photo`"
+        + (f" with white Gaussian noise of std {args.noise_std} instead of their noise" if args.noise_std is not None
+           else "") + f"; seed {args.seed}.",
+        "- Variants (`RefineConfig` over its class defaults t0=400, step=20, cg_iters=5, anchor=0, start=bird, samples=1, kernel_refits=0, match_noise=False, noise_scale=1, anchor_misfit=False): `tT` renoise "
         "to t0=T; `cgN` CG steps per chain step; `anchorA` anchor weight A·sigma²·‖A‖² (sigma: the estimated noise std); "
         "`stepS` chain step; `refitN` N rounds of kernel least squares on the refined image and refinement again (blind deblurring); `samplesN` the mean of N refinements; `estimate+` renoise the classical estimate (observation; bicubic for SR) instead of "
         "BIRD's image (for denoising and inpainting `restore` then skips BIRD's search: its seconds and NFE are not counted); "

@@ -69,3 +69,15 @@ def test_degrade_image_rejects_bad_input():
         degrade_image("sr", _image(60), sr_factor=8)
     with pytest.raises(InputError):
         degrade_image("denoise", _image()[0])
+
+
+def test_white_noise_replaces_the_benchmark_noise_when_asked():
+    image = _image()
+    clean = degrade_image("motion-deblur", image, kernel_size=9, seed=2, noise_std=0.0)
+    noisy = degrade_image("motion-deblur", image, kernel_size=9, seed=2, noise_std=0.01)
+    default = degrade_image("motion-deblur", image, kernel_size=9, seed=2)
+    assert torch.equal(clean["kernel"], noisy["kernel"])
+    assert float((noisy["y"] - clean["y"]).std()) == pytest.approx(0.01, rel=0.1)
+    assert float((default["y"] - clean["y"]).std()) > 0.03  # the benchmark's speckle + Gaussian noise is heavier
+    with pytest.raises(ConfigError, match="noise_std"):
+        degrade_image("denoise", image, noise_std=-1.0)

@@ -169,3 +169,18 @@ def test_denoising_above_the_priors_size_puts_back_the_observed_fine_detail(prio
     kept = float((result.image[0, 0] - 0.5).mul(pattern).sum() / pattern.square().sum())
     assert kept == pytest.approx(1.0, abs=0.15)
     assert float((result.image[0, 0] - truth).square().mean().sqrt()) < level
+
+
+def test_the_searchs_misfit_floors_the_anchors_noise_only_where_configured(prior):
+    from ctbird.api import anchor_noise
+    from ctbird.config import RefineConfig
+
+    image = (0.5 + 0.01 * torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    result = restore(image, "motion-deblur", prior=prior, kernel_size=5, iters=2, delta_t=500, refine=False)
+    misfit = result.search_misfit[0]
+    assert misfit > 0 and len(result.search_misfit) == 1
+    assert anchor_noise(RefineConfig.for_task("motion-deblur"), [0.0], [misfit]) == [misfit]
+    assert anchor_noise(RefineConfig.for_task("motion-deblur"), [2 * misfit], [misfit]) == [2 * misfit]
+    assert anchor_noise(RefineConfig.for_task("gaussian-deblur"), [0.0], [misfit]) == [0.0]
+    assert anchor_noise(RefineConfig.for_task("motion-deblur"), [0.003], None) == [0.003]
+    assert restore(image, "denoise", prior=prior).search_misfit is None  # no search, no misfit
