@@ -528,6 +528,14 @@ def observation_view(task: str, y: torch.Tensor, size: int) -> torch.Tensor:
     return resize(y, (size, size)) if task == "sr" else y
 
 
+def load_study_prior(prior: str | None, device: torch.device, size: int):
+    """``(DiffusionPrior decoding at size², its path)`` of a study's ``--prior`` (default: the shipped CT prior)."""
+    from ctbird.priors import DiffusionPrior, default_prior_path
+
+    path = prior or default_prior_path()
+    return DiffusionPrior.from_pretrained(path, device=str(device), image_size=size), path
+
+
 def load_unit_slice(spec: str, size: int) -> tuple[torch.Tensor, str]:
     """A 256² training-stack slice (``STACK.npz:INDEX``) on the prior's [0, 1] scale, resampled to ``[1, size, size]``."""
     from ctbird.api import resize

@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dicom", action="append", required=True, type=Path, help="CT DICOM slice (repeatable)")
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
-                        help=f"comma-separated, some of {', '.join(TASK_METHODS)} (default: {', '.join(DEFAULT_TASKS)})")
+                        help=f"comma-separated, some of {', '.join(TASK_METHODS)} "
+                             f"(default: {', '.join(DEFAULT_TASKS)})")
     parser.add_argument("--blur-sigma", type=float, default=2.0, help="Gaussian blur width in pixels (default 2)")
     parser.add_argument("--noise-hu", type=float, default=20.0, help="white noise std in HU (default 20)")
     parser.add_argument("--sr-factor", type=int, default=4)

@@ -579,6 +579,14 @@ def test_restore_dicom_runs_the_cli_on_degraded_dicom(tmp_path, save_prior):
     assert set(rows["sr"]["scores"]) == {"bicubic"} and "width" not in rows["sr"]
     assert rows["gaussian-deblur"]["width"] > 0 and all(_finite(r["psnr"]) for r in rows.values())
     assert source.read_bytes() and "| gaussian-deblur |" in (tmp_path / "restore-dicom_t.md").read_text()
+    _run("benchmarks.restore_dicom", "--dicom", str(source), "--prior", str(prior), "--tasks",
+         "motion-deblur,denoise,inpaint", "--noise-hu", "30", "--tag", "u", "--out-dir", str(tmp_path), cwd=tmp_path)
+    rows = {r["task"]: r for r in json.loads((tmp_path / "restore-dicom_u.json").read_text())["results"]}
+    assert set(rows["motion-deblur"]["scores"]) == {"input", "wiener", "richardson-lucy"}
+    assert 0 < rows["motion-deblur"]["kernel_error"] < 2 and "width" not in rows["motion-deblur"]
+    assert rows["denoise"]["noise_hu_estimate"] == pytest.approx(30, rel=0.5)  # the estimate, in HU
+    assert set(rows["inpaint"]["scores"]) == {"input", "biharmonic"}
+    assert rows["inpaint"]["scores"]["input"]["psnr"] < rows["denoise"]["scores"]["input"]["psnr"]  # the hole
     completed = _launch("benchmarks.restore_dicom", "--dicom", str(tmp_path / "missing.dcm"), "--prior", str(prior),
                         "--out-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (RESULTS_DIR, fmt, load_unit_slice, markdown_table, mean_std, parse_list, progress,
-                               record_markdown, run_script, score_unit, start_run, write_outputs)
+from benchmarks.common import (RESULTS_DIR, fmt, load_study_prior, load_unit_slice, markdown_table, mean_std,
+                               parse_list, progress, record_markdown, run_script, score_unit, start_run, write_outputs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,13 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.api import default_kernel_size, restore
     from ctbird.config import BirdConfig
     from ctbird.metrics import kernel_sigma
-    from ctbird.priors import DiffusionPrior, default_prior_path
     from ctbird.restoration_baselines import gaussian_kernel
     from operators.blur import Blur
 
     device, record = start_run(args, argv)
-    prior_path = args.prior or default_prior_path()
-    prior = DiffusionPrior.from_pretrained(prior_path, device=str(device), image_size=args.size)
+    prior, prior_path = load_study_prior(args.prior, device, args.size)
     kernel_size = default_kernel_size(args.size)
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     config = BirdConfig.for_task("gaussian-deblur", "cpu-fast")

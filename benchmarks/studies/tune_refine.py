@@ -26,9 +26,10 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import (add_restoration_study_options, fmt, initial_kernel, kernel_scores, load_unit_slice,
-                               parse_restoration_study_args, markdown_table, mean_std, observation_view, progress,
-                               record_markdown, run_script, score_unit, start_run, write_outputs)
+from benchmarks.common import (add_restoration_study_options, fmt, initial_kernel, kernel_scores, load_study_prior,
+                               load_unit_slice, parse_restoration_study_args, markdown_table, mean_std,
+                               observation_view, progress, record_markdown, run_script, score_unit, start_run,
+                               write_outputs)
 from ctbird.simulate import degrade_image
 
 #: Row label of the kernel least squares from the true image (blind deblurring).
@@ -104,13 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     from ctbird.api import (anchor_noise, bird_search_is_kept, classical_estimate, default_kernel_size,
                             refine_restoration, resize, restoration_operator, restore)
     from ctbird.config import BirdConfig, RefineConfig
-    from ctbird.priors import DiffusionPrior, default_prior_path
     from ctbird.restoration_baselines import fit_blur_kernel
     from operators.blur import Blur
 
     device, record = start_run(args, argv)
-    prior_path = args.prior or default_prior_path()
-    prior = DiffusionPrior.from_pretrained(prior_path, device=str(device), image_size=args.size)
+    prior, prior_path = load_study_prior(args.prior, device, args.size)
     kernel_size = default_kernel_size(args.size)
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     rows: dict[tuple[str, str], list[dict]] = {}
