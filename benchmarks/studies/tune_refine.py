@@ -57,7 +57,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
                       "estimate+t200+anchor4000+samples4+refit3": {"start": "estimate", "t0": 200, "anchor": 4000.0,
                                                                    "samples": 4, "kernel_refits": 3},
                       "estimate+t200+anchor4000+samples4+refit1": {"start": "estimate", "t0": 200, "anchor": 4000.0,
-                                                                   "samples": 4, "kernel_refits": 1}},
+                                                                   "samples": 4, "kernel_refits": 1},
+                      **{f"estimate+t200+anchor{a}+samples4+refit1+misfit": {
+                          "start": "estimate", "t0": 200, "anchor": float(a), "samples": 4, "kernel_refits": 1,
+                          "anchor_misfit": True} for a in (12000, 40000)}},
     "sr": {"t200": {"t0": 200}, "estimate+t400": {"start": "estimate"}, "estimate+t200": {"start": "estimate", "t0": 200},
            "estimate+t100": {"start": "estimate", "t0": 100},
            "estimate+t200+anchor20000": {"start": "estimate", "t0": 200, "anchor": 20000.0},
