@@ -369,7 +369,7 @@ class RefineConfig(Settings):
 #: Each restoration task's refinement over :class:`RefineConfig`'s defaults (docs/results/tuning/refine_*.md).
 RESTORE_REFINE: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "gaussian-deblur": MappingProxyType({"t0": 200, "anchor": 1200.0, "samples": 4}),
-    "motion-deblur": MappingProxyType({"t0": 200, "anchor": 4000.0, "start": "estimate", "samples": 4,
+    "motion-deblur": MappingProxyType({"t0": 200, "anchor": 12000.0, "start": "estimate", "samples": 4,
                                        "kernel_refits": 1, "anchor_misfit": True}),
     "sr": MappingProxyType({"t0": 100, "anchor": 20000.0, "start": "estimate", "samples": 4}),
     "denoise": MappingProxyType({"t0": 1, "step": 999, "cg_iters": 0, "start": "estimate", "samples": 8,
