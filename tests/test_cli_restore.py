@@ -139,6 +139,7 @@ def test_refinement_is_recorded_and_can_be_turned_off_or_set(tmp_path, rgb_prior
     assert chosen["refine"] == RefineConfig.for_task("denoise").replace(t0=40, samples=2).to_dict()
     assert on["nfe"] == 1 and off["nfe"] > 1  # denoising's refinement replaces BIRD's search by one Tweedie step
     assert (on["iters_run"], off["iters_run"]) == (0, 1)
+    assert on["search_misfit"] is None and len(off["search_misfit"]) == 1 and off["search_misfit"][0] > 0
     assert not np.array_equal(np.load(tmp_path / "on" / "restored.npy"), np.load(tmp_path / "off" / "restored.npy"))
     table = tomllib.loads((tmp_path / "set" / "config.toml").read_text())
     assert table["refinement"]["t0"] == 40 and "refinement" not in tomllib.loads((tmp_path / "off" / "config.toml").read_text())
