@@ -425,8 +425,9 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                                                generator=_generator(seed))
         kernel = refitted if refitted is not None else kernel
         image = measurement_input(refined)
-        if task == "denoise" and max(out_h, out_w) > model.image_size:
-            image = _restore_fine_detail(image, y.to(image.device), noise_sigma)
+        if task in ("denoise", "inpaint") and max(out_h, out_w) > model.image_size:
+            image = _restore_fine_detail(image, y.to(image.device), noise_sigma,
+                                         None if task == "denoise" else operator.mask)
         nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out is not None and out.uncertainty is not None else None
     return Restoration(image=image.clamp(0.0, 1.0), kernel=kernel, uncertainty=uncertainty, task=task,
@@ -532,15 +533,21 @@ def _fit_gaussian_width(operator, image: torch.Tensor, y: torch.Tensor) -> torch
         return blur.kernel.detach().cpu().to(torch.float32)
 
 
-def _restore_fine_detail(image: torch.Tensor, y: torch.Tensor, noise_sigma: Sequence[float]) -> torch.Tensor:
-    """A denoised ``image`` ``[B, C, H, W]`` on [0, 1] (the prior's estimate, resampled from its coarser grid) with the
-    detail of the observation ``y`` that stands above its noise (``noise_sigma`` per item) put back:
-    :func:`ctbird.restoration_baselines.residual_wiener` per channel."""
+def _restore_fine_detail(image: torch.Tensor, y: torch.Tensor, noise_sigma: Sequence[float],
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A restored ``image`` ``[B, C, H, W]`` on [0, 1] (the prior's estimate, resampled from its coarser grid) with the
+    detail of the observation ``y`` that stands above its noise (``noise_sigma`` per item) put back, on the observed
+    pixels of ``mask`` (``[H, W]``, 1 = observed; all when None): :func:`ctbird.restoration_baselines.residual_wiener`
+    per channel."""
     from .restoration_baselines import residual_wiener
 
     est, obs = image.detach().cpu().double().numpy(), y.detach().cpu().double().numpy()
-    out = np.stack([np.stack([residual_wiener(e, o, sigma) for e, o in zip(item, observed)])
-                    for item, observed, sigma in zip(est, obs, noise_sigma)])
+    masks = [None] * est.shape[1]
+    if mask is not None:  # [H, W], [1, H, W] or [C, H, W]
+        observed = mask.detach().cpu().double().numpy().reshape(-1, *est.shape[-2:])
+        masks = [observed[c % observed.shape[0]] for c in range(est.shape[1])]
+    out = np.stack([np.stack([residual_wiener(e, o, sigma, m) for e, o, m in zip(item, observed_item, masks)])
+                    for item, observed_item, sigma in zip(est, obs, noise_sigma)])
     return torch.from_numpy(out).to(image)
 
 

@@ -119,14 +119,21 @@ def estimate_gaussian_sigma(image: np.ndarray, max_sigma: float | None = None) -
 RESIDUAL_WIENER_BINS = 48
 
 
-def residual_wiener(estimate: np.ndarray, observation: np.ndarray, noise_sigma: float) -> np.ndarray:
+def residual_wiener(estimate: np.ndarray, observation: np.ndarray, noise_sigma: float,
+                    mask: np.ndarray | None = None) -> np.ndarray:
     """``estimate + W r`` for ``[H, W]`` images, ``r = observation - estimate`` and ``W`` the empirical Wiener filter
     of ``r``: per radial frequency ring, the gain ``max(0, 1 - noise_sigma^2 / P(f))`` with ``P`` the ring's mean
     power of ``r`` (``|FFT r|^2 / (H W)``, so white noise of std ``s`` has ``P = s^2``).
 
     Detail the estimate lacks (e.g. above the prior's grid, or structure its denoiser smoothed away) stands above the
-    noise floor in ``r`` and is kept; rings at the noise floor are dropped."""
+    noise floor in ``r`` and is kept; rings at the noise floor are dropped. With ``mask`` (``[H, W]``, 1 = observed)
+    ``r`` is taken on the observed pixels only (the noise floor scaled by their fraction) and ``W r`` is added there
+    only: the unobserved pixels keep the estimate."""
     residual = observation - estimate
+    fraction = 1.0
+    if mask is not None:
+        residual = residual * mask
+        fraction = float(mask.mean())
     spectrum = np.fft.fft2(residual)
     h, w = residual.shape
     radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
@@ -134,8 +141,9 @@ def residual_wiener(estimate: np.ndarray, observation: np.ndarray, noise_sigma: 
     counts = np.bincount(ring.ravel(), minlength=RESIDUAL_WIENER_BINS)
     power = np.bincount(ring.ravel(), weights=np.abs(spectrum.ravel()) ** 2 / (h * w),
                         minlength=RESIDUAL_WIENER_BINS) / np.maximum(counts, 1)
-    gain = np.clip(1.0 - noise_sigma ** 2 / np.maximum(power, 1e-30), 0.0, 1.0)
-    return estimate + np.real(np.fft.ifft2(spectrum * gain[ring]))
+    gain = np.clip(1.0 - fraction * noise_sigma ** 2 / np.maximum(power, 1e-30), 0.0, 1.0)
+    detail = np.real(np.fft.ifft2(spectrum * gain[ring]))
+    return estimate + (detail if mask is None else detail * mask)
 
 
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
