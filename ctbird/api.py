@@ -350,9 +350,9 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     Restoration
         ``.image`` ``[B, C, H, W]`` in [0, 1] with the input's spatial size (``sr``: ``H * sr_factor``);
         ``.kernel`` for deblurring. The prior works at its own size; ``x0`` is resampled bilinearly to the
-        working size inside the measurement model when the sizes differ. Denoising an image larger than the prior
-        puts back the observed detail its grid cannot hold, where it stands above the noise
-        (:func:`ctbird.restoration_baselines.residual_wiener`).
+        working size inside the measurement model when the sizes differ. Denoising or inpainting an image larger
+        than the prior puts back the observed detail its grid cannot hold, where it stands above the noise
+        (:func:`ctbird.restoration_baselines.residual_wiener`; inpainting: on the observed pixels).
     """
     if task not in RESTORE_TASKS:
         raise ConfigError(f"task must be one of {RESTORE_TASKS}, got {task!r}.")

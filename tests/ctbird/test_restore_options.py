@@ -184,3 +184,17 @@ def test_the_searchs_misfit_floors_the_anchors_noise_only_where_configured(prior
     assert anchor_noise(RefineConfig.for_task("gaussian-deblur"), [0.0], [misfit]) == [0.0]
     assert anchor_noise(RefineConfig.for_task("motion-deblur"), [0.003], None) == [0.003]
     assert restore(image, "denoise", prior=prior).search_misfit is None  # no search, no misfit
+
+
+def test_inpainting_above_the_priors_size_keeps_the_observed_fine_detail(prior):
+    side = 32
+    xx = torch.arange(side, dtype=torch.float32)
+    pattern = 0.2 * torch.cos(2 * torch.pi * 0.4 * xx).expand(side, side)
+    truth = 0.5 + pattern
+    mask = torch.ones(side, side)
+    mask[12:20, 12:20] = 0.0
+    noisy = ((truth + 0.01 * torch.randn(side, side, generator=torch.Generator().manual_seed(5))) * mask)[None, None]
+    result = restore(noisy.clamp(0, 1), "inpaint", prior=prior, mask=mask, iters=2, delta_t=500)
+    observed = mask > 0
+    kept = float(((result.image[0, 0] - 0.5) * pattern)[observed].sum() / pattern[observed].square().sum())
+    assert kept == pytest.approx(1.0, abs=0.2)  # a 16² prior alone cannot hold 0.4 cycles/px
