@@ -76,7 +76,7 @@ def degrade(hu: np.ndarray, task: str, args, seed: int) -> tuple[np.ndarray, np.
         out = gaussian_filter(hu, args.blur_sigma, mode="reflect")
     elif task == "motion-deblur":
         kernel = motion_kernel(default_kernel_size(min(hu.shape)), seed).numpy().astype(np.float64)
-        out = convolve(hu, kernel[::-1, ::-1], mode="reflect")
+        out = convolve(hu, kernel, mode="reflect")  # a true convolution, as operators.blur.Blur
     elif task == "sr":
         f = args.sr_factor
         h, w = hu.shape[0] // f * f, hu.shape[1] // f * f

@@ -613,3 +613,20 @@ def test_tune_denoise_strength_scores_each_noise_and_variant(tmp_path, save_prio
     completed = _launch("benchmarks.studies.tune_denoise_strength", "--slice", f"{stack}:0", "--variants", "x5",
                         "--out-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr and not (tmp_path / "none").exists()
+
+
+def test_restore_dicom_blurs_by_the_operators_convolution():
+    """The motion degradation in HU is the blur that ``restore`` models (a true convolution), so the kernel error
+    compares like with like."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.restore_dicom import degrade
+    from operators.blur import Blur
+
+    hu = np.random.default_rng(0).normal(0, 100, (64, 64))
+    observed, kernel, mask = degrade(hu, "motion-deblur", SimpleNamespace(noise_hu=0.0), seed=3)
+    assert mask is None and kernel.shape == (11, 11) and not np.allclose(kernel, kernel[::-1, ::-1])
+    expected = Blur(torch.from_numpy(kernel), image_shape=(1, 64, 64))(torch.from_numpy(hu)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(observed[8:-8, 8:-8], expected[8:-8, 8:-8], atol=1e-6)
