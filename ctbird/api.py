@@ -426,8 +426,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         kernel = refitted if refitted is not None else kernel
         image = measurement_input(refined)
         if task in ("denoise", "inpaint") and max(out_h, out_w) > model.image_size:
-            image = _restore_fine_detail(image, y.to(image.device), noise_sigma,
-                                         None if task == "denoise" else operator.mask)
+            image = _restore_fine_detail(image, y.to(image.device), noise_sigma, getattr(operator, "mask", None))
         nfe, seconds = nfe + model.nfe - nfe0, seconds + time.perf_counter() - start
     uncertainty = resize(out.uncertainty, (out_h, out_w)) / 2.0 if out is not None and out.uncertainty is not None else None
     return Restoration(image=image.clamp(0.0, 1.0), kernel=kernel, uncertainty=uncertainty, task=task,

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                         return float((frozen(transform(x0)) - y.to(x0.device)).square().mean().sqrt())
 
                 bird = {"image": label, **score_unit(result.image.cpu(), truth), "seconds": result.seconds,
-                        "nfe": result.nfe, "misfit": misfit(result.solver_result.image),
+                        "nfe": result.nfe, "misfit": result.search_misfit[0],
                         "noise_sigma": result.noise_sigma[0], **kernel_scores(result, case)}
                 if task == "denoise":
                     bird["noise_sigma_true"] = float((y - truth).std())
