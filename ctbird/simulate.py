@@ -268,9 +268,10 @@ def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_
 
     if task not in RESTORE_TASKS:
         raise ConfigError(f"Unknown task {task!r}; use one of {', '.join(RESTORE_TASKS)}.")
-    if noise_std is not None and not (isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool)
-                                      and math.isfinite(noise_std) and noise_std >= 0):
-        raise ConfigError(f"noise_std must be a finite number >= 0, got {noise_std!r}.")
+    if noise_std is not None:
+        from .api import _check_float
+
+        noise_std = _check_float("noise_std", noise_std)
     image = torch.as_tensor(image, dtype=torch.float32)
     if image.dim() != 3:
         raise InputError(f"degrade_image takes an image [C, H, W]; got shape {tuple(image.shape)}.")
@@ -301,7 +302,7 @@ def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_
             out["mask"] = inpaint_mask(shape[-2], shape[-1])
             clean = x
         if noise_std is not None:
-            noise = GaussianNoise(float(noise_std))
+            noise = GaussianNoise(noise_std)
         y = noise(clean, generator=generator).clamp(0.0, 1.0)
         if task == "inpaint":
             y = y * out["mask"]
