@@ -3,7 +3,7 @@
 Tasks (BIRD's reference settings, scaled from 256 px to the working size ``S``; :func:`ctbird.simulate.degrade_image`):
 
 * ``gaussian-deblur``: blind; true kernel a Gaussian of sigma ``3 S / 256`` px on a ``k x k`` grid, ``k`` the size
-  ``ctbird.restore`` estimates (41 at 256 px); zero padding, as the reference.
+  ``ctbird.restore`` estimates (41 at 256 px); reflect padding (the reference pads with zeros).
 * ``motion-deblur``: blind; true kernel a synthetic motion trajectory (a smoothed random walk, rasterized
   bilinearly, normalized; fixed seed per image) on the same grid; reflect padding.
 * ``sr``: x8 box downsampling (the reference's average pooling), blind filter.

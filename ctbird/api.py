@@ -295,7 +295,7 @@ def _photo(image: Any) -> torch.Tensor:
 def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: DiffusionPrior | str | os.PathLike,
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
-            kernel_model: str | None = None, warm_start: bool | None = None,
+            kernel_model: str | None = None, padding: str | None = None, warm_start: bool | None = None,
             search_noise_floor: float | None = None, config: BirdConfig | None = None,
             refine: RefineConfig | bool | None = None, seed: int = 0,
             device: str | torch.device = "cpu", callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
@@ -326,6 +326,9 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         Blind deblurring kernel: ``"gaussian"`` a Gaussian learnt through its log-sigma (starting at
         ``INITIAL_SIGMA_PX``), ``"mlp"`` BIRD's kernel MLP, ``"logits"`` a free kernel ``softmax(logits)`` starting
         uniform. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
+    padding : {"reflect", "symmetric", "zeros", "circular"} or None
+        What the deblurring operator (blind or known kernel) assumes beyond the image's border
+        (:mod:`operators._conv`). ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP` (``"reflect"``).
     warm_start : bool or None
         Start ``x_T`` at the DDIM inversion (:func:`ddim_invert`) of a classical estimate (the observation; bicubic
         upsampling for SR) instead of random noise; costs one extra chain. ``None``: the task's,
@@ -382,7 +385,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         _check_int("sr_factor", sr_factor, 2)
         out_h, out_w = height * sr_factor, width * sr_factor
     operator = restoration_operator(task, (channels, out_h, out_w), blind=blind, sr_factor=sr_factor,
-                                     kernel_size=kernel_size, kernel=kernel, mask=mask, kernel_model=kernel_model)
+                                     kernel_size=kernel_size, kernel=kernel, mask=mask, kernel_model=kernel_model,
+                                     padding=padding)
     learnable = any(p.requires_grad for p in operator.parameters())
     if not learnable:
         config = config.replace(lr_operator=0.0)
@@ -693,8 +697,9 @@ INITIAL_SIGMA_PX = 1.0
 
 def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,
                           kernel_size: int | None, kernel: torch.Tensor | float | None, mask: torch.Tensor | None,
-                          kernel_model: str | None = None):
-    """The degradation of ``task`` on images ``shape = (C, H, W)`` (learnable parameters when ``blind``)."""
+                          kernel_model: str | None = None, padding: str | None = None):
+    """The degradation of ``task`` on images ``shape = (C, H, W)`` (learnable parameters when ``blind``); ``kernel_model``
+    and the blurs' ``padding``: :func:`restore`'s."""
     from operators import Identity
     from operators.blur import Blur, GaussianBlur
     from operators.mask import Mask
@@ -702,21 +707,21 @@ def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool,
 
     side = min(shape[1:])
     if task in ("gaussian-deblur", "motion-deblur"):
+        padding = RESTORE_SETUP[task]["padding"] if padding is None else padding
         if blind:
             k = default_kernel_size(side) if kernel_size is None else _check_int("kernel_size", kernel_size, 1)
             if k % 2 == 0 or k > side:
                 raise ConfigError(f"kernel_size must be odd and at most the image side {side}, got {k}.")
             model = RESTORE_SETUP[task]["kernel_model"] if kernel_model is None else kernel_model
-            padding = "zeros" if task == "gaussian-deblur" else "reflect"
             if model == "gaussian":
                 return GaussianBlur(INITIAL_SIGMA_PX, image_shape=shape, kernel_size=k, learnable=True, padding=padding)
             if model not in ("mlp", "logits"):
                 raise ConfigError(f"kernel_model must be gaussian, mlp or logits, got {model!r}.")
             return Blur(kernel_size=k, image_shape=shape, learnable=True, parametrization=model, padding=padding)
         if isinstance(kernel, torch.Tensor):
-            return Blur(kernel.to(torch.float32), image_shape=shape)
+            return Blur(kernel.to(torch.float32), image_shape=shape, padding=padding)
         if isinstance(kernel, (int, float)) and not isinstance(kernel, bool):
-            return GaussianBlur(float(kernel), image_shape=shape)
+            return GaussianBlur(float(kernel), image_shape=shape, padding=padding)
         raise ConfigError("Non-blind deblurring needs kernel=: a [k, k] tensor or a Gaussian sigma in pixels.")
     if task == "sr":
         return Downsample(sr_factor, shape, filter="box", learnable=blind)

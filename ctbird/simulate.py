@@ -253,8 +253,9 @@ def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_
     ``"mask"`` ``[H, W]`` (inpainting, 1 = observed).
 
     * ``gaussian-deblur``: Gaussian of sigma ``3 min(H, W) / 256`` px on ``kernel_size``² (default
-      :func:`ctbird.api.default_kernel_size`), zero padding; ``motion-deblur``: :func:`motion_kernel` (seed
-      ``seed``), reflect padding; ``sr``: ``sr_factor`` box downsampling; ``inpaint``: :func:`inpaint_mask`.
+      :func:`ctbird.api.default_kernel_size`); ``motion-deblur``: :func:`motion_kernel` (seed ``seed``); both
+      blur with reflect padding, as :func:`ctbird.restore` models them (the reference pads its Gaussian blur with
+      zeros, which no camera or scanner does); ``sr``: ``sr_factor`` box downsampling; ``inpaint``: :func:`inpaint_mask`.
     * Noise (seeded by ``seed``): :class:`operators.noise.SpeckleGaussianNoise` defaults (0.8 speckle 0.12 + 0.2
       Gaussian 0.05) for deblurring, SR and inpainting; speckle 0.4 + Gaussian 0.15 for ``denoise``; or, with
       ``noise_std``, white Gaussian noise of that std for every task; then clipped to [0, 1].
@@ -288,7 +289,7 @@ def degrade_image(task: str, image: torch.Tensor, *, sr_factor: int = 8, kernel_
         if task == "gaussian-deblur":
             sigma = GAUSSIAN_SIGMA_256 * min(shape[-2:]) / 256.0
             out["kernel"] = torch.from_numpy(gaussian_kernel(kernel_size, sigma)).to(torch.float32)
-            clean = Blur(out["kernel"], image_shape=shape, padding="zeros")(x)
+            clean = Blur(out["kernel"], image_shape=shape, padding="reflect")(x)
         elif task == "motion-deblur":
             out["kernel"] = motion_kernel(kernel_size, seed)
             clean = Blur(out["kernel"], image_shape=shape, padding="reflect")(x)

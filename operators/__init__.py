@@ -4,6 +4,7 @@ Pure physics on torch tensors; this package never imports :mod:`ctbird`. Filtere
 :func:`operators.fbp.fbp`.
 """
 
+from ._conv import PADDING_MODES
 from .base import Adjoint, Composed, ComposedLinear, Identity, LinearOperator, Operator
 from .errors import BackendUnavailableError, GeometryError, OperatorError, ShapeError
 from .geometry import FanBeam, ParallelBeam, geometry_from_dict
@@ -19,6 +20,6 @@ __all__ = [
     "OperatorError", "ShapeError", "GeometryError", "BackendUnavailableError",
     "ParallelBeam", "FanBeam", "geometry_from_dict",
     "Radon", "SinogramFilter",
-    "Blur", "GaussianBlur", "Downsample", "Mask",
+    "Blur", "GaussianBlur", "Downsample", "Mask", "PADDING_MODES",
     "GaussianNoise", "PoissonNoise", "LogPoissonNoise", "SpeckleGaussianNoise",
 ]

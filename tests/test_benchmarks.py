@@ -528,27 +528,30 @@ def test_tune_refine_scores_bird_and_each_refinement_of_it(tmp_path, save_prior)
     assert "| denoise | t60+cg0 |" in page and "| kernel error | kernel width |" in page
 
 
-def _disk_stack(path: Path) -> Path:
-    """A one-slice 256² HU training stack (the studies on training slices read 256² slices)."""
+def _disk_stack(path: Path, radius: float = 60) -> Path:
+    """A one-slice 256² HU training stack (the studies on training slices read 256² slices): a water disk of
+    ``radius`` px in air (over 182 px: water to the border) with a bright insert."""
     yy, xx = np.mgrid[:256, :256] - 127.5
-    disk = np.where(np.hypot(yy, xx) <= 60, 0, -1000) + np.where(np.hypot(yy - 20, xx) <= 15, 800, 0)
+    disk = np.where(np.hypot(yy, xx) <= radius, 0, -1000) + np.where(np.hypot(yy - 20, xx) <= 15, 800, 0)
     np.savez(path, images=disk[None].astype(np.int16), pixel_spacing_mm=np.full(1, 1.5, np.float32))
     return path
 
 
-def test_tune_blur_width_scores_each_blur_noise_and_floor(tmp_path, save_prior):
+def test_tune_blur_width_scores_each_blur_noise_floor_and_border(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
-    stack = _disk_stack(tmp_path / "stack.npz")
+    stack = _disk_stack(tmp_path / "stack.npz", radius=400)  # tissue at the border: the border model matters
     _run("benchmarks.studies.tune_blur_width", "--slice", f"{stack}:0", "--sigmas", "1", "--noises", "0.001",
-         "--floors", "0,0.2", "--size", str(SIZE), "--prior", str(prior), "--tag", "t", "--out-dir", str(tmp_path),
-         cwd=tmp_path)
+         "--floors", "0,0.2", "--paddings", "reflect,zeros", "--size", str(SIZE), "--prior", str(prior), "--tag", "t",
+         "--out-dir", str(tmp_path), cwd=tmp_path)
     payload = json.loads((tmp_path / "blur_width_t.json").read_text())
-    rows = {r["floor"]: r for r in payload["results"]}
-    assert set(rows) == {0.0, 0.2} and all(r["sigma"] == 1.0 and r["noise"] == 0.001 for r in rows.values())
+    rows = {(r["floor"], r["padding"]): r for r in payload["results"]}
+    assert set(rows) == {(f, p) for f in (0.0, 0.2) for p in ("reflect", "zeros")}
+    assert all(r["sigma"] == 1.0 and r["noise"] == 0.001 for r in rows.values())
     assert all(_finite(r["width_mean"]) and r["width_mean"] > 0 for r in rows.values())
-    assert rows[0.0]["width_mean"] != rows[0.2]["width_mean"]  # the floor reaches the search
-    assert rows[0.0]["input_psnr_mean"] == rows[0.2]["input_psnr_mean"]  # ... and never the observation
-    assert "| 1.0 | 0.0010 | 0.200 |" in (tmp_path / "blur_width_t.md").read_text()
+    assert rows[0.0, "reflect"]["width_mean"] != rows[0.2, "reflect"]["width_mean"]  # the floor reaches the search
+    assert rows[0.0, "reflect"]["input_psnr_mean"] == rows[0.2, "reflect"]["input_psnr_mean"]  # never the observation
+    assert rows[0.0, "reflect"]["width_mean"] != rows[0.0, "zeros"]["width_mean"]  # the border reaches the operator
+    assert "| 1.0 | 0.0010 | 0.200 | zeros |" in (tmp_path / "blur_width_t.md").read_text()
 
 
 def test_kernel_bound_orders_the_blurred_true_kernels(tmp_path):

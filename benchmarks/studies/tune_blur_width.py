@@ -1,10 +1,11 @@
-"""The blind Gaussian width of :func:`ctbird.restore` over blur widths, noise levels and search noise floors.
+"""The blind Gaussian width of :func:`ctbird.restore` over blur widths, noise levels, search noise floors and borders.
 
 Each ``--slice`` (``STACK.npz:INDEX`` of the prior's training stack; never an evaluation slice) is windowed to the
 prior's [0, 1] scale, resampled to ``--size``, blurred by a Gaussian of each ``--sigmas`` width (px, reflect borders,
 the task's default kernel side) and given white Gaussian noise of each ``--noises`` std (seeded by the slice's
 position). BIRD's search then runs with the ``gaussian-deblur`` defaults under the ``cpu-fast`` preset (what the CLI
-runs on a CPU) and each ``--floors`` value as ``search_noise_floor``, the refinement off: the width is the search's
+runs on a CPU), each ``--floors`` value as ``search_noise_floor`` and each ``--paddings`` border model of the blind
+operator (``restore(padding=)``), the refinement off: the width is the search's
 (the refinement keeps it), and the PSNR is that of BIRD's image, data range 1 on [0, 1]. Writes
 ``blur_width_<tag>.json`` / ``.md`` under ``--out-dir`` (default ``docs/results/tuning``).
 
@@ -24,6 +25,7 @@ import torch
 
 from benchmarks.common import (RESULTS_DIR, fmt, load_study_prior, load_unit_slice, markdown_table, mean_std,
                                parse_list, progress, page_header, run_script, score_unit, start_run, write_outputs)
+from operators import PADDING_MODES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sigmas", default="1,2", help="comma-separated blur widths (px)")
     parser.add_argument("--noises", default="0.0025,0.005", help="comma-separated noise stds on [0, 1]")
     parser.add_argument("--floors", default="0,0.01", help="comma-separated search_noise_floor values")
+    parser.add_argument("--paddings", default="reflect",
+                        help="comma-separated border models of the blind operator (default: reflect, the task's)")
     parser.add_argument("--size", type=int, default=256, help="working side (default 256)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
@@ -40,8 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default=None)
     args = parser.parse_args(argv)
     args.sigmas, args.noises, args.floors = (parse_list(v, float) for v in (args.sigmas, args.noises, args.floors))
+    args.paddings = parse_list(args.paddings)
     if args.size < 8 or min(args.sigmas) <= 0 or min(args.noises) < 0 or min(args.floors) < 0:
         parser.error("--size must be >= 8, --sigmas positive, --noises and --floors >= 0.")
+    if any(p not in PADDING_MODES for p in args.paddings):
+        parser.error(f"--paddings takes some of {', '.join(PADDING_MODES)}.")
     return args
 
 
@@ -59,49 +66,51 @@ def main(argv: list[str] | None = None) -> int:
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     config = BirdConfig.for_task("gaussian-deblur", "cpu-fast")
     rows: list[dict] = []
-    cases = [(s, n, f) for s in args.sigmas for n in args.noises for f in args.floors]
+    cases = [(s, n, f, p) for s in args.sigmas for n in args.noises for f in args.floors for p in args.paddings]
     with progress(total=len(images) * len(cases), desc="blur width", unit="run") as bar:
         for index, (image, label) in enumerate(images):
-            for sigma, noise, floor in cases:
-                bar.set_description(f"{label} sigma {sigma} noise {noise} floor {floor}")
+            for sigma, noise, floor, padding in cases:
+                bar.set_description(f"{label} sigma {sigma} noise {noise} floor {floor} {padding}")
                 blur = Blur(torch.from_numpy(gaussian_kernel(kernel_size, sigma)).to(torch.float32),
                             image_shape=tuple(image.shape), padding="reflect")
                 generator = torch.Generator().manual_seed(1000 + index)
                 with torch.no_grad():
                     y = (blur(image[None]) + noise * torch.randn((1, *image.shape), generator=generator)).clamp(0, 1)
                 result = restore(y, "gaussian-deblur", prior=prior, kernel_size=kernel_size, config=config,
-                                 refine=False, search_noise_floor=floor, seed=args.seed, device=device)
+                                 refine=False, search_noise_floor=floor, padding=padding, seed=args.seed,
+                                 device=device)
                 width = kernel_sigma(result.kernel[0].cpu())
-                rows.append({"image": label, "sigma": sigma, "noise": noise, "floor": floor, "width": width,
+                rows.append({"image": label, "sigma": sigma, "noise": noise, "floor": floor, "padding": padding,
+                             "width": width,
                              "width_error": abs(width / sigma - 1.0), "input_psnr": score_unit(y, image[None])["psnr"],
                              **{f"bird_{k}": v for k, v in score_unit(result.image.cpu(), image[None]).items()},
                              "seconds": result.seconds})
                 bar.update(1)
     results = []
-    for sigma, noise, floor in cases:
-        group = [r for r in rows if (r["sigma"], r["noise"], r["floor"]) == (sigma, noise, floor)]
-        summary = {"sigma": sigma, "noise": noise, "floor": floor}
+    for case in cases:
+        group = [r for r in rows if (r["sigma"], r["noise"], r["floor"], r["padding"]) == case]
+        summary = dict(zip(("sigma", "noise", "floor", "padding"), case))
         for key in ("width", "width_error", "input_psnr", "bird_psnr", "bird_ssim", "seconds"):
             summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([r[key] for r in group])
         summary["width_error_max"] = max(r["width_error"] for r in group)
         results.append({**summary, "per_image": group})
     payload = {"run": record, "slices": [label for _, label in images], "size": args.size, "seed": args.seed,
                "kernel_size": kernel_size, "bird": config.to_dict(), "prior": str(prior_path), "results": results}
-    table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3),
+    table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3), r["padding"],
               fmt(r["width_mean"], r["width_std"], 2), f"{100 * r['width_error_mean']:.0f} % / "
               f"{100 * r['width_error_max']:.0f} %", fmt(r["input_psnr_mean"], digits=2),
               fmt(r["bird_psnr_mean"], r["bird_psnr_std"], 2), fmt(r["seconds_mean"], digits=0)] for r in results]
     markdown = "\n".join([
-        page_header(f"Blind Gaussian width against blur, noise and the search's noise floor (`{args.tag}`)",
+        page_header(f"Blind Gaussian width against blur, noise, the search's noise floor and borders (`{args.tag}`)",
                     "benchmarks.studies.tune_blur_width", record),
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
         "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at the working size, the "
-        "task's set-up but `search_noise_floor` = floor; refinement off (it keeps the search's width); "
+        "task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement off (it keeps the search's width); "
         f"seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
         "worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: the search's image).", "",
-        markdown_table(["blur sigma (px)", "noise std", "search floor", "width (px)", "width error", "input PSNR",
+        markdown_table(["blur sigma (px)", "noise std", "search floor", "border", "width (px)", "width error", "input PSNR",
                         "BIRD PSNR", "s / run"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"blur_width_{args.tag}", payload, markdown)
     print(f"wrote {md_path} and {json_path}")

@@ -43,6 +43,25 @@ def test_gaussian_kernel_model_learns_its_width(prior):
         restore(image, "gaussian-deblur", prior=prior, kernel_model="spline", kernel_size=7, iters=1)
 
 
+def test_deblurring_operators_mirror_the_border_unless_told_otherwise(prior):
+    from operators import GeometryError
+
+    from ctbird.api import restoration_operator
+
+    for task in ("gaussian-deblur", "motion-deblur"):
+        blind = restoration_operator(task, (1, 16, 16), blind=True, sr_factor=1, kernel_size=5, kernel=None, mask=None)
+        known = restoration_operator(task, (1, 16, 16), blind=False, sr_factor=1, kernel_size=None, kernel=1.0,
+                                     mask=None, padding="zeros")
+        assert (blind.padding, known.padding) == ("reflect", "zeros")
+    # a bright image: a zero border darkens the model's edge, so the estimate differs where it reaches
+    image = torch.full((1, 1, 16, 16), 0.8) + 0.1 * torch.rand(1, 1, 16, 16)
+    runs = {padding: restore(image, "gaussian-deblur", prior=prior, padding=padding, kernel_size=5, iters=2,
+                             delta_t=500, refine=False) for padding in ("reflect", "zeros")}
+    assert not torch.allclose(runs["reflect"].kernel, runs["zeros"].kernel)
+    with pytest.raises(GeometryError, match="padding"):
+        restore(image, "gaussian-deblur", prior=prior, padding="wrap", kernel_size=5, iters=1)
+
+
 def test_warm_start_counts_the_inversion_and_changes_the_start(prior):
     image = torch.rand(1, 1, 16, 16)
     cold = restore(image, "denoise", prior=prior, iters=1, delta_t=500, warm_start=False, refine=False)
