@@ -265,8 +265,9 @@ _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 #: slices; docs/results/tuning/blur_width_cpu-train256.md). ``padding`` is the deblurring operators' border model
 #: (:mod:`operators._conv`): a real image is cut from a larger scene, so its blur saw what lies beyond the border,
 #: which a mirror guesses; zero padding darkens the model's border and BIRD brightens its image there to match
-#: (a native chest DICOM with tissue at the border: 32.41 dB from a 34.44 dB input with zeros, 34.96 with reflect;
-#: docs/results/photo/restore-dicom_cpu-blur2.md).
+#: (two training slices with tissue at the border: BIRD's search 30.39 dB with zeros, 31.48 with reflect,
+#: docs/results/tuning/blur_width_cpu-train256-border.md; a native chest DICOM: 32.41 dB from a 34.44 dB input with
+#: zeros, 34.96 with reflect, docs/results.md).
 RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "gaussian-deblur": MappingProxyType({"kernel_model": "gaussian", "warm_start": True, "search_noise_floor": 0.01,
                                          "padding": "reflect"}),
