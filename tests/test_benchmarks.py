@@ -554,6 +554,21 @@ def test_tune_blur_width_scores_each_blur_noise_floor_and_border(tmp_path, save_
     assert "| 1.0 | 0.0010 | 0.200 | zeros |" in (tmp_path / "blur_width_t.md").read_text()
 
 
+def test_denoise_fbp_scores_fbp_bird_and_tv_per_dose(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    _run("benchmarks.denoise_fbp", "--synthetic", "--max-images", "1", "--size", str(SIZE), "--views", "48",
+         "--doses", "1e6,1e3", "--prior", str(prior), "--tag", "t", "--out-dir", str(tmp_path), cwd=tmp_path)
+    rows = {r["dose"]: r for r in json.loads((tmp_path / "denoise-fbp_t.json").read_text())["results"]}
+    assert set(rows) == {1e6, 1e3} and all(r["images"] == 1 for r in rows.values())
+    # fewer photons: a noisier FBP, by the truth and by the estimate the denoiser assumes
+    assert rows[1e3]["input_psnr_mean"] < rows[1e6]["input_psnr_mean"]
+    assert rows[1e3]["noise_true_mean"] > rows[1e6]["noise_true_mean"] > 0
+    assert rows[1e3]["noise_estimate_mean"] > rows[1e6]["noise_estimate_mean"]
+    assert all(_finite(r[f"{m}_psnr_mean"]) for r in rows.values() for m in ("bird", "tv"))
+    assert rows[1e3]["bird_psnr_mean"] != rows[1e3]["input_psnr_mean"]  # the denoiser changed the image
+    assert "| 1000 |" in (tmp_path / "denoise-fbp_t.md").read_text()
+
+
 def test_kernel_bound_orders_the_blurred_true_kernels(tmp_path):
     stack = _disk_stack(tmp_path / "stack.npz")
     _run("benchmarks.studies.kernel_bound", "--slice", f"{stack}:0", "--size", "64", "--tag", "t", "--out-dir",
