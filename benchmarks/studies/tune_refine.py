@@ -60,7 +60,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
                                                                    "samples": 4, "kernel_refits": 1},
                       **{f"estimate+t200+anchor{a}+samples4+refit1+misfit": {
                           "start": "estimate", "t0": 200, "anchor": float(a), "samples": 4, "kernel_refits": 1,
-                          "anchor_misfit": True} for a in (12000, 40000)}},
+                          "anchor_misfit": True} for a in (12000, 40000)},
+                      **{f"estimate+t200+anchor12000+samples4+refit{n}+misfit": {
+                          "start": "estimate", "t0": 200, "anchor": 12000.0, "samples": 4, "kernel_refits": n,
+                          "anchor_misfit": True} for n in (3, 6)}},
     "sr": {"t200": {"t0": 200}, "estimate+t400": {"start": "estimate"}, "estimate+t200": {"start": "estimate", "t0": 200},
            "estimate+t100": {"start": "estimate", "t0": 100},
            "estimate+t200+anchor20000": {"start": "estimate", "t0": 200, "anchor": 20000.0},
