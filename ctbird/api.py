@@ -57,6 +57,10 @@ class Restoration:
     search_misfit : list of float or None
         Per item, the RMS of ``M(x) - y`` on [0, 1] for BIRD's image ``x`` and the operator ``M`` it estimated
         (``None`` without the search).
+    warm_start : bool
+        Whether BIRD's search started at the DDIM inversion of a classical estimate.
+    padding : str or None
+        The deblurring operator's border model (``None`` for the other tasks).
     solver_result : BirdResult or None
         The raw BIRD output (prior-size ``x0`` in [-1, 1], latent, operator state...); ``transformed`` is BIRD's
         image before the refinement. ``None`` when the search was skipped because nothing of it would be kept (the
@@ -81,6 +85,8 @@ class Restoration:
     noise_sigma: list[float] | None = None
     search_noise_floor: float = 0.0
     search_misfit: list[float] | None = None
+    warm_start: bool = False
+    padding: str | None = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -440,7 +446,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                        delta_t=out.delta_t if out is not None else config.delta_t,
                        iters_run=out.iters_run if out is not None else 0, solver_result=out,
                        config=config, refine=refine, noise_sigma=noise_sigma,
-                       search_noise_floor=floor if searched else 0.0, search_misfit=misfit)
+                       search_noise_floor=floor if searched else 0.0, search_misfit=misfit,
+                       warm_start=bool(warm_start and searched), padding=getattr(operator, "padding", None))
 
 
 def search_misfit(operator, states: list[dict], images: torch.Tensor, y: torch.Tensor) -> list[float]:

@@ -50,6 +50,7 @@ def test_bird_and_wiener_on_rgb_png_write_scores_kernel_and_figure(tmp_path, rgb
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["methods"] == ["bird", "wiener", "richardson-lucy"] and metrics["data_range"] == [0.0, 1.0]
+    assert (metrics["padding"], metrics["warm_start"]) == ("reflect", True)  # the task's set-up, recorded
     assert set(metrics["scores"]) == {"input", "wiener", "richardson-lucy"}
     # the observation's score is the PSNR of the blurred PNG against the truth
     expected = 10 * np.log10(1.0 / np.mean((blurred / 255.0 - truth / 255.0) ** 2))
@@ -136,6 +137,7 @@ def test_refinement_is_recorded_and_can_be_turned_off_or_set(tmp_path, rgb_prior
     _invoke("restore", tmp_path / "noisy.png", *common, "--config", tmp_path / "run.toml", "--out", tmp_path / "set")
     on, off, chosen = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("on", "off", "set"))
     assert on["refine"] == RefineConfig.for_task("denoise").to_dict() and off["refine"] is None
+    assert on["padding"] is None and on["warm_start"] is False  # no operator border; the search was skipped
     assert chosen["refine"] == RefineConfig.for_task("denoise").replace(t0=40, samples=2).to_dict()
     assert on["nfe"] == 1 and off["nfe"] > 1  # denoising's refinement replaces BIRD's search by one Tweedie step
     assert (on["iters_run"], off["iters_run"]) == (0, 1)
