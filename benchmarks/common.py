@@ -544,10 +544,10 @@ def load_study_prior(prior: str | None, device: torch.device, size: int):
 def load_unit_slice(spec: str, size: int) -> tuple[torch.Tensor, str]:
     """A 256² training-stack slice (``STACK.npz:INDEX``) on the prior's [0, 1] scale, resampled to ``[1, size, size]``."""
     from ctbird.api import resize
-    from ctbird.units import hu_to_unit
+    from ctbird.units import hu_to_image
 
     hu, _, label = read_slice(spec, 256, 1.0)
-    unit = torch.from_numpy((hu_to_unit(hu) + 1.0) / 2.0).clamp(0.0, 1.0).to(torch.float32)
+    unit = torch.from_numpy(hu_to_image(hu)).to(torch.float32)
     return resize(unit[None, None], (size, size))[0].clamp(0.0, 1.0), label
 
 

@@ -59,17 +59,13 @@ def fbp_unit(hu: np.ndarray, pixel_spacing_mm: float, *, views: int, dose: float
     scale."""
     from ctbird.api import reconstruct
     from ctbird.simulate import simulate
-    from ctbird.units import clip_hu, hu_to_unit
+    from ctbird.units import hu_to_image
 
     size = hu.shape[-1]
     scan = simulate(hu, views=views, image_size=size, pixel_spacing_mm=pixel_spacing_mm, dose=dose, seed=seed)
     image = reconstruct(scan.sinogram, scan.geometry, image_size=size, pixel_spacing_mm=scan.pixel_spacing_mm,
                         method="fbp").image.cpu()
-
-    def unit(values):
-        return ((hu_to_unit(clip_hu(torch.as_tensor(values, dtype=torch.float32))) + 1.0) / 2.0).clamp(0.0, 1.0)
-
-    return unit(image), unit(scan.truth_hu)[None, None]
+    return hu_to_image(image), hu_to_image(torch.as_tensor(scan.truth_hu, dtype=torch.float32))[None, None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,17 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         results.append({**summary, "per_image": group})
     payload = {"run": record, "slices": [label for label, _, _ in slices], "size": args.size, "views": args.views,
                "prior": str(prior_path), "results": results}
-    table = [[f"{r['dose']:g}", f"{fmt(r['input_psnr_mean'], r['input_psnr_std'])} / {fmt(r['input_ssim_mean'], digits=3)}",
-              f"{fmt(r['bird_psnr_mean'], r['bird_psnr_std'])} / {fmt(r['bird_ssim_mean'], digits=3)}",
-              f"{fmt(r['tv_psnr_mean'], r['tv_psnr_std'])} / {fmt(r['tv_ssim_mean'], digits=3)}",
+
+    def scores(r: dict, method: str) -> str:
+        return f"{fmt(r[f'{method}_psnr_mean'], r[f'{method}_psnr_std'])} / {fmt(r[f'{method}_ssim_mean'], digits=3)}"
+
+    table = [[f"{r['dose']:g}", *(scores(r, method) for method in ("input", "bird", "tv")),
               f"{r['bird_beats_input']}/{r['images']}, {r['bird_beats_tv']}/{r['images']}",
               f"{fmt(r['noise_true_mean'], digits=4)} / {fmt(r['noise_estimate_mean'], digits=4)}",
               fmt(r["seconds_mean"], digits=1)] for r in results]
     markdown = "\n".join([
-        page_header(f"Denoising low-dose CT: `restore` on FBP images (`{args.tag}`)", "benchmarks.denoise_fbp", record),
-        f"- Slices: {len(slices)} at {args.size}² ({', '.join(f'`{label}`' for label, _, _ in slices)}); parallel-beam "
-        f"scans of {args.views} views with log-Poisson noise at each dose (incident photons per detector cell), FBP "
-        "(Ram-Lak), HU clipped to the prior's window and mapped to [0, 1].",
+        page_header(f"Denoising low-dose CT: `restore` on FBP images (`{args.tag}`)", "benchmarks.denoise_fbp",
+                    record),
+        f"- Slices: {len(slices)} at {args.size}² ({', '.join(f'`{label}`' for label, _, _ in slices)}); "
+        f"parallel-beam scans of {args.views} views with log-Poisson noise at each dose (incident photons per detector "
+        "cell), FBP (Ram-Lak), HU clipped to the prior's window and mapped to [0, 1].",
         f"- BIRD: `restore(task='denoise')` with its defaults, prior `{prior_path}`; TV: Chambolle with the weight "
         "the CLI uses for the estimated noise level.",
         "- PSNR / SSIM with data range 1 on [0, 1] (mean ± std over the slices); wins: slices where BIRD's PSNR is "

@@ -138,12 +138,12 @@ def load_images(args, size: int, channels: int) -> list[tuple[str, torch.Tensor]
     """``[(label, image [C, size, size] in [0, 1]), ...]`` for the domain (or ``--data``)."""
     from ctbird.errors import InputError
     from ctbird.io import read_image
-    from ctbird.units import hu_to_unit
+    from ctbird.units import hu_to_image
 
     folder = args.data or DOMAINS[args.domain]
     if args.domain == "ct" or args.synthetic:
         slices = load_ct_slices(None if args.synthetic else folder, args.max_images, size, synthetic=args.synthetic)
-        images = [(label, torch.from_numpy((hu_to_unit(hu) + 1.0) / 2.0).clamp(0.0, 1.0)[None]) for label, hu, _ in slices]
+        images = [(label, torch.from_numpy(hu_to_image(hu))[None]) for label, hu, _ in slices]
     else:
         if not folder.is_dir():
             raise InputError(f"Image folder {folder} not found; pass --data DIR or --synthetic.")

@@ -705,8 +705,8 @@ INITIAL_SIGMA_PX = 1.0
 def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,
                           kernel_size: int | None, kernel: torch.Tensor | float | None, mask: torch.Tensor | None,
                           kernel_model: str | None = None, padding: str | None = None):
-    """The degradation of ``task`` on images ``shape = (C, H, W)`` (learnable parameters when ``blind``); ``kernel_model``
-    and the blurs' ``padding``: :func:`restore`'s."""
+    """The degradation of ``task`` on images ``shape = (C, H, W)`` (learnable parameters when ``blind``);
+    ``kernel_model`` and the blurs' ``padding``: :func:`restore`'s."""
     from operators import Identity
     from operators.blur import Blur, GaussianBlur
     from operators.mask import Mask

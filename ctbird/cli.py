@@ -868,12 +868,11 @@ def _read_restore_input(path: Path) -> tuple[np.ndarray, Any]:
     if not (path.is_dir() or path.suffix.lower() in (".dcm", ".dicom", ".ima")):
         return read_image(path), None
     from .io import read_dicom
-    from .units import clip_hu, hu_to_unit
+    from .units import hu_to_image
 
     volume = read_dicom(path)
     index = volume.n_slices // 2
-    unit = (hu_to_unit(clip_hu(volume.hu[index].astype(np.float32))) + 1.0) / 2.0
-    return np.clip(unit, 0.0, 1.0)[None].astype(np.float32), (volume.header(index), volume.pixel_spacing_mm)
+    return hu_to_image(volume.hu[index].astype(np.float32))[None], (volume.header(index), volume.pixel_spacing_mm)
 
 
 def _write_restored_dicom(restored: np.ndarray, source: tuple[Any, tuple[float, float]], path: Path,
@@ -881,11 +880,11 @@ def _write_restored_dicom(restored: np.ndarray, source: tuple[Any, tuple[float, 
     """The restored image ``[C, H, W]`` on [0, 1] as a derived CT DICOM in HU (SR: spacing divided by the factor);
     ``dicom_options``: the run's de-identification (:meth:`ctbird.cli_safety.RunSafety.dicom_options`)."""
     from .io import write_derived_dicom
-    from .units import unit_to_hu
+    from .units import image_to_hu
 
     header, spacing = source
     factor = params["sr_factor"] if params["task"] == "sr" and not params["simulate"] else 1
-    hu = unit_to_hu(2.0 * restored.mean(axis=0) - 1.0)
+    hu = image_to_hu(restored.mean(axis=0))
     write_derived_dicom(hu.astype(np.float32), header, path, method_name=f"ctbird restore {params['task']}",
                         pixel_spacing_mm=(spacing[0] / factor, spacing[1] / factor), **dicom_options)
 

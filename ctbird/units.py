@@ -1,9 +1,11 @@
-"""The one place where CT values change units: HU <-> attenuation <-> the prior's [-1, 1].
+"""The one place where CT values change units: HU <-> attenuation <-> the prior's [-1, 1] <-> images' [0, 1].
 
 * HU (Hounsfield units): water 0, air -1000.
 * Attenuation ``mu`` in 1/mm: ``mu = MU_WATER * (1 + HU / 1000)`` (air 0).
 * Prior scale ``[-1, 1]``: ``PRIOR_HU_WINDOW`` mapped linearly onto ``[-1, 1]``; this is the
   scale the diffusion prior is trained on and the scale BIRD's ``x0`` lives on.
+* Image scale ``[0, 1]``: the prior scale halved, what :func:`ctbird.restore` takes and returns (a CT slice restored
+  as an image).
 
 All functions accept numpy arrays or torch tensors (any shape) and return the same type.
 """
@@ -47,6 +49,17 @@ def hu_to_unit(hu: Array) -> Array:
 def unit_to_hu(unit: Array) -> Array:
     """Prior scale -> HU (inverse of :func:`hu_to_unit`)."""
     return (unit + 1.0) * (_span() / 2.0) + PRIOR_HU_WINDOW[0]
+
+
+def hu_to_image(hu: Array) -> Array:
+    """HU -> image scale ``[0, 1]`` (``PRIOR_HU_WINDOW`` mapped linearly, values outside it clipped)."""
+    image = (hu_to_unit(hu) + 1.0) / 2.0
+    return image.clamp(0.0, 1.0) if isinstance(image, torch.Tensor) else np.clip(image, 0.0, 1.0)
+
+
+def image_to_hu(image: Array) -> Array:
+    """Image scale ``[0, 1]`` -> HU (inverse of :func:`hu_to_image` inside the window)."""
+    return unit_to_hu(2.0 * image - 1.0)
 
 
 def hu_to_mu(hu: Array) -> Array:

@@ -106,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
         "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at the working size, the "
-        "task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement off (it keeps the search's width); "
-        f"seed {args.seed}.",
+        "task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement off (it "
+        f"keeps the search's width); seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
         "worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: the search's image).", "",
-        markdown_table(["blur sigma (px)", "noise std", "search floor", "border", "width (px)", "width error", "input PSNR",
-                        "BIRD PSNR", "s / run"], table)])
+        markdown_table(["blur sigma (px)", "noise std", "search floor", "border", "width (px)", "width error",
+                        "input PSNR", "BIRD PSNR", "s / run"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"blur_width_{args.tag}", payload, markdown)
     print(f"wrote {md_path} and {json_path}")
     return 0
