@@ -500,6 +500,26 @@ def test_gpu_pack_keeps_every_patient_in_the_stack_format(tmp_path):
         pack(source, tmp_path / "lost.npz", stride=4, offset=0)
 
 
+def test_gpu_pack_parts_carry_the_whole_stack_within_half_a_step(tmp_path):
+    from benchmarks.gpu.pack import pack_parts, unpack_part
+    from ctbird.stacks import SliceStack, read_slice_stack, write_slice_stack
+
+    source = tmp_path / "train.npz"
+    rng = np.random.default_rng(0)
+    images = rng.integers(-1024, 3072, size=(7, 8, 8)).astype(np.int16)
+    write_slice_stack(source, SliceStack(images=images, patient=np.array(list("aabbccc")),
+                                         pixel_spacing_mm=np.linspace(0.5, 1.0, 7)))
+    written = pack_parts(source, tmp_path / "parts", parts=2, hu_step=2)
+    assert [path.name for path, _ in written] == ["train_part1.npz.xz", "train_part2.npz.xz"]
+    stacks = [read_slice_stack(unpack_part(path, tmp_path / "staged")) for path, _ in written]
+    assert [len(stack) for stack in stacks] == [4, 3]
+    for k, stack in enumerate(stacks):  # part k holds slices k, k + 2, ... with their metadata
+        assert np.abs(stack.images.astype(int) - images[k::2]).max() <= 1
+        assert np.all(stack.images % 2 == 0)
+        np.testing.assert_array_equal(stack.patient, np.array(list("aabbccc"))[k::2])
+        assert "2 parts together are the whole stack" in stack.description
+
+
 def test_tune_refine_scores_bird_and_each_refinement_of_it(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     stack = tmp_path / "stack.npz"  # training stacks hold 256² slices

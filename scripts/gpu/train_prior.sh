@@ -3,7 +3,7 @@
 #
 # Usage (repository root, on the GPU machine):  bash scripts/gpu/train_prior.sh MINUTES
 #
-# Needs .gpu/ct_train_subset.npz and .gpu/wheels/*.whl (made by python -m benchmarks.gpu.pack).
+# Needs DATA (default .gpu/ct_train_subset.npz; several stack files separated by spaces) and .gpu/wheels/*.whl (made by python -m benchmarks.gpu.pack).
 # Writes into $OUT (default ./out-gpu): prior.tar (the exported model folder "prior/": unet/ with
 # fp16 EMA weights, scheduler/, model_index.json, README.md model card, loss.png, samples.png,
 # loss.jsonl), samples.png, loss.png and train.log.  prior.tar is refreshed every
@@ -40,12 +40,15 @@ else
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$PYTHON" -c "import sys, torch, diffusers, accelerate; print('python', sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())" || exit 1
-[ -f "$DATA" ] || { echo "missing $DATA: run python -m benchmarks.gpu.pack and carry .gpu"; exit 1; }
+read -ra DATA_FILES <<< "$DATA"  # one or more stack files, space-separated
+for file in "${DATA_FILES[@]}"; do
+  [ -f "$file" ] || { echo "missing $file: run python -m benchmarks.gpu.pack and carry .gpu"; exit 1; }
+done
 
 TRAIN_MIN=$("$PYTHON" -c "print(round(max(0.1, $MINUTES - ($(date +%s) - $START) / 60 - $RESERVE_MIN), 2))")
 echo "training for $TRAIN_MIN min (budget $MINUTES min) -> $WORK"
 rm -rf "$WORK"
-"$PYTHON" -m ctbird.training "$DATA" --out "$WORK" --size "$SIZE" --model-preset "$PRESET" \
+"$PYTHON" -m ctbird.training "${DATA_FILES[@]}" --out "$WORK" --size "$SIZE" --model-preset "$PRESET" \
   --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 --steps 1000000 --max-minutes "$TRAIN_MIN" \
   --mixed-precision auto --log-every 25 --sample-every 1500 --checkpoint-every 2000 \
   --export-every-minutes "$EXPORT_MIN" --archive "$OUT/prior.tar" --num-samples 16 --seed 0 \
