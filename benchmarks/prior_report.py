@@ -329,8 +329,13 @@ def render_markdown(report: dict) -> str:
     better_than_mean = [t for t, e in zip(ts, held_err) if e < den["mean_image"]]
     t_ok = max(better_than_mean) if better_than_mean else None
     gap = float(np.mean(held_err[:len(ts) // 2 + 1] / train_err[:len(ts) // 2 + 1]))
-    collections = info["sources"][0]["collections"] if info.get("sources") else {}
-    n_patients = len(info["sources"][0].get("patients", [])) if info.get("sources") else 0
+    sources = info.get("sources") or []
+    collections: dict[str, int] = {}
+    for source in sources:  # the last stretch may read several stack files
+        for name, count in source.get("collections", {}).items():
+            collections[name] = collections.get(name, 0) + count
+    n_patients = len({patient for source in sources for patient in source.get("patients", [])})
+    source_text = "; ".join(source.get("description") or source["path"] for source in sources)
     stretches = training_stretches(info)
     total_steps = sum(int(st["steps"]) for st in stretches)
     total_minutes = sum(float(st["wall_minutes"]) for st in stretches)
@@ -435,9 +440,9 @@ def render_markdown(report: dict) -> str:
         "",
         "## Training data and licences",
         "",
-        f"{sum(collections.values())} slices of {n_patients} patients: every second slice of each series of "
-        "`ct/train/ct256_train_hu.npz` (1403 slices, made from native 512² DICOM by clipping HU to "
-        "[-1024, 3071] and averaging 2x2 blocks; see the data README). HU are mapped to [-1, 1] by "
+        f"The last stretch read {sum(collections.values())} slices of {n_patients} patients ({source_text}). "
+        "`ct/train/ct256_train_hu.npz` (1403 slices) was made from native 512² DICOM by clipping HU to "
+        "[-1024, 3071] and averaging 2x2 blocks (see the data README). HU are mapped to [-1, 1] by "
         "`ctbird.units.hu_to_unit` (window [-1024, 3071]). Training and inference share one pre-processing "
         "(`ctbird.stacks.working_slices`): clip to that window, pad a non-square slice with air to a square (never "
         "crop it), resample to the working size.",
@@ -586,7 +591,7 @@ def render_markdown(report: dict) -> str:
         "bash scripts/gpu/session.sh 8 main",
         "```",
         "",
-        "Use all 1403 slices (the shipped stretches used subsets that fit the GPU machine's transport limit), add more "
+        "Train longer, add more "
         "patients (TCIA collections with CC BY licences; never `ct/eval/`), and re-run this report "
         "(`--prior priors/ct-256-long`) to check the samples, the memorization distances and the denoising "
         "curve before replacing `data/priors/ctbird-ct-256`.",

@@ -73,7 +73,9 @@ def pack(source: Path, out: Path, stride: int = 2, offset: int = 0) -> dict[str,
 
 def pack_parts(source: Path, out_dir: Path, parts: int, hu_step: int) -> list[tuple[Path, int]]:
     """Split the whole ``source`` stack into ``parts`` interleaved parts (slices k, k + parts, ...), HU rounded to
-    multiples of ``hu_step``, each an ``.npz`` in an xz stream ``out_dir/train_part{k}.npz.xz``; returns (path, bytes)."""
+    multiples of ``hu_step``, each an ``.npz`` in an xz stream ``out_dir/train_part{k}.npz.xz``.
+
+    Returns (path, size in bytes) of each part."""
     stack = read_slice_stack(source)
     if parts < 1 or hu_step < 1:
         raise InputError(f"--parts and --hu-step must be >= 1, got {parts} and {hu_step}")

@@ -117,8 +117,8 @@ for name in "$@"; do
               --iters "${BIRD_ITERS:-10}" --out-dir "$RESULTS/docs" ;;
     main) part $(( 100 + 3 * EVAL_SLICES )) "${BENCH[@]}" --tag gpu --max-slices "$EVAL_SLICES" --batch-size "$BATCH" --views 30 \
             --geometry parallel --noise none --methods "${MAIN_METHODS:-fbp,sirt,tv,dps,dds,bird-raw,bird}" ;;
-    before) part $(( 60 + EVAL_SLICES )) "${BENCH[@]}" --tag gpu-before --prior "$BEFORE_PRIOR" --max-slices "$EVAL_SLICES" \
-              --batch-size "$BATCH" --views 30 --geometry parallel --noise none --methods fbp,bird ;;
+    before) part $(( 60 + EVAL_SLICES )) "${BENCH[@]}" --tag gpu-before --prior "$BEFORE_PRIOR" \
+              --max-slices "$EVAL_SLICES" --batch-size "$BATCH" --views 30 --geometry parallel --noise none --methods fbp,bird ;;
     exact) part 150 "${BENCH[@]}" --tag gpu_exact --max-slices "$(( EVAL_SLICES < 16 ? EVAL_SLICES : 16 ))" \
              --batch-size 16 --views 30 --geometry parallel --noise none --methods fbp,bird-exact ;;
     ablation) part 150 "${BENCH[@]}" --ablation --tag gpu --max-slices "$(( EVAL_SLICES < 8 ? EVAL_SLICES : 8 ))" \

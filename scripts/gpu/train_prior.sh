@@ -3,7 +3,8 @@
 #
 # Usage (repository root, on the GPU machine):  bash scripts/gpu/train_prior.sh MINUTES
 #
-# Needs DATA (default .gpu/ct_train_subset.npz; several stack files separated by spaces) and .gpu/wheels/*.whl (made by python -m benchmarks.gpu.pack).
+# Needs DATA (default .gpu/ct_train_subset.npz; several stack files separated by spaces) and .gpu/wheels/*.whl
+# (made by python -m benchmarks.gpu.pack).
 # Writes into $OUT (default ./out-gpu): prior.tar (the exported model folder "prior/": unet/ with
 # fp16 EMA weights, scheduler/, model_index.json, README.md model card, loss.png, samples.png,
 # loss.jsonl), samples.png, loss.png and train.log.  prior.tar is refreshed every
