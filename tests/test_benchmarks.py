@@ -502,6 +502,7 @@ def test_gpu_pack_keeps_every_patient_in_the_stack_format(tmp_path):
 
 def test_gpu_pack_parts_carry_the_whole_stack_within_half_a_step(tmp_path):
     from benchmarks.gpu.pack import pack_parts, unpack_part
+    from ctbird.errors import InputError
     from ctbird.stacks import SliceStack, read_slice_stack, write_slice_stack
 
     source = tmp_path / "train.npz"
@@ -518,6 +519,8 @@ def test_gpu_pack_parts_carry_the_whole_stack_within_half_a_step(tmp_path):
         assert np.all(stack.images % 2 == 0)
         np.testing.assert_array_equal(stack.patient, np.array(list("aabbccc"))[k::2])
         assert "2 parts together are the whole stack" in stack.description
+    with pytest.raises(InputError, match="not found"):
+        unpack_part(tmp_path / "parts" / "train_part3.npz.xz", tmp_path / "staged")
 
 
 def test_tune_refine_scores_bird_and_each_refinement_of_it(tmp_path, save_prior):

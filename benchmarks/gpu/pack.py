@@ -98,6 +98,8 @@ def pack_parts(source: Path, out_dir: Path, parts: int, hu_step: int) -> list[tu
 
 def unpack_part(path: Path, out_dir: Path) -> Path:
     """Turn one ``train_part{k}.npz.xz`` of :func:`pack_parts` back into a :mod:`ctbird.stacks` file in ``out_dir``."""
+    if not path.is_file():
+        raise InputError(f"training part {path} not found: make it with --parts and carry it to this machine.")
     with np.load(io.BytesIO(lzma.decompress(path.read_bytes()))) as arrays:
         images = arrays["images_in_steps"].astype(np.int16) * np.int16(arrays["hu_step"])
         stack = SliceStack(images=images, description=str(arrays["description"]),
