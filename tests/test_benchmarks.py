@@ -512,7 +512,9 @@ def test_gpu_pack_parts_carry_the_whole_stack_within_half_a_step(tmp_path):
                                          pixel_spacing_mm=np.linspace(0.5, 1.0, 7)))
     written = pack_parts(source, tmp_path / "parts", parts=2, hu_step=2)
     assert [path.name for path, _ in written] == ["train_part1.npz.xz", "train_part2.npz.xz"]
-    stacks = [read_slice_stack(unpack_part(path, tmp_path / "staged")) for path, _ in written]
+    unpacked = [unpack_part(path, tmp_path / "staged") for path, _ in written]
+    assert [slices for _, slices in unpacked] == [4, 3]
+    stacks = [read_slice_stack(target) for target, _ in unpacked]
     assert [len(stack) for stack in stacks] == [4, 3]
     for k, stack in enumerate(stacks):  # part k holds slices k, k + 2, ... with their metadata
         assert np.abs(stack.images.astype(int) - images[k::2]).max() <= 1

@@ -96,8 +96,10 @@ def pack_parts(source: Path, out_dir: Path, parts: int, hu_step: int) -> list[tu
     return written
 
 
-def unpack_part(path: Path, out_dir: Path) -> Path:
-    """Turn one ``train_part{k}.npz.xz`` of :func:`pack_parts` back into a :mod:`ctbird.stacks` file in ``out_dir``."""
+def unpack_part(path: Path, out_dir: Path) -> tuple[Path, int]:
+    """Turn one ``train_part{k}.npz.xz`` of :func:`pack_parts` back into a :mod:`ctbird.stacks` file in ``out_dir``.
+
+    Returns (the stack file, its slice count)."""
     if not path.is_file():
         raise InputError(f"training part {path} not found: make it with --parts and carry it to this machine.")
     with np.load(io.BytesIO(lzma.decompress(path.read_bytes()))) as arrays:
@@ -106,7 +108,7 @@ def unpack_part(path: Path, out_dir: Path) -> Path:
                            **{key: arrays[key] for key in PER_SLICE_KEYS if key in arrays.files})
     target = out_dir / path.name.removesuffix(".xz")
     write_slice_stack(target, stack)
-    return target
+    return target, len(stack)
 
 
 def copy_wheels(wheel_dir: Path, dest: Path) -> list[Path]:
@@ -142,8 +144,8 @@ def main() -> int:
     if args.unpack:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for part in args.unpack:
-            target = unpack_part(part, args.out_dir)
-            print(f"unpacked {part} -> {target}: {len(read_slice_stack(target))} slices")
+            target, slices = unpack_part(part, args.out_dir)
+            print(f"unpacked {part} -> {target}: {slices} slices")
         return 0
     if not 0 <= args.offset < args.stride:
         parser.error(f"--offset must be in [0, --stride), got {args.offset} with stride {args.stride}.")
