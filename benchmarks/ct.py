@@ -60,7 +60,8 @@ RMSE_CONVENTION = "reconstruction clipped to the prior's HU window [{:.0f}, {:.0
 RMSE_UNCLIPPED = "reconstruction unclipped"
 METHODS = ("fbp", "sirt", "tv", "dps", "dds", "bird-raw", "bird", "bird-exact")
 PRIOR_METHODS = {"dps", "dds", "bird", "bird-raw", "bird-exact"}
-ABLATION_DELTA_T = (20, 50, 100, 200, 250)
+# ends with the library default, ctbird.config.BirdConfig.delta_t (tests check it)
+ABLATION_DELTA_T = (20, 50, 100, 200, 250, 333)
 ABLATION_VIEWS = 30
 GRID_VIEWS = 30
 FULL = {"views": "8,18,30,60", "geometry": "parallel,fan", "noise": "none,1e5", "methods": ",".join(METHODS),

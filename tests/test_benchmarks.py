@@ -115,6 +115,13 @@ def test_benchmark_ct_ablation(tmp_path, save_prior):
     assert page.read_text() == written
 
 
+def test_benchmark_ct_ablation_sweeps_up_to_the_default_step():
+    from benchmarks.ct import ABLATION_DELTA_T
+    from ctbird.config import BirdConfig
+
+    assert ABLATION_DELTA_T[-1] == BirdConfig().delta_t and list(ABLATION_DELTA_T) == sorted(ABLATION_DELTA_T)
+
+
 def test_benchmark_ct_batches_match_single_slice_runs(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     per_slice = {}
