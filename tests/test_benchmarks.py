@@ -586,6 +586,20 @@ def test_tune_blur_width_scores_each_blur_noise_floor_and_border(tmp_path, save_
     assert "| 1.0 | 0.0010 | 0.200 | zeros |" in (tmp_path / "blur_width_t.md").read_text()
 
 
+def test_tune_blur_width_refine_scores_the_refined_image_with_the_search_width(tmp_path, save_prior):
+    prior = save_prior(tmp_path / "prior")
+    stack = _disk_stack(tmp_path / "stack.npz", radius=60)
+    common = ["--slice", f"{stack}:0", "--sigmas", "2", "--noises", "0.01", "--floors", "0.01", "--size", str(SIZE),
+              "--prior", str(prior), "--out-dir", str(tmp_path)]
+    _run("benchmarks.studies.tune_blur_width", *common, "--tag", "search", cwd=tmp_path)
+    _run("benchmarks.studies.tune_blur_width", *common, "--refine", "--tag", "refined", cwd=tmp_path)
+    search, refined = (json.loads((tmp_path / f"blur_width_{tag}.json").read_text()) for tag in ("search", "refined"))
+    assert (search["refine"], refined["refine"]) == (False, True)
+    assert refined["results"][0]["width_mean"] == pytest.approx(search["results"][0]["width_mean"])  # kept
+    assert refined["results"][0]["bird_psnr_mean"] != search["results"][0]["bird_psnr_mean"]  # another image
+    assert "refinement on" in (tmp_path / "blur_width_refined.md").read_text()
+
+
 def test_denoise_fbp_scores_fbp_bird_and_tv_per_dose(tmp_path, save_prior):
     prior = save_prior(tmp_path / "prior")
     _run("benchmarks.denoise_fbp", "--synthetic", "--max-images", "1", "--size", str(SIZE), "--views", "48",

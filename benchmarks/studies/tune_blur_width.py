@@ -6,7 +6,8 @@ the task's default kernel side) and given white Gaussian noise of each ``--noise
 position). BIRD's search then runs with the ``gaussian-deblur`` defaults under the ``cpu-fast`` preset (what the CLI
 runs on a CPU), each ``--floors`` value as ``search_noise_floor`` and each ``--paddings`` border model of the blind
 operator (``restore(padding=)``), the refinement off: the width is the search's
-(the refinement keeps it), and the PSNR is that of BIRD's image, data range 1 on [0, 1]. Writes
+(the refinement keeps it), and the PSNR is that of BIRD's image, data range 1 on [0, 1]. ``--refine`` runs the
+task's refinement too (``restore`` as the CLI runs it) and scores its image instead. Writes
 ``blur_width_<tag>.json`` / ``.md`` under ``--out-dir`` (default ``docs/results/tuning``).
 
 Example (repository root)::
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated border models of the blind operator (default: reflect, the task's)")
     parser.add_argument("--size", type=int, default=256, help="working side (default 256)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine", action="store_true",
+                        help="score the refined image (the task's RefineConfig) instead of the search's")
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / "tuning")
@@ -77,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     y = (blur(image[None]) + noise * torch.randn((1, *image.shape), generator=generator)).clamp(0, 1)
                 result = restore(y, "gaussian-deblur", prior=prior, kernel_size=kernel_size, config=config,
-                                 refine=False, search_noise_floor=floor, padding=padding, seed=args.seed,
-                                 device=device)
+                                 refine=None if args.refine else False, search_noise_floor=floor, padding=padding,
+                                 seed=args.seed, device=device)
                 width = kernel_sigma(result.kernel[0].cpu())
                 rows.append({"image": label, "sigma": sigma, "noise": noise, "floor": floor, "padding": padding,
                              "width": width,
@@ -94,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([r[key] for r in group])
         summary["width_error_max"] = max(r["width_error"] for r in group)
         results.append({**summary, "per_image": group})
+    scored = "the refined image (the task's `RefineConfig`)" if args.refine else "the search's image"
     payload = {"run": record, "slices": [label for _, label in images], "size": args.size, "seed": args.seed,
+               "refine": args.refine,
                "kernel_size": kernel_size, "bird": config.to_dict(), "prior": str(prior_path), "results": results}
     table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3), r["padding"],
               fmt(r["width_mean"], r["width_std"], 2), f"{100 * r['width_error_mean']:.0f} % / "
@@ -106,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
         "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at the working size, the "
-        "task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement off (it "
-        f"keeps the search's width); seed {args.seed}.",
+        "task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement "
+        f"{'on' if args.refine else 'off'} (it keeps the search's width); seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
-        "worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: the search's image).", "",
+        f"worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: {scored}).", "",
         markdown_table(["blur sigma (px)", "noise std", "search floor", "border", "width (px)", "width error",
                         "input PSNR", "BIRD PSNR", "s / run"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"blur_width_{args.tag}", payload, markdown)
