@@ -610,7 +610,8 @@ def _json_default(value):
               help="Inpainting mask (--task inpaint): PNG/NPY, nonzero where pixels are observed.")
 @click.option("--method", "restore_methods", default="bird", show_default=True,
               help="Comma-separated methods: bird and the task's classical baselines (wiener, richardson-lucy for "
-                   "deblurring, with BIRD's kernel when bird runs too; bicubic; tv; biharmonic).")
+                   "deblurring, with BIRD's kernel when bird runs too; l0-blind for motion deblurring, with its own "
+                   "kernel; bicubic; tv; biharmonic).")
 @click.option("--delta-t", type=click.IntRange(min=1), default=None,
               help="DDIM step of the BIRD chain (default: the task's, 100).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations (default: the task's own).")
