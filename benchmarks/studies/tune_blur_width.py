@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paddings", default="reflect",
                         help="comma-separated border models of the blind operator (default: reflect, the task's)")
     parser.add_argument("--size", type=int, default=256, help="working side (default 256)")
+    parser.add_argument("--prior-size", type=int, default=None,
+                        help="side the prior decodes at (default: --size); `ctbird restore` decodes at the prior's "
+                             "trained side (256 for the shipped prior) and resamples to the image's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--refine", action="store_true",
                         help="score the refined image (the task's RefineConfig) instead of the search's")
@@ -48,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.sigmas, args.noises, args.floors = (parse_list(v, float) for v in (args.sigmas, args.noises, args.floors))
     args.paddings = parse_list(args.paddings)
+    if args.prior_size is not None and args.prior_size < 8:
+        parser.error("--prior-size must be >= 8.")
     if args.size < 8 or min(args.sigmas) <= 0 or min(args.noises) < 0 or min(args.floors) < 0:
         parser.error("--size must be >= 8, --sigmas positive, --noises and --floors >= 0.")
     if any(p not in PADDING_MODES for p in args.paddings):
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from operators.blur import Blur
 
     device, record = start_run(args, argv)
-    prior, prior_path = load_study_prior(args.prior, device, args.size)
+    prior, prior_path = load_study_prior(args.prior, device, args.prior_size or args.size)
     kernel_size = default_kernel_size(args.size)
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     config = BirdConfig.for_task("gaussian-deblur", "cpu-fast")
@@ -98,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["width_error_max"] = max(r["width_error"] for r in group)
         results.append({**summary, "per_image": group})
     scored = "the refined image (the task's `RefineConfig`)" if args.refine else "the search's image"
-    payload = {"run": record, "slices": [label for _, label in images], "size": args.size, "seed": args.seed,
+    payload = {"run": record, "slices": [label for _, label in images], "size": args.size,
+               "prior_size": args.prior_size or args.size, "seed": args.seed,
                "refine": args.refine,
                "kernel_size": kernel_size, "bird": config.to_dict(), "prior": str(prior_path), "results": results}
     table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3), r["padding"],
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmarks.studies.tune_blur_width", record),
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
-        "with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at the working size, the "
+        f"with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at {args.prior_size or args.size}², the "
         "task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement "
         f"{'on' if args.refine else 'off'} (it keeps the search's width); seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
