@@ -181,7 +181,8 @@ def test_simulate_degrades_the_clean_input_and_scores_against_it(tmp_path, rgb_p
 
 
 @pytest.mark.parametrize("task, extra, shape", [("sr", ["--sr-factor", "4", "--method", "bicubic"], (3, 32, 32)),
-                                                ("inpaint", ["--method", "biharmonic"], (3, 32, 32))])
+                                                ("inpaint", ["--method", "biharmonic"], (3, 32, 32)),
+                                                ("motion-deblur", ["--method", "l0-blind"], (3, 32, 32))])
 def test_simulate_works_for_baselines_alone(tmp_path, task, extra, shape):
     from PIL import Image
 
@@ -193,6 +194,9 @@ def test_simulate_works_for_baselines_alone(tmp_path, task, extra, shape):
     assert np.load(out / "restored.npy").shape == shape and "psnr" in metrics
     observed = np.load(out / "observed.npy")
     assert observed.shape == ((3, 8, 8) if task == "sr" else shape)
+    if task == "motion-deblur":  # the blind baseline's own kernel, scored against the simulated one
+        assert np.load(out / "kernel.npy").shape[-2:] == np.load(out / "true_kernel.npy").shape[-2:]
+        assert 0 <= metrics["kernel"]["error"] < 10
 
 
 def test_simulate_refuses_a_reference_or_mask(tmp_path):
