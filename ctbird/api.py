@@ -330,8 +330,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         Observed-pixel mask (required for ``inpaint``).
     kernel_model : {"gaussian", "mlp", "logits"} or None
         Blind deblurring kernel: ``"gaussian"`` a Gaussian learnt through its log-sigma (starting at
-        :func:`initial_sigma`: 1 px, scaled up with images above 256²), ``"mlp"`` BIRD's kernel MLP, ``"logits"`` a free
-        kernel ``softmax(logits)`` starting uniform. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
+        ``INITIAL_SIGMA_PX``), ``"mlp"`` BIRD's kernel MLP, ``"logits"`` a free kernel ``softmax(logits)`` starting
+        uniform. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
     padding : {"reflect", "symmetric", "zeros", "circular"} or None
         What the deblurring operator (blind or known kernel) assumes beyond the image's border
         (:mod:`operators._conv`). ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP` (``"reflect"``).
@@ -698,15 +698,8 @@ def ddim_invert(prior: DiffusionPrior, x0: torch.Tensor, delta_t: int) -> torch.
     return x
 
 
-#: Starting sigma (pixels at ``REFERENCE_SIZE``) of ``kernel_model="gaussian"``.
+#: Starting sigma (pixels) of ``kernel_model="gaussian"``.
 INITIAL_SIGMA_PX = 1.0
-
-
-def initial_sigma(side: int) -> float:
-    """Where a blind Gaussian width starts on an image of side ``side`` (px): :data:`INITIAL_SIGMA_PX`, scaled by
-    ``side / REFERENCE_SIZE`` on larger images (as the kernel's side is), so that the search travels as far in
-    log-sigma on a 512² image as on a 256² one; never narrower (a sub-pixel Gaussian barely responds to its width)."""
-    return INITIAL_SIGMA_PX * max(side / REFERENCE_SIZE, 1.0)
 
 
 def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,
@@ -728,8 +721,7 @@ def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool,
                 raise ConfigError(f"kernel_size must be odd and at most the image side {side}, got {k}.")
             model = RESTORE_SETUP[task]["kernel_model"] if kernel_model is None else kernel_model
             if model == "gaussian":
-                return GaussianBlur(initial_sigma(side), image_shape=shape, kernel_size=k, learnable=True,
-                                    padding=padding)
+                return GaussianBlur(INITIAL_SIGMA_PX, image_shape=shape, kernel_size=k, learnable=True, padding=padding)
             if model not in ("mlp", "logits"):
                 raise ConfigError(f"kernel_model must be gaussian, mlp or logits, got {model!r}.")
             return Blur(kernel_size=k, image_shape=shape, learnable=True, parametrization=model, padding=padding)

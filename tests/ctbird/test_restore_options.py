@@ -217,19 +217,3 @@ def test_inpainting_above_the_priors_size_keeps_the_observed_fine_detail(prior):
     observed = mask > 0
     kept = float(((result.image[0, 0] - 0.5) * pattern)[observed].sum() / pattern[observed].square().sum())
     assert kept == pytest.approx(1.0, abs=0.2)  # a 16² prior alone cannot hold 0.4 cycles/px
-
-
-def test_blind_gaussian_width_starts_scaled_with_images_above_256():
-    from operators.blur import GaussianBlur
-
-    from ctbird.api import initial_sigma, restoration_operator
-    from ctbird.metrics import kernel_sigma
-
-    assert initial_sigma(64) == initial_sigma(256) == 1.0 and initial_sigma(512) == 2.0
-    widths = {}
-    for side in (256, 512):
-        op = restoration_operator("gaussian-deblur", (1, side, side), blind=True, sr_factor=1, kernel_size=None,
-                                  kernel=None, mask=None)
-        assert isinstance(op, GaussianBlur)
-        widths[side] = kernel_sigma(op.kernel.detach())
-    assert widths[512] == pytest.approx(2 * widths[256], rel=0.02)
