@@ -29,7 +29,8 @@ import torch
 from .errors import ConfigError, InputError
 
 #: The baselines that apply to each restoration task (first = the task's default baseline).
-TASK_BASELINES = {"gaussian-deblur": ("wiener", "richardson-lucy"), "motion-deblur": ("wiener", "richardson-lucy", "l0-blind"),
+TASK_BASELINES = {"gaussian-deblur": ("wiener", "richardson-lucy"),
+                  "motion-deblur": ("wiener", "richardson-lucy", "l0-blind"),
                   "sr": ("bicubic",), "denoise": ("tv",), "inpaint": ("biharmonic",)}
 BASELINES = ("wiener", "richardson-lucy", "l0-blind", "tv", "biharmonic", "bicubic")
 #: TV weight of ``denoise_tv_chambolle`` per unit of estimated noise std (best of 0.4-3.0 on 4 CT training slices at
