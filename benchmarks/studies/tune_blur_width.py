@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="side the prior decodes at (default: --size); `ctbird restore` decodes at the prior's "
                              "trained side (256 for the shipped prior) and resamples to the image's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iters", type=int, default=None,
+                        help="search iterations overriding the cpu-fast preset's (60 for gaussian-deblur)")
     parser.add_argument("--refine", action="store_true",
                         help="score the refined image (the task's RefineConfig) instead of the search's")
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped CT prior)")
@@ -51,8 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.sigmas, args.noises, args.floors = (parse_list(v, float) for v in (args.sigmas, args.noises, args.floors))
     args.paddings = parse_list(args.paddings)
-    if args.prior_size is not None and args.prior_size < 8:
-        parser.error("--prior-size must be >= 8.")
+    if (args.prior_size is not None and args.prior_size < 8) or (args.iters is not None and args.iters < 1):
+        parser.error("--prior-size must be >= 8 and --iters >= 1.")
     if args.size < 8 or min(args.sigmas) <= 0 or min(args.noises) < 0 or min(args.floors) < 0:
         parser.error("--size must be >= 8, --sigmas positive, --noises and --floors >= 0.")
     if any(p not in PADDING_MODES for p in args.paddings):
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     prior, prior_path = load_study_prior(args.prior, device, args.prior_size or args.size)
     kernel_size = default_kernel_size(args.size)
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
-    config = BirdConfig.for_task("gaussian-deblur", "cpu-fast")
+    config = BirdConfig.for_task("gaussian-deblur", "cpu-fast").with_overrides(iters=args.iters)
     rows: list[dict] = []
     cases = [(s, n, f, p) for s in args.sigmas for n in args.noises for f in args.floors for p in args.paddings]
     with progress(total=len(images) * len(cases), desc="blur width", unit="run") as bar:
@@ -116,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmarks.studies.tune_blur_width", record),
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
-        f"with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')`, the prior decoding at {args.prior_size or args.size}², the "
-        "task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement "
+        f"with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')` ({config.iters} iterations), the prior decoding "
+        f"at {args.prior_size or args.size}², the task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement "
         f"{'on' if args.refine else 'off'} (it keeps the search's width); seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
         f"worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: {scored}).", "",
