@@ -167,6 +167,15 @@ def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
+def _centred_embedding(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``kernel`` ``[k, k]`` placed in a zero ``shape`` array with its centre tap at the origin: its DFT is the
+    transfer function of the periodic true convolution."""
+    full = np.zeros(shape)
+    side = kernel.shape[0]
+    full[:side, :side] = kernel
+    return np.roll(full, (-(side // 2), -(side // 2)), axis=(0, 1))
+
+
 def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, init: np.ndarray | None = None,
                     iters: int = KERNEL_FIT_ITERS, smoothing_px: float | None = None, smoothness: float = 0.0,
                     support: np.ndarray | None = None) -> np.ndarray:
@@ -206,11 +215,6 @@ def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, in
     if inner is not None and (inner.shape != (size, size) or not inner.any()):
         raise InputError(f"fit_blur_kernel: support must be a [{size}, {size}] mask with at least one pixel set.")
 
-    def embed(k: np.ndarray) -> np.ndarray:
-        full = np.zeros((h, w))
-        full[:size, :size] = k
-        return np.roll(full, (-half, -half), axis=(0, 1))
-
     def project(k: np.ndarray) -> np.ndarray:
         if inner is None:
             return project_to_simplex(k)
@@ -221,7 +225,8 @@ def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, in
     kernel = project(np.full((size, size), 1.0 / size ** 2) if init is None else init)
     ahead, momentum = kernel.copy(), 1.0
     for _ in range(iters):
-        residual = inside * (np.fft.irfft2(spectrum * np.fft.rfft2(embed(ahead)), s=(h, w)) - target)
+        ahead_spectrum = np.fft.rfft2(_centred_embedding(ahead, (h, w)))
+        residual = inside * (np.fft.irfft2(spectrum * ahead_spectrum, s=(h, w)) - target)
         grad = np.fft.irfft2(np.conj(spectrum) * np.fft.rfft2(residual), s=(h, w)).sum(axis=0)
         grad = np.roll(grad, (half, half), axis=(0, 1))[:size, :size]
         if weight:
@@ -268,14 +273,6 @@ def centre_kernel(kernel: np.ndarray) -> np.ndarray:
     return out / out.sum()
 
 
-def _transfer(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The 2-D DFT ``shape`` of ``kernel`` ``[k, k]`` centred at the origin (periodic true convolution)."""
-    full = np.zeros(shape)
-    side = kernel.shape[0]
-    full[:side, :side] = kernel
-    return np.fft.fft2(np.roll(full, (-(side // 2), -(side // 2)), axis=(0, 1)))
-
-
 def l0_gradient_deconvolution(observation: np.ndarray, kernel: np.ndarray, weight: float, *, beta_max: float = 1e5,
                               beta_rate: float = 2.0) -> np.ndarray:
     """``argmin_x ||k * x - y||^2 + weight ||grad x||_0`` for ``[H, W]`` ``observation`` ``y`` (reflect-padded by the
@@ -285,7 +282,7 @@ def l0_gradient_deconvolution(observation: np.ndarray, kernel: np.ndarray, weigh
     pad = kernel.shape[0]
     y = np.pad(np.asarray(observation, dtype=np.float64), pad, mode="reflect")
     shape = y.shape
-    k_hat = _transfer(kernel, shape)
+    k_hat = np.fft.fft2(_centred_embedding(kernel, shape))
     dx, dy = np.zeros(shape), np.zeros(shape)
     dx[0, 0] = dy[0, 0] = -1.0
     dx[0, -1] = dy[-1, 0] = 1.0  # x[n + 1] - x[n] as a convolution

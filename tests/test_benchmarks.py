@@ -592,11 +592,14 @@ def test_tune_blur_width_refine_scores_the_refined_image_with_the_search_width(t
     common = ["--slice", f"{stack}:0", "--sigmas", "2", "--noises", "0.01", "--floors", "0.01", "--size", str(SIZE),
               "--prior", str(prior), "--out-dir", str(tmp_path)]
     _run("benchmarks.studies.tune_blur_width", *common, "--tag", "search", cwd=tmp_path)
-    _run("benchmarks.studies.tune_blur_width", *common, "--refine", "--iters", "3", "--tag", "refined", cwd=tmp_path)
-    search, refined = (json.loads((tmp_path / f"blur_width_{tag}.json").read_text()) for tag in ("search", "refined"))
+    _run("benchmarks.studies.tune_blur_width", *common, "--refine", "--tag", "refined", cwd=tmp_path)
+    _run("benchmarks.studies.tune_blur_width", *common, "--iters", "3", "--tag", "short", cwd=tmp_path)
+    search, refined, short = (json.loads((tmp_path / f"blur_width_{tag}.json").read_text())
+                              for tag in ("search", "refined", "short"))
     assert (search["refine"], refined["refine"]) == (False, True)
-    assert (search["bird"]["iters"], refined["bird"]["iters"]) == (60, 3)  # the cpu-fast preset's, then --iters
-    assert "(3 iterations)" in (tmp_path / "blur_width_refined.md").read_text()
+    assert refined["results"][0]["width_mean"] == pytest.approx(search["results"][0]["width_mean"])  # kept
+    assert (search["bird"]["iters"], short["bird"]["iters"]) == (60, 3)  # the cpu-fast preset's, then --iters
+    assert "(3 iterations)" in (tmp_path / "blur_width_short.md").read_text()
     assert refined["results"][0]["bird_psnr_mean"] != search["results"][0]["bird_psnr_mean"]  # another image
     assert "refinement on" in (tmp_path / "blur_width_refined.md").read_text()
 

@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.paddings = parse_list(args.paddings)
     if (args.prior_size is not None and args.prior_size < 8) or (args.iters is not None and args.iters < 1):
         parser.error("--prior-size must be >= 8 and --iters >= 1.")
+    args.prior_size = args.prior_size or args.size
     if args.size < 8 or min(args.sigmas) <= 0 or min(args.noises) < 0 or min(args.floors) < 0:
         parser.error("--size must be >= 8, --sigmas positive, --noises and --floors >= 0.")
     if any(p not in PADDING_MODES for p in args.paddings):
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from operators.blur import Blur
 
     device, record = start_run(args, argv)
-    prior, prior_path = load_study_prior(args.prior, device, args.prior_size or args.size)
+    prior, prior_path = load_study_prior(args.prior, device, args.prior_size)
     kernel_size = default_kernel_size(args.size)
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     config = BirdConfig.for_task("gaussian-deblur", "cpu-fast").with_overrides(iters=args.iters)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append({**summary, "per_image": group})
     scored = "the refined image (the task's `RefineConfig`)" if args.refine else "the search's image"
     payload = {"run": record, "slices": [label for _, label in images], "size": args.size,
-               "prior_size": args.prior_size or args.size, "seed": args.seed,
+               "prior_size": args.prior_size, "seed": args.seed,
                "refine": args.refine,
                "kernel_size": kernel_size, "bird": config.to_dict(), "prior": str(prior_path), "results": results}
     table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3), r["padding"],
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Slices: {', '.join(f'`{label}`' for _, label in images)} at {args.size}²; Gaussian blur of the given "
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
         f"with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')` ({config.iters} iterations), the prior decoding "
-        f"at {args.prior_size or args.size}², the task's set-up but `search_noise_floor` = floor and the operator's `padding` = border; refinement "
+        f"at {args.prior_size}², the task's set-up but `search_noise_floor` = floor and the operator's `padding` = "
+        "border; refinement "
         f"{'on' if args.refine else 'off'} (it keeps the search's width); seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
         f"worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: {scored}).", "",
