@@ -176,6 +176,35 @@ def _centred_embedding(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return np.roll(full, (-(side // 2), -(side // 2)), axis=(0, 1))
 
 
+def _kernel_fit_terms(image: np.ndarray, observation: np.ndarray, size: int, smoothing_px: float | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The terms of :func:`fit_blur_kernel`'s objective for a kernel side ``size``: the filtered differences of
+    ``image`` and of ``observation`` (``[2, H, W]`` each) and the scored region (``[H, W]``, 1 inside)."""
+    from scipy.ndimage import gaussian_filter
+
+    h, w = image.shape
+    half = size // 2
+    width = KERNEL_FIT_SMOOTHING_256 * h / 256 if smoothing_px is None else smoothing_px
+
+    def differences(a: np.ndarray) -> np.ndarray:
+        a = gaussian_filter(a.astype(np.float64), width) if width > 0 else a.astype(np.float64)
+        return np.stack([np.diff(a, axis=0, append=a[-1:]), np.diff(a, axis=1, append=a[:, -1:])])
+
+    inside = np.zeros((h, w))
+    inside[half + 1:h - half - 1, half + 1:w - half - 1] = 1.0
+    return differences(image), differences(observation), inside
+
+
+def kernel_misfit(image: np.ndarray, observation: np.ndarray, kernel: np.ndarray, *,
+                  smoothing_px: float | None = None) -> float:
+    """The data term :func:`fit_blur_kernel` minimizes, ``||g * (k * dx - dy)||^2`` over the scored region, for
+    ``kernel`` ``[k, k]`` mapping ``image`` to ``observation`` (``[H, W]``; same units squared)."""
+    image_differences, target, inside = _kernel_fit_terms(image, observation, kernel.shape[0], smoothing_px)
+    transfer = np.fft.rfft2(_centred_embedding(np.asarray(kernel, dtype=np.float64), image.shape))
+    predicted = np.fft.irfft2(np.fft.rfft2(image_differences) * transfer, s=image.shape)
+    return float((inside * (predicted - target) ** 2).sum())
+
+
 def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, init: np.ndarray | None = None,
                     iters: int = KERNEL_FIT_ITERS, smoothing_px: float | None = None, smoothness: float = 0.0,
                     support: np.ndarray | None = None) -> np.ndarray:
@@ -193,21 +222,10 @@ def fit_blur_kernel(image: np.ndarray, observation: np.ndarray, size: int, *, in
     sees, so that ``smoothness`` does not depend on the image's contrast or size); ``support`` (bool ``[size,
     size]``) confines the kernel to those pixels.
     """
-    from scipy.ndimage import gaussian_filter
-
     h, w = image.shape
     half = size // 2
-    width = KERNEL_FIT_SMOOTHING_256 * h / 256 if smoothing_px is None else smoothing_px
-
-    def differences(a: np.ndarray) -> np.ndarray:
-        a = gaussian_filter(a.astype(np.float64), width) if width > 0 else a.astype(np.float64)
-        return np.stack([np.diff(a, axis=0, append=a[-1:]), np.diff(a, axis=1, append=a[:, -1:])])
-
-    image_differences = differences(image)
+    image_differences, target, inside = _kernel_fit_terms(image, observation, size, smoothing_px)
     spectrum = np.fft.rfft2(image_differences)
-    target = differences(observation)
-    inside = np.zeros((h, w))
-    inside[half + 1:h - half - 1, half + 1:w - half - 1] = 1.0
     weight = smoothness * float((inside * image_differences ** 2).sum())
     # the data term's Lipschitz constant, plus the kernel Laplacian's (at most 8)
     step = 1.0 / max(float((np.abs(spectrum) ** 2).sum(axis=0).max()) + 8.0 * weight, 1e-12)
@@ -413,4 +431,4 @@ def run_baseline(method: str, image: torch.Tensor, task: str, *, sr_factor: int 
 
 __all__ = ["BASELINES", "TASK_BASELINES", "BaselineRestoration", "task_baselines", "run_baseline",
            "estimate_noise_sigma", "estimate_gaussian_sigma", "gaussian_kernel", "richardson_lucy", "fit_blur_kernel",
-           "project_to_simplex", "centre_kernel", "l0_gradient_deconvolution", "estimate_blur_kernel"]
+           "kernel_misfit", "project_to_simplex", "centre_kernel", "l0_gradient_deconvolution", "estimate_blur_kernel"]

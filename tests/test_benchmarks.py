@@ -628,6 +628,10 @@ def test_kernel_bound_orders_the_blurred_true_kernels(tmp_path):
     assert blurred == sorted(blurred) and blurred[0] > 0
     assert rows["initial kernel"]["kernel_error_mean"] > blurred[-1]
     assert rows["initial kernel"]["halved"] == 0 and len(rows) == 10
+    # the data term relative to the true kernel's: the flat start fits worse; more least-squares steps fit better
+    assert rows["initial kernel"]["misfit_ratio_mean"] > 1.0
+    assert (rows["least squares from the truth, 2000 steps"]["misfit_ratio_mean"]
+            < rows["least squares from the truth, 300 steps (default)"]["misfit_ratio_mean"])
     assert "| initial kernel |" in (tmp_path / "kernel_bound_t.md").read_text()
 
 

@@ -117,6 +117,31 @@ def test_kernel_least_squares_recovers_a_motion_kernel_from_the_true_image():
     assert np.linalg.norm(kernel - truth) < 0.1 * np.linalg.norm(truth)
 
 
+def test_kernel_misfit_is_the_objective_the_kernel_fit_lowers():
+    from operators.blur import Blur
+    from scipy.ndimage import gaussian_filter
+
+    from ctbird.restoration_baselines import fit_blur_kernel, kernel_misfit
+
+    rng = np.random.default_rng(3)
+    image = gaussian_filter(rng.random((64, 64)), 1.5)
+    truth = np.zeros((9, 9))
+    truth[2:7, 4] = 1.0
+    truth[6, 5:8] = 0.5  # asymmetric: a flipped kernel would not fit
+    truth /= truth.sum()
+    with torch.no_grad():
+        blurred = Blur(torch.from_numpy(truth).float(), image_shape=(1, 64, 64), padding="reflect")(
+            torch.from_numpy(image).float()[None, None])[0, 0].numpy().astype(np.float64)
+    flat = np.full((9, 9), 1 / 81)
+    assert kernel_misfit(image, blurred, truth, smoothing_px=0.0) < 1e-6 * kernel_misfit(image, blurred, flat,
+                                                                                            smoothing_px=0.0)
+    noisy = blurred + 0.05 * rng.standard_normal((64, 64))
+    short = fit_blur_kernel(image, noisy, 9, iters=20)
+    long = fit_blur_kernel(image, noisy, 9, iters=400)
+    assert kernel_misfit(image, noisy, long) < kernel_misfit(image, noisy, short) < kernel_misfit(image, noisy, flat)
+    assert kernel_misfit(image, noisy, long) < kernel_misfit(image, noisy, truth)  # the fit overfits the noise
+
+
 def test_free_kernel_refit_starts_flat_and_moves_toward_the_true_kernel():
     from operators.blur import Blur
     from scipy.ndimage import gaussian_filter
