@@ -59,6 +59,8 @@ class Restoration:
         (``None`` without the search).
     warm_start : bool
         Whether BIRD's search started at the DDIM inversion of a classical estimate.
+    initial_width : list of float or None
+        Per item, the width (px) where the blind Gaussian search started (``None`` for other operators).
     padding : str or None
         The deblurring operator's border model (``None`` for the other tasks).
     solver_result : BirdResult or None
@@ -86,6 +88,7 @@ class Restoration:
     search_noise_floor: float = 0.0
     search_misfit: list[float] | None = None
     warm_start: bool = False
+    initial_width: list[float] | None = None
     padding: str | None = None
 
 
@@ -302,7 +305,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             blind: bool = True, sr_factor: int = 8, kernel_size: int | None = None,
             kernel: torch.Tensor | float | None = None, mask: torch.Tensor | None = None,
             kernel_model: str | None = None, padding: str | None = None, warm_start: bool | None = None,
-            search_noise_floor: float | None = None, config: BirdConfig | None = None,
+            search_noise_floor: float | None = None, width_start_fraction: float | None = None,
+            config: BirdConfig | None = None,
             refine: RefineConfig | bool | None = None, seed: int = 0,
             device: str | torch.device = "cpu", callback: Callable[[dict], None] | None = None, **settings: Any) -> Restoration:
     """Restore photographs with BIRD.
@@ -343,6 +347,10 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
         Noise std (on [0, 1], at the prior's grid; scaled by ``sqrt(H W) / prior size`` on the image's) below which
         BIRD's search sees the observation with seeded Gaussian noise added up to it (the refinement and the scores
         keep the observation as it is); ``0`` turns it off. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
+    width_start_fraction : float or None
+        Blind Gaussian deblurring: each item's width starts at this fraction of the observation's classical width
+        estimate (:func:`ctbird.restoration_baselines.estimate_gaussian_sigma`), never below ``INITIAL_SIGMA_PX``;
+        ``0`` starts every item at ``INITIAL_SIGMA_PX``. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
     config : BirdConfig or None
         BIRD's settings; ``None`` = the task's, ``BirdConfig.for_task(task)``. ``data_filter`` must be ``None``.
     refine : RefineConfig, bool or None
@@ -373,6 +381,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     if config.data_filter is not None:
         raise ConfigError("data_filter weighs CT sinograms; restore() needs data_filter=None.")
     refine = _refine_settings(task, refine)
+    if width_start_fraction is not None:
+        _check_float("width_start_fraction", width_start_fraction, 0.0)
     if prior is None:
         raise ConfigError("restore() needs prior=: a diffusers folder or hub id holding a photograph UNet2DModel.")
     y = _photo(image)
@@ -408,6 +418,7 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     noise_sigma = _noise_sigma(y)
     floor = _check_float("search_noise_floor", search_noise_floor, 0.0) * math.sqrt(height * width) / model.image_size
     y_search = _raise_noise(y, noise_sigma, floor, seed) if searched else y
+    initial_width = _initial_widths(operator, y, width_start_fraction, task) if learnable else None
     estimate = None
     if (warm_start and searched and y_search is y) or (refine is not None and refine.start == "estimate"):
         estimate = classical_estimate(y, task, model.shape[1:]).to(dev)  # warm-starts too unless the search is noisier
@@ -422,7 +433,9 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
             warm = estimate if y_search is y else classical_estimate(y_search, task, model.shape[1:]).to(dev)
             init_latent = ddim_invert(model, warm, config.delta_t).repeat_interleave(config.n_samples, dim=0)
             warm_nfe = model.nfe - nfe0
-        out = bird.run(y_search.to(dev), generator=_generator(seed), init_latent=init_latent)
+        out = bird.run(y_search.to(dev), generator=_generator(seed), init_latent=init_latent,
+                       init_operator_state=None if initial_width is None else
+                       [{"log_sigma": torch.tensor([math.log(w)])} for w in initial_width])
         out.nfe += warm_nfe
         image, nfe, seconds, kernel, states = out.transformed, out.nfe, out.seconds, out.kernel, out.operator_state
         misfit = search_misfit(operator, states, image, y.to(dev))
@@ -447,7 +460,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
                        iters_run=out.iters_run if out is not None else 0, solver_result=out,
                        config=config, refine=refine, noise_sigma=noise_sigma,
                        search_noise_floor=floor if searched else 0.0, search_misfit=misfit,
-                       warm_start=bool(warm_start and searched), padding=getattr(operator, "padding", None))
+                       warm_start=bool(warm_start and searched), initial_width=initial_width if searched else None,
+                       padding=getattr(operator, "padding", None))
 
 
 def search_misfit(operator, states: list[dict], images: torch.Tensor, y: torch.Tensor) -> list[float]:
@@ -698,8 +712,26 @@ def ddim_invert(prior: DiffusionPrior, x0: torch.Tensor, delta_t: int) -> torch.
     return x
 
 
-#: Starting sigma (pixels) of ``kernel_model="gaussian"``.
+#: Smallest starting sigma (pixels) of ``kernel_model="gaussian"`` (:func:`restore`'s ``width_start_fraction``).
 INITIAL_SIGMA_PX = 1.0
+
+
+def _initial_widths(operator, y: torch.Tensor, fraction: float | None, task: str) -> list[float] | None:
+    """Per item of ``y`` ``[B, C, H, W]``, where a learnable isotropic ``GaussianBlur`` ``operator``'s width starts:
+    ``max(INITIAL_SIGMA_PX, fraction * estimate_gaussian_sigma(channel mean))`` (``fraction`` None: the task's,
+    :data:`ctbird.config.RESTORE_SETUP`); ``None`` for any other operator."""
+    from operators.blur import GaussianBlur
+
+    from .restoration_baselines import estimate_gaussian_sigma
+
+    if not isinstance(operator, GaussianBlur) or operator.anisotropic:
+        return None
+    if fraction is None:
+        fraction = RESTORE_SETUP[task].get("width_start_fraction", 0.0)
+    if fraction == 0:
+        return [INITIAL_SIGMA_PX] * y.shape[0]
+    return [max(INITIAL_SIGMA_PX, fraction * estimate_gaussian_sigma(item.mean(0).detach().cpu().double().numpy()))
+            for item in y]
 
 
 def restoration_operator(task: str, shape: tuple[int, int, int], *, blind: bool, sr_factor: int,

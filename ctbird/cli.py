@@ -774,6 +774,7 @@ def _restore(image_path: Path, params: dict[str, Any], table: dict[str, Any] | N
                                "search_noise_floor": result.search_noise_floor if result is not None else None,
                                "search_misfit": result.search_misfit if result is not None else None,
                                "warm_start": result.warm_start if result is not None else None,
+                               "initial_width_px": result.initial_width if result is not None else None,
                                "padding": result.padding if result is not None else None,
                                "refine": (result.refine.to_dict() if result.refine is not None else None)
                                if result is not None else None}

@@ -270,7 +270,7 @@ _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 #: zeros, 34.96 with reflect, docs/results.md).
 RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "gaussian-deblur": MappingProxyType({"kernel_model": "gaussian", "warm_start": True, "search_noise_floor": 0.01,
-                                         "padding": "reflect"}),
+                                         "width_start_fraction": 0.0, "padding": "reflect"}),
     "motion-deblur": MappingProxyType({"kernel_model": "logits", "warm_start": True, "padding": "reflect"}),
     "sr": MappingProxyType({"warm_start": False}),  # the inversion of a bicubic image decodes badly (11-15 dB)
     "denoise": MappingProxyType({"warm_start": True}),

@@ -593,7 +593,8 @@ def test_tune_blur_width_refine_scores_the_refined_image_with_the_search_width(t
               "--prior", str(prior), "--out-dir", str(tmp_path)]
     _run("benchmarks.studies.tune_blur_width", *common, "--tag", "search", cwd=tmp_path)
     _run("benchmarks.studies.tune_blur_width", *common, "--refine", "--tag", "refined", cwd=tmp_path)
-    _run("benchmarks.studies.tune_blur_width", *common, "--iters", "3", "--tag", "short", cwd=tmp_path)
+    _run("benchmarks.studies.tune_blur_width", *common, "--iters", "3", "--width-starts", "0,0.9", "--tag", "short",
+         cwd=tmp_path)
     search, refined, short = (json.loads((tmp_path / f"blur_width_{tag}.json").read_text())
                               for tag in ("search", "refined", "short"))
     assert (search["refine"], refined["refine"]) == (False, True)
@@ -601,6 +602,11 @@ def test_tune_blur_width_refine_scores_the_refined_image_with_the_search_width(t
     assert (search["bird"]["iters"], short["bird"]["iters"]) == (60, 3)  # the cpu-fast preset's, then --iters
     assert "(3 iterations)" in (tmp_path / "blur_width_short.md").read_text()
     assert refined["results"][0]["bird_psnr_mean"] != search["results"][0]["bird_psnr_mean"]  # another image
+    assert refined["results"][0]["search_psnr_mean"] == pytest.approx(search["results"][0]["bird_psnr_mean"])
+    flat, scaled = short["results"]  # width_start_fraction 0 starts at 1 px; 0.9 of the 2 px blur's estimate above
+    assert (flat["width_start"], scaled["width_start"]) == (0.0, 0.9)
+    assert flat["initial_width_mean"] == 1.0 < scaled["initial_width_mean"]
+    assert search["results"][0]["width_start"] is None  # the task's default
     assert "refinement on" in (tmp_path / "blur_width_refined.md").read_text()
 
 

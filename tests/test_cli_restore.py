@@ -51,6 +51,7 @@ def test_bird_and_wiener_on_rgb_png_write_scores_kernel_and_figure(tmp_path, rgb
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["methods"] == ["bird", "wiener", "richardson-lucy"] and metrics["data_range"] == [0.0, 1.0]
     assert (metrics["padding"], metrics["warm_start"]) == ("reflect", True)  # the task's set-up, recorded
+    assert len(metrics["initial_width_px"]) == 1 and metrics["initial_width_px"][0] >= 1.0  # where the width started
     assert set(metrics["scores"]) == {"input", "wiener", "richardson-lucy"}
     # the observation's score is the PSNR of the blurred PNG against the truth
     expected = 10 * np.log10(1.0 / np.mean((blurred / 255.0 - truth / 255.0) ** 2))

@@ -4,10 +4,12 @@ Each ``--slice`` (``STACK.npz:INDEX`` of the prior's training stack; never an ev
 prior's [0, 1] scale, resampled to ``--size``, blurred by a Gaussian of each ``--sigmas`` width (px, reflect borders,
 the task's default kernel side) and given white Gaussian noise of each ``--noises`` std (seeded by the slice's
 position). BIRD's search then runs with the ``gaussian-deblur`` defaults under the ``cpu-fast`` preset (what the CLI
-runs on a CPU), each ``--floors`` value as ``search_noise_floor`` and each ``--paddings`` border model of the blind
-operator (``restore(padding=)``), the refinement off: the width is the search's
+runs on a CPU), each ``--floors`` value as ``search_noise_floor``, each ``--paddings`` border model of the blind
+operator (``restore(padding=)``) and each ``--width-starts`` value as ``width_start_fraction`` (where the width
+starts), the refinement off: the width is the search's
 (the refinement keeps it), and the PSNR is that of BIRD's image, data range 1 on [0, 1]. ``--refine`` runs the
-task's refinement too (``restore`` as the CLI runs it) and scores its image instead. Writes
+task's refinement too (``restore`` as the CLI runs it) and scores its image instead, the search's image beside
+it. Writes
 ``blur_width_<tag>.json`` / ``.md`` under ``--out-dir`` (default ``docs/results/tuning``).
 
 Example (repository root)::
@@ -37,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--floors", default="0,0.01", help="comma-separated search_noise_floor values")
     parser.add_argument("--paddings", default="reflect",
                         help="comma-separated border models of the blind operator (default: reflect, the task's)")
+    parser.add_argument("--width-starts", default=None,
+                        help="comma-separated width_start_fraction values (default: the task's, RESTORE_SETUP)")
     parser.add_argument("--size", type=int, default=256, help="working side (default 256)")
     parser.add_argument("--prior-size", type=int, default=None,
                         help="side the prior decodes at (default: --size); `ctbird restore` decodes at the prior's "
@@ -53,11 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.sigmas, args.noises, args.floors = (parse_list(v, float) for v in (args.sigmas, args.noises, args.floors))
     args.paddings = parse_list(args.paddings)
+    args.width_starts = [None] if args.width_starts is None else parse_list(args.width_starts, float)
     if (args.prior_size is not None and args.prior_size < 8) or (args.iters is not None and args.iters < 1):
         parser.error("--prior-size must be >= 8 and --iters >= 1.")
     args.prior_size = args.prior_size or args.size
     if args.size < 8 or min(args.sigmas) <= 0 or min(args.noises) < 0 or min(args.floors) < 0:
         parser.error("--size must be >= 8, --sigmas positive, --noises and --floors >= 0.")
+    if any(start is not None and start < 0 for start in args.width_starts):
+        parser.error("--width-starts must be >= 0.")
     if any(p not in PADDING_MODES for p in args.paddings):
         parser.error(f"--paddings takes some of {', '.join(PADDING_MODES)}.")
     return args
@@ -66,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ctbird.api import default_kernel_size, restore
-    from ctbird.config import BirdConfig
+    from ctbird.config import RESTORE_SETUP, BirdConfig
     from ctbird.metrics import kernel_sigma
     from ctbird.restoration_baselines import gaussian_kernel
     from operators.blur import Blur
@@ -77,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     images = [load_unit_slice(spec, args.size) for spec in args.slice]
     config = BirdConfig.for_task("gaussian-deblur", "cpu-fast").with_overrides(iters=args.iters)
     rows: list[dict] = []
-    cases = [(s, n, f, p) for s in args.sigmas for n in args.noises for f in args.floors for p in args.paddings]
+    cases = [(s, n, f, p, w) for s in args.sigmas for n in args.noises for f in args.floors for p in args.paddings
+             for w in args.width_starts]
     with progress(total=len(images) * len(cases), desc="blur width", unit="run") as bar:
         for index, (image, label) in enumerate(images):
-            for sigma, noise, floor, padding in cases:
-                bar.set_description(f"{label} sigma {sigma} noise {noise} floor {floor} {padding}")
+            for sigma, noise, floor, padding, start in cases:
+                bar.set_description(f"{label} sigma {sigma} noise {noise} floor {floor} {padding} start {start}")
                 blur = Blur(torch.from_numpy(gaussian_kernel(kernel_size, sigma)).to(torch.float32),
                             image_shape=tuple(image.shape), padding="reflect")
                 generator = torch.Generator().manual_seed(1000 + index)
@@ -89,19 +97,21 @@ def main(argv: list[str] | None = None) -> int:
                     y = (blur(image[None]) + noise * torch.randn((1, *image.shape), generator=generator)).clamp(0, 1)
                 result = restore(y, "gaussian-deblur", prior=prior, kernel_size=kernel_size, config=config,
                                  refine=None if args.refine else False, search_noise_floor=floor, padding=padding,
-                                 seed=args.seed, device=device)
+                                 width_start_fraction=start, seed=args.seed, device=device)
                 width = kernel_sigma(result.kernel[0].cpu())
                 rows.append({"image": label, "sigma": sigma, "noise": noise, "floor": floor, "padding": padding,
-                             "width": width,
+                             "width_start": start, "initial_width": result.initial_width[0], "width": width,
                              "width_error": abs(width / sigma - 1.0), "input_psnr": score_unit(y, image[None])["psnr"],
                              **{f"bird_{k}": v for k, v in score_unit(result.image.cpu(), image[None]).items()},
+                             "search_psnr": score_unit(result.solver_result.transformed.cpu(), image[None])["psnr"],
                              "seconds": result.seconds})
                 bar.update(1)
     results = []
     for case in cases:
-        group = [r for r in rows if (r["sigma"], r["noise"], r["floor"], r["padding"]) == case]
-        summary = dict(zip(("sigma", "noise", "floor", "padding"), case))
-        for key in ("width", "width_error", "input_psnr", "bird_psnr", "bird_ssim", "seconds"):
+        group = [r for r in rows if (r["sigma"], r["noise"], r["floor"], r["padding"], r["width_start"]) == case]
+        summary = dict(zip(("sigma", "noise", "floor", "padding", "width_start"), case))
+        for key in ("initial_width", "width", "width_error", "input_psnr", "bird_psnr", "bird_ssim", "search_psnr",
+                    "seconds"):
             summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([r[key] for r in group])
         summary["width_error_max"] = max(r["width_error"] for r in group)
         results.append({**summary, "per_image": group})
@@ -110,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
                "prior_size": args.prior_size, "seed": args.seed,
                "refine": args.refine,
                "kernel_size": kernel_size, "bird": config.to_dict(), "prior": str(prior_path), "results": results}
+    default_start = RESTORE_SETUP["gaussian-deblur"]["width_start_fraction"]
     table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3), r["padding"],
+              fmt(default_start if r["width_start"] is None else r["width_start"], digits=2),
+              fmt(r["initial_width_mean"], digits=2),
               fmt(r["width_mean"], r["width_std"], 2), f"{100 * r['width_error_mean']:.0f} % / "
               f"{100 * r['width_error_max']:.0f} %", fmt(r["input_psnr_mean"], digits=2),
+              *([fmt(r["search_psnr_mean"], r["search_psnr_std"], 2)] if args.refine else []),
               fmt(r["bird_psnr_mean"], r["bird_psnr_std"], 2), fmt(r["seconds_mean"], digits=0)] for r in results]
     markdown = "\n".join([
         page_header(f"Blind Gaussian width against blur, noise, the search's noise floor and borders (`{args.tag}`)",
@@ -121,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         f"width on a {kernel_size}² kernel (reflect borders), white Gaussian noise of the given std on [0, 1]; BIRD "
         f"with `BirdConfig.for_task('gaussian-deblur', 'cpu-fast')` ({config.iters} iterations), the prior decoding "
         f"at {args.prior_size}², the task's set-up but `search_noise_floor` = floor and the operator's `padding` = "
-        "border; refinement "
+        "border, `width_start_fraction` = width start; refinement "
         f"{'on' if args.refine else 'off'} (it keeps the search's width); seed {args.seed}.",
         "- Width: `kernel_sigma` of the estimate (px), mean ± std over the slices; error |width / truth - 1|, mean / "
-        f"worst; PSNR with data range 1 on [0, 1] (input: the observation; BIRD: {scored}).", "",
-        markdown_table(["blur sigma (px)", "noise std", "search floor", "border", "width (px)", "width error",
-                        "input PSNR", "BIRD PSNR", "s / run"], table)])
+        "worst; start: the width (px) the search started from, mean; PSNR with data range 1 on [0, 1] (input: the "
+        f"observation; BIRD: {scored}{'; search: the search image' if args.refine else ''}).", "",
+        markdown_table(["blur sigma (px)", "noise std", "search floor", "border", "width start", "start (px)",
+                        "width (px)", "width error", "input PSNR", *(["search PSNR"] if args.refine else []),
+                        "BIRD PSNR", "s / run"], table)])
     json_path, md_path = write_outputs(args.out_dir, f"blur_width_{args.tag}", payload, markdown)
     print(f"wrote {md_path} and {json_path}")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -317,7 +317,8 @@ class BIRD:
         return torch.cat([op(x[i:i + 1]) for i, op in enumerate(ops)], dim=0)
 
     def run(self, y: torch.Tensor, generator: Generators = None,
-            init_latent: torch.Tensor | None = None) -> BirdResult:
+            init_latent: torch.Tensor | None = None,
+            init_operator_state: Sequence[Mapping[str, torch.Tensor]] | None = None) -> BirdResult:
         """Fit the measurement ``y`` ``[B, *operator.out_shape]`` (on the prior's device).
 
         ``generator`` seeds the initial latents: one ``torch.Generator`` for the whole batch, or a sequence of ``B``
@@ -325,6 +326,8 @@ class BIRD:
         are bitwise reproducible. Early stopping is decided per item (on the mean loss of its restarts); a stopped
         item's latent and operators stay frozen while the others go on.
         ``init_latent`` ``[B * n_samples, C, H, W]`` replaces the random start (warm start; projected to the sphere).
+        ``init_operator_state`` (one per item, a partial ``state_dict`` of the operator) sets where item ``b``'s
+        operator parameters start, e.g. a blind blur's width.
         """
         if not isinstance(y, torch.Tensor) or not y.is_floating_point():
             raise InputError(f"y must be a floating-point torch.Tensor, got {type(y).__name__}.")
@@ -349,6 +352,16 @@ class BIRD:
             ops = [copy.deepcopy(self.operator) for _ in range(total)]
         else:
             ops = [self.operator]
+        if init_operator_state is not None:
+            if not learnable or len(init_operator_state) != batch:
+                raise InputError(f"init_operator_state needs an operator with learnable parameters and one state per "
+                                 f"item ({batch}), got {len(init_operator_state)} for {type(self.operator).__name__}.")
+            for index, op in enumerate(ops):
+                state = op.state_dict()
+                unknown = set(init_operator_state[index // n]) - set(state)
+                if unknown:
+                    raise InputError(f"init_operator_state names {sorted(unknown)}, which the operator does not have.")
+                op.load_state_dict({**state, **init_operator_state[index // n]})
         op_params = [p for op in ops for p in op.parameters() if p.requires_grad] if self.lr_operator > 0 else []
 
         if init_latent is None:

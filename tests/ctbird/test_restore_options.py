@@ -217,3 +217,54 @@ def test_inpainting_above_the_priors_size_keeps_the_observed_fine_detail(prior):
     observed = mask > 0
     kept = float(((result.image[0, 0] - 0.5) * pattern)[observed].sum() / pattern[observed].square().sum())
     assert kept == pytest.approx(1.0, abs=0.2)  # a 16² prior alone cannot hold 0.4 cycles/px
+
+
+def test_blind_gaussian_width_starts_from_the_observations_classical_estimate(prior):
+    from operators.blur import GaussianBlur
+
+    from ctbird.api import INITIAL_SIGMA_PX
+    from ctbird.config import RESTORE_SETUP
+    from ctbird.metrics import kernel_sigma
+    from ctbird.restoration_baselines import estimate_gaussian_sigma
+
+    scene = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        wide = GaussianBlur(4.0, image_shape=(1, 64, 64), kernel_size=25)(scene)
+    y = torch.cat([wide, scene])  # a wide blur and a sharp image, one batch
+    settings = dict(prior=prior, kernel_size=25, iters=1, delta_t=500, lr_operator=0.0, refine=False)
+    result = restore(y, "gaussian-deblur", width_start_fraction=0.5, **settings)
+    estimate = estimate_gaussian_sigma(wide[0, 0].double().numpy())
+    assert estimate > 3.0 and result.initial_width[0] == pytest.approx(0.5 * estimate)
+    assert result.initial_width[1] == INITIAL_SIGMA_PX  # a sharp image's half-estimate is below the floor
+    # lr_operator 0: each item's width stays where it started
+    assert kernel_sigma(result.kernel[0]) == pytest.approx(0.5 * estimate, rel=0.05)
+    assert kernel_sigma(result.kernel[1]) == pytest.approx(INITIAL_SIGMA_PX, rel=0.05)
+    flat = restore(y, "gaussian-deblur", width_start_fraction=0.0, **settings)
+    assert flat.initial_width == [INITIAL_SIGMA_PX] * 2
+    default = restore(y[:1], "gaussian-deblur", **settings)
+    fraction = RESTORE_SETUP["gaussian-deblur"]["width_start_fraction"]
+    assert default.initial_width == [pytest.approx(max(INITIAL_SIGMA_PX, fraction * estimate))]
+    assert restore(y[:1], "motion-deblur", **settings).initial_width is None  # a free kernel has no width
+    with pytest.raises(ConfigError, match="width_start_fraction"):
+        restore(y, "gaussian-deblur", width_start_fraction=-0.5, **settings)
+
+
+def test_bird_loads_each_items_operator_start():
+    from operators.blur import GaussianBlur
+
+    from ctbird.config import BirdConfig
+    from ctbird.errors import InputError
+    from ctbird.solvers.bird import BIRD
+
+    zero_rate = BirdConfig.for_task("gaussian-deblur").with_overrides(iters=1, delta_t=500, lr_operator=0.0,
+                                                                       n_samples=2)
+    operator = GaussianBlur(1.0, image_shape=(1, 16, 16), kernel_size=7, learnable=True)
+    bird = BIRD(DiffusionPrior.from_config(UNET, seed=0), operator, zero_rate)
+    y = torch.rand(2, 1, 16, 16)
+    starts = [{"log_sigma": torch.tensor([0.5])}, {"log_sigma": torch.tensor([-0.3])}]
+    out = bird.run(y, generator=torch.Generator().manual_seed(0), init_operator_state=starts)
+    assert [float(s["log_sigma"]) for s in out.operator_state] == pytest.approx([0.5, -0.3])
+    with pytest.raises(InputError, match="one state per item"):
+        bird.run(y, init_operator_state=starts[:1])
+    with pytest.raises(InputError, match="does not have"):
+        bird.run(y, init_operator_state=[{"angle": torch.tensor(0.1)}] * 2)
