@@ -350,7 +350,8 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     width_start_fraction : float or None
         Blind Gaussian deblurring: each item's width starts at this fraction of the observation's classical width
         estimate (:func:`ctbird.restoration_baselines.estimate_gaussian_sigma`), never below ``INITIAL_SIGMA_PX``;
-        ``0`` starts every item at ``INITIAL_SIGMA_PX``. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`.
+        ``0`` starts every item at ``INITIAL_SIGMA_PX``. ``None``: the task's, :data:`ctbird.config.RESTORE_SETUP`,
+        on images larger than the prior's grid, and ``0`` on the others.
     config : BirdConfig or None
         BIRD's settings; ``None`` = the task's, ``BirdConfig.for_task(task)``. ``data_filter`` must be ``None``.
     refine : RefineConfig, bool or None
@@ -418,7 +419,10 @@ def restore(image: torch.Tensor, task: str = "gaussian-deblur", *, prior: Diffus
     noise_sigma = _noise_sigma(y)
     floor = _check_float("search_noise_floor", search_noise_floor, 0.0) * math.sqrt(height * width) / model.image_size
     y_search = _raise_noise(y, noise_sigma, floor, seed) if searched else y
-    initial_width = _initial_widths(operator, y, width_start_fraction, task) if learnable else None
+    if width_start_fraction is None:
+        larger = max(out_h, out_w) > model.image_size
+        width_start_fraction = RESTORE_SETUP[task].get("width_start_fraction", 0.0) if larger else 0.0
+    initial_width = _initial_widths(operator, y, width_start_fraction) if learnable else None
     estimate = None
     if (warm_start and searched and y_search is y) or (refine is not None and refine.start == "estimate"):
         estimate = classical_estimate(y, task, model.shape[1:]).to(dev)  # warm-starts too unless the search is noisier
@@ -716,18 +720,15 @@ def ddim_invert(prior: DiffusionPrior, x0: torch.Tensor, delta_t: int) -> torch.
 INITIAL_SIGMA_PX = 1.0
 
 
-def _initial_widths(operator, y: torch.Tensor, fraction: float | None, task: str) -> list[float] | None:
+def _initial_widths(operator, y: torch.Tensor, fraction: float) -> list[float] | None:
     """Per item of ``y`` ``[B, C, H, W]``, where a learnable isotropic ``GaussianBlur`` ``operator``'s width starts:
-    ``max(INITIAL_SIGMA_PX, fraction * estimate_gaussian_sigma(channel mean))`` (``fraction`` None: the task's,
-    :data:`ctbird.config.RESTORE_SETUP`); ``None`` for any other operator."""
+    ``max(INITIAL_SIGMA_PX, fraction * estimate_gaussian_sigma(channel mean))``; ``None`` for any other operator."""
     from operators.blur import GaussianBlur
 
     from .restoration_baselines import estimate_gaussian_sigma
 
     if not isinstance(operator, GaussianBlur) or operator.anisotropic:
         return None
-    if fraction is None:
-        fraction = RESTORE_SETUP[task].get("width_start_fraction", 0.0)
     if fraction == 0:
         return [INITIAL_SIGMA_PX] * y.shape[0]
     return [max(INITIAL_SIGMA_PX, fraction * estimate_gaussian_sigma(item.mean(0).detach().cpu().double().numpy()))

@@ -267,10 +267,16 @@ _RESTORE_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 #: which a mirror guesses; zero padding darkens the model's border and BIRD brightens its image there to match
 #: (two training slices with tissue at the border: BIRD's search 30.39 dB with zeros, 31.48 with reflect,
 #: docs/results/tuning/blur_width_cpu-train256-border.md; a native chest DICOM: 32.41 dB from a 34.44 dB input with
-#: zeros, 34.96 with reflect, docs/results.md).
+#: zeros, 34.96 with reflect, docs/results.md). ``width_start_fraction``: on images larger than the prior's grid the
+#: blind Gaussian width starts at that fraction of the observation's classical width estimate (at least 1 px), where
+#: from 1 px the search stalls short of a wide blur: on four 512² training slices with the 256² prior, 3.16 px for 4
+#: and 4.68 for 6 from 1 px, 3.87 and 5.91 from 0.4 of the estimate, whose refined images gain 3.35 and 1.49 dB,
+#: while a 2 px blur keeps its width (1.97 px; 0.5 overshot it by 22 % on one slice). At the prior's own grid the
+#: search starts at 1 px: there the estimate's start gave widths as close and images 0.14 to 0.72 dB worse
+#: (docs/results/tuning/blur_width_cpu-train512-starts.md, -starts-4px.md and blur_width_cpu-train256-starts.md).
 RESTORE_SETUP: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "gaussian-deblur": MappingProxyType({"kernel_model": "gaussian", "warm_start": True, "search_noise_floor": 0.01,
-                                         "width_start_fraction": 0.0, "padding": "reflect"}),
+                                         "width_start_fraction": 0.4, "padding": "reflect"}),
     "motion-deblur": MappingProxyType({"kernel_model": "logits", "warm_start": True, "padding": "reflect"}),
     "sr": MappingProxyType({"warm_start": False}),  # the inversion of a bicubic image decodes badly (11-15 dB)
     "denoise": MappingProxyType({"warm_start": True}),

@@ -241,9 +241,15 @@ def test_blind_gaussian_width_starts_from_the_observations_classical_estimate(pr
     assert kernel_sigma(result.kernel[1]) == pytest.approx(INITIAL_SIGMA_PX, rel=0.05)
     flat = restore(y, "gaussian-deblur", width_start_fraction=0.0, **settings)
     assert flat.initial_width == [INITIAL_SIGMA_PX] * 2
-    default = restore(y[:1], "gaussian-deblur", **settings)
+    default = restore(y[:1], "gaussian-deblur", **settings)  # 64² with a 16² prior: the task's fraction applies
     fraction = RESTORE_SETUP["gaussian-deblur"]["width_start_fraction"]
-    assert default.initial_width == [pytest.approx(max(INITIAL_SIGMA_PX, fraction * estimate))]
+    assert fraction > 0 and default.initial_width == [pytest.approx(max(INITIAL_SIGMA_PX, fraction * estimate))]
+    with torch.no_grad():  # 16²: the prior's own grid, where the default keeps the 1 px start
+        at_grid = GaussianBlur(2.0, image_shape=(1, 16, 16), kernel_size=9)(scene[..., :16, :16])
+    kept = dict(settings, kernel_size=9)
+    assert restore(at_grid, "gaussian-deblur", **kept).initial_width == [INITIAL_SIGMA_PX]
+    told = restore(at_grid, "gaussian-deblur", width_start_fraction=2.0, **kept).initial_width[0]  # a given one applies
+    assert told == pytest.approx(2.0 * estimate_gaussian_sigma(at_grid[0, 0].double().numpy())) and told > 1.5
     assert restore(y[:1], "motion-deblur", **settings).initial_width is None  # a free kernel has no width
     with pytest.raises(ConfigError, match="width_start_fraction"):
         restore(y, "gaussian-deblur", width_start_fraction=-0.5, **settings)
