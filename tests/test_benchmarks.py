@@ -607,6 +607,7 @@ def test_tune_blur_width_refine_scores_the_refined_image_with_the_search_width(t
     assert (flat["width_start"], scaled["width_start"]) == (0.0, 0.9)
     assert flat["initial_width_mean"] == 1.0 < scaled["initial_width_mean"]
     assert search["results"][0]["width_start"] is None  # the task's default
+    assert "| reflect | the task's | 1.00 |" in (tmp_path / "blur_width_search.md").read_text()  # at the prior's grid
     assert "refinement on" in (tmp_path / "blur_width_refined.md").read_text()
 
 

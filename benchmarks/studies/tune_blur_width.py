@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ctbird.api import default_kernel_size, restore
-    from ctbird.config import RESTORE_SETUP, BirdConfig
+    from ctbird.config import BirdConfig
     from ctbird.metrics import kernel_sigma
     from ctbird.restoration_baselines import gaussian_kernel
     from operators.blur import Blur
@@ -120,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                "prior_size": args.prior_size, "seed": args.seed,
                "refine": args.refine,
                "kernel_size": kernel_size, "bird": config.to_dict(), "prior": str(prior_path), "results": results}
-    default_start = RESTORE_SETUP["gaussian-deblur"]["width_start_fraction"]
     table = [[fmt(r["sigma"], digits=1), fmt(r["noise"], digits=4), fmt(r["floor"], digits=3), r["padding"],
-              fmt(default_start if r["width_start"] is None else r["width_start"], digits=2),
+              "the task's" if r["width_start"] is None else fmt(r["width_start"], digits=2),
               fmt(r["initial_width_mean"], digits=2),
               fmt(r["width_mean"], r["width_std"], 2), f"{100 * r['width_error_mean']:.0f} % / "
               f"{100 * r['width_error_max']:.0f} %", fmt(r["input_psnr_mean"], digits=2),
